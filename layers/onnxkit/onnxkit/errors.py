@@ -1,0 +1,180 @@
+"""The onnxkit error tree: every failure carries an HTTP status and a short machine code.
+
+Standard library only, so the core never imports a web framework. Adapters turn any error
+into ``{"error": {"code": ..., "message": ...}}`` with :func:`error_body`.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+
+class OnnxkitError(Exception):
+    """Root of every error onnxkit raises on purpose.
+
+    Attributes:
+        status: The HTTP status a client should see.
+        code: A short, stable, machine-readable code (snake_case).
+        message: Text for a person: what went wrong and, where possible, what to do.
+        headers: Extra response headers (for example ``Retry-After``).
+    """
+
+    status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.headers: dict[str, str] = dict(headers or {})
+
+    @property
+    def is_client_error(self) -> bool:
+        """True when the caller can fix it (4xx)."""
+        return 400 <= self.status < 500
+
+
+# --- 4xx: the request is wrong -------------------------------------------------------------
+
+
+class InvalidInputError(OnnxkitError):
+    """The request is malformed or does not match the model's signature."""
+
+    status = HTTPStatus.BAD_REQUEST
+    code = "invalid_input"
+
+
+class PayloadTooLargeError(OnnxkitError):
+    """The body or the batch is larger than the configured limit."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(OnnxkitError):
+    """The body's Content-Type is not one this endpoint decodes."""
+
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    code = "unsupported_media_type"
+
+
+class ModelNotFoundError(OnnxkitError):
+    """No such model, version or alias (in the store or on this function)."""
+
+    status = HTTPStatus.NOT_FOUND
+    code = "model_not_found"
+
+
+class RouteNotFoundError(OnnxkitError):
+    """No route matches the request path."""
+
+    status = HTTPStatus.NOT_FOUND
+    code = "route_not_found"
+
+
+class MethodNotAllowedError(OnnxkitError):
+    """The path exists but not for this HTTP method."""
+
+    status = HTTPStatus.METHOD_NOT_ALLOWED
+    code = "method_not_allowed"
+
+
+class VersionConflictError(OnnxkitError):
+    """A publish would overwrite an immutable version."""
+
+    status = HTTPStatus.CONFLICT
+    code = "version_exists"
+
+
+# --- 5xx: our side or a dependency failed --------------------------------------------------
+
+
+class ConfigurationError(OnnxkitError):
+    """Settings are missing or invalid. Raised at init, listing every bad value at once."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    code = "configuration_error"
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration: " + "; ".join(self.problems))
+
+
+class ModelNotReadyError(OnnxkitError):
+    """The model is not loaded (yet, or its last load failed); retrying later may succeed."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "model_not_ready"
+
+
+class StoreUnavailableError(OnnxkitError):
+    """The model store (S3) could not be reached or refused access."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "store_unavailable"
+
+
+class IntegrityError(OnnxkitError):
+    """A downloaded artifact does not match its manifest (sha256 or size), or is unreadable."""
+
+    status = HTTPStatus.BAD_GATEWAY
+    code = "artifact_integrity_error"
+
+
+class CacheFullError(OnnxkitError):
+    """The local cache (Lambda's /tmp) has no room for the artifact."""
+
+    status = HTTPStatus.INSUFFICIENT_STORAGE
+    code = "cache_full"
+
+
+class ModelLoadError(OnnxkitError):
+    """onnxruntime refused the model file (unsupported operator, corrupt graph...)."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    code = "model_load_error"
+
+
+class BackendThrottledError(OnnxkitError):
+    """The backend refused the request for now (rate limit, capacity)."""
+
+    status = HTTPStatus.TOO_MANY_REQUESTS
+    code = "backend_throttled"
+
+
+class InferenceError(OnnxkitError):
+    """The model failed while running on valid input."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    code = "inference_error"
+
+
+# --- mapping --------------------------------------------------------------------------------
+
+
+def error_body(error: BaseException) -> tuple[HTTPStatus, dict[str, Any], dict[str, str]]:
+    """Map any exception to a status, a JSON body and headers.
+
+    Unknown exceptions become a generic 500 whose message reveals nothing about the
+    internals; the caller logs the traceback.
+
+    Args:
+        error: The exception to map.
+
+    Returns:
+        ``(status, {"error": {"code", "message"}}, headers)``.
+    """
+    if isinstance(error, OnnxkitError):
+        status, code, message, headers = error.status, error.code, error.message, error.headers
+    else:
+        status, code, headers = HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error", {}
+        message = "internal error; the request id in the logs has the details"
+    return status, {"error": {"code": code, "message": message}}, dict(headers)

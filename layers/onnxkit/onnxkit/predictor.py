@@ -1,0 +1,228 @@
+"""The backend-agnostic core: decode -> run -> encode, plus model readiness.
+
+A :class:`Predictor` owns one served model. It loads it through a loader callable (store ->
+verified files -> session -> warm-up), remembers why a load failed, and tries again on the
+next request, so a transient fault (S3 down, a corrupt artifact being repaired) heals
+without a restart and never leaves a half-loaded model behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from onnxkit import __version__
+from onnxkit.backends import Backend
+from onnxkit.codecs import (
+    InferenceResponse,
+    check_content_type,
+    decode_request,
+    encode_response,
+    parse_json,
+)
+from onnxkit.errors import ModelNotFoundError, ModelNotReadyError, OnnxkitError
+from onnxkit.manifest import Manifest
+
+logger = logging.getLogger(__name__)
+
+SERVER_NAME = "onnxkit"
+SERVER_EXTENSIONS = ("model_repository_metadata",)
+
+
+class Observer(Protocol):
+    """Receives timings (the Lambda adapter turns them into metrics)."""
+
+    def model_loaded(self, manifest: Manifest, milliseconds: float) -> None:
+        """A model finished loading."""
+        ...
+
+    def inference_done(self, manifest: Manifest, milliseconds: float, batch: int) -> None:
+        """An inference finished (backend time only)."""
+        ...
+
+
+class _NullObserver:
+    def model_loaded(self, manifest: Manifest, milliseconds: float) -> None:
+        pass
+
+    def inference_done(self, manifest: Manifest, milliseconds: float, batch: int) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits enforced before any model work."""
+
+    max_request_bytes: int
+    max_batch_size: int
+
+
+class Predictor:
+    """Serves one model: metadata, readiness and inference in the v2 protocol's terms.
+
+    Args:
+        model_name: The name clients use in ``/v2/models/{name}``.
+        loader: Builds a ready backend (may raise any OnnxkitError).
+        limits: Body and batch limits.
+        observer: Receives load and inference timings.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        loader: Callable[[], Backend],
+        limits: Limits,
+        observer: Observer | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self._loader = loader
+        self._limits = limits
+        self._observer = observer or _NullObserver()
+        self._backend: Backend | None = None
+        self._last_error: OnnxkitError | None = None
+        self._lock = threading.Lock()
+
+    # -- loading ---------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether a model is loaded and serving."""
+        return self._backend is not None
+
+    @property
+    def last_error(self) -> OnnxkitError | None:
+        """Why the most recent load failed (None after a success)."""
+        return self._last_error
+
+    def load(self) -> Backend:
+        """Load the model if it is not loaded yet; return the serving backend.
+
+        Raises:
+            OnnxkitError: The load failed (the specific cause: store, integrity, cache...).
+        """
+        backend = self._backend
+        if backend is not None:
+            return backend
+        with self._lock:
+            if self._backend is not None:
+                return self._backend
+            started = time.perf_counter()
+            try:
+                backend = self._loader()
+            except OnnxkitError as exc:
+                self._last_error = exc
+                logger.error("model load failed: %s (%s)", exc.message, exc.code)
+                raise
+            except Exception as exc:
+                self._last_error = ModelNotReadyError(
+                    f"model {self.model_name!r} could not be loaded; the logs have the cause"
+                )
+                logger.exception("model load failed unexpectedly")
+                raise self._last_error from exc
+            elapsed = (time.perf_counter() - started) * 1000
+            self._backend, self._last_error = backend, None
+            manifest = backend.manifest
+            logger.info(
+                "model loaded",
+                extra={"model": manifest.name, "version": manifest.version, "load_ms": elapsed},
+            )
+            self._observer.model_loaded(manifest, elapsed)
+            return backend
+
+    def try_load(self) -> bool:
+        """Load at init without raising: a failure is kept and retried on the next request."""
+        try:
+            self.load()
+        except OnnxkitError:
+            return False
+        return True
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    def server_metadata(self) -> dict[str, Any]:
+        """``GET /v2``."""
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(SERVER_EXTENSIONS)}
+
+    def server_ready(self) -> dict[str, Any]:
+        """``GET /v2/health/ready``: ready once the model is loaded (tries to load it).
+
+        Raises:
+            OnnxkitError: The model cannot be loaded now (why, with a 5xx status).
+        """
+        self.load()
+        return {"ready": True}
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """``GET /v2/models/{name}[/versions/{version}]``.
+
+        Raises:
+            ModelNotFoundError: Another model or version than the one served.
+            OnnxkitError: The model cannot be loaded now.
+        """
+        manifest = self._served(name, version).manifest
+        return {
+            "name": manifest.name,
+            "versions": [manifest.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [spec.to_dict() for spec in manifest.inputs],
+            "outputs": [spec.to_dict() for spec in manifest.outputs],
+            "parameters": {
+                "opset": manifest.opset,
+                "quantization": manifest.quantization,
+                "backend": manifest.backend,
+                "sha256": manifest.model_file.sha256,
+            },
+        }
+
+    def model_ready(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """``GET /v2/models/{name}[/versions/{version}]/ready``."""
+        manifest = self._served(name, version).manifest
+        return {"name": manifest.name, "version": manifest.version, "ready": True}
+
+    def infer(
+        self,
+        name: str,
+        version: str | None,
+        body: bytes | str | None,
+        content_type: str | None = None,
+    ) -> dict[str, Any]:
+        """``POST /v2/models/{name}[/versions/{version}]/infer``: decode, run, encode.
+
+        Raises:
+            OnnxkitError: 4xx for anything the caller sent wrong, 5xx for our faults.
+        """
+        check_content_type(content_type)
+        data = parse_json(body, max_bytes=self._limits.max_request_bytes)
+        backend = self._served(name, version)
+        manifest = backend.manifest
+        request = decode_request(data, manifest.inputs, max_batch_size=self._limits.max_batch_size)
+        started = time.perf_counter()
+        outputs = backend.run(request.inputs, request.outputs)
+        elapsed = (time.perf_counter() - started) * 1000
+        batch = max((a.shape[0] for a in request.inputs.values() if a.ndim), default=1)
+        self._observer.inference_done(manifest, elapsed, batch)
+        return encode_response(
+            InferenceResponse(
+                model_name=manifest.name,
+                model_version=manifest.version,
+                outputs=outputs,
+                id=request.id,
+            )
+        )
+
+    def _served(self, name: str, version: str | None) -> Backend:
+        if name != self.model_name:
+            raise ModelNotFoundError(
+                f"model {name!r} is not served here; this endpoint serves {self.model_name!r}"
+            )
+        backend = self.load()
+        if version is not None and version != backend.manifest.version:
+            raise ModelNotFoundError(
+                f"model {name!r} version {version!r} is not served here; "
+                f"the served version is {backend.manifest.version!r}"
+            )
+        return backend

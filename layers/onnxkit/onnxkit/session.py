@@ -1,0 +1,116 @@
+"""onnxruntime sessions: providers, threads sized to the CPUs we really have, one warm-up run."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxkit.errors import ModelLoadError
+from onnxkit.manifest import TensorSpec
+
+# Lambda allocates CPU in proportion to memory: about one vCPU per 1,769 MB.
+LAMBDA_MB_PER_VCPU = 1769
+
+
+def available_cpus(
+    environ: dict[str, str] | None = None, cgroup_root: Path = Path("/sys/fs/cgroup")
+) -> int:
+    """CPUs this process may actually use: affinity, cgroup quota and Lambda's memory share.
+
+    Args:
+        environ: Environment to read ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE`` from (default os.environ).
+        cgroup_root: Where cgroup v2 (``cpu.max``) or v1 (``cpu.cfs_quota_us``) files live.
+
+    Returns:
+        At least 1.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    counts = [
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    ]
+    quota = _cgroup_quota(cgroup_root)
+    if quota is not None:
+        counts.append(math.ceil(quota))
+    memory = environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
+    if memory.isdigit():
+        counts.append(math.ceil(int(memory) / LAMBDA_MB_PER_VCPU))
+    return max(1, min(counts))
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+def load_session(
+    model_path: Path,
+    *,
+    intra_op_threads: int = 0,
+    providers: list[str] | None = None,
+    allow_spinning: bool = True,
+) -> Any:
+    """Create an onnxruntime session with full graph optimisation.
+
+    No custom-op library is ever registered: a model artifact cannot bring native code.
+
+    Args:
+        model_path: The verified ``.onnx`` file (external data beside it).
+        intra_op_threads: 0 sizes the pool to :func:`available_cpus`.
+        providers: Execution providers in order of preference (default CPU).
+        allow_spinning: Let idle pool threads spin (lower latency, more CPU while idle).
+
+    Returns:
+        An ``onnxruntime.InferenceSession``.
+
+    Raises:
+        ModelLoadError: onnxruntime refused the model.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = intra_op_threads or available_cpus()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
+    )
+    try:
+        return ort.InferenceSession(
+            str(model_path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        raise ModelLoadError(
+            f"onnxruntime could not load {model_path.name}: {type(exc).__name__}"
+        ) from exc
+
+
+def warm_up(session: Any, inputs: tuple[TensorSpec, ...]) -> None:
+    """Run once on zeros (dynamic dimensions set to 1) so the first request pays nothing extra.
+
+    Raises:
+        ModelLoadError: The model cannot run even on zeros.
+    """
+    from onnxkit.datatypes import BY_NAME
+
+    feed = {
+        spec.name: np.zeros([d if d > 0 else 1 for d in spec.shape], BY_NAME[spec.datatype].numpy)
+        for spec in inputs
+    }
+    try:
+        session.run(None, feed)
+    except Exception as exc:
+        raise ModelLoadError(f"warm-up run failed: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,169 @@
+"""One typed ``Settings`` object, built from ``ONNXKIT_*`` environment variables once, at init."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from onnxkit.errors import ConfigurationError
+
+PREFIX = "ONNXKIT_"
+
+ENV_MODEL_STORE = "ONNXKIT_MODEL_STORE"
+ENV_MODEL_NAME = "ONNXKIT_MODEL_NAME"
+ENV_MODEL_ALIAS = "ONNXKIT_MODEL_ALIAS"
+ENV_MODEL_VERSION = "ONNXKIT_MODEL_VERSION"
+ENV_CACHE_DIR = "ONNXKIT_CACHE_DIR"
+ENV_INTRA_OP_THREADS = "ONNXKIT_INTRA_OP_THREADS"
+ENV_MAX_REQUEST_BYTES = "ONNXKIT_MAX_REQUEST_BYTES"
+ENV_MAX_BATCH_SIZE = "ONNXKIT_MAX_BATCH_SIZE"
+ENV_S3_MAX_ATTEMPTS = "ONNXKIT_S3_MAX_ATTEMPTS"
+ENV_S3_CONNECT_TIMEOUT = "ONNXKIT_S3_CONNECT_TIMEOUT"
+ENV_S3_READ_TIMEOUT = "ONNXKIT_S3_READ_TIMEOUT"
+ENV_ROUTE_PREFIX = "ONNXKIT_ROUTE_PREFIX"
+
+KNOWN_VARIABLES = frozenset(
+    {
+        ENV_MODEL_STORE,
+        ENV_MODEL_NAME,
+        ENV_MODEL_ALIAS,
+        ENV_MODEL_VERSION,
+        ENV_CACHE_DIR,
+        ENV_INTRA_OP_THREADS,
+        ENV_MAX_REQUEST_BYTES,
+        ENV_MAX_BATCH_SIZE,
+        ENV_S3_MAX_ATTEMPTS,
+        ENV_S3_CONNECT_TIMEOUT,
+        ENV_S3_READ_TIMEOUT,
+        ENV_ROUTE_PREFIX,
+    }
+)
+
+# Lambda's synchronous invoke limit is 6 MB (6,291,456 bytes) for the whole event.
+DEFAULT_MAX_REQUEST_BYTES = 6 * 1024 * 1024
+DEFAULT_MAX_BATCH_SIZE = 1024
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+STORE_PATTERN = re.compile(r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file://.+)$")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the function needs to know, validated.
+
+    Attributes:
+        model_store: ``s3://bucket/prefix`` or ``file:///dir``.
+        model_name: The model this function serves.
+        model_alias: Alias resolved at load time (``prod``); ignored when ``model_version`` is set.
+        model_version: An explicit version that pins the model, or None.
+        cache_dir: Where verified artifacts are kept between invocations (Lambda's /tmp).
+        intra_op_threads: onnxruntime intra-op threads; 0 means "the CPUs this process may use".
+        max_request_bytes: Larger bodies are refused with 413.
+        max_batch_size: Larger first dimensions are refused with 413.
+        s3_max_attempts: botocore's retry budget (standard mode) for S3 calls.
+        s3_connect_timeout: Seconds.
+        s3_read_timeout: Seconds.
+        route_prefix: A path prefix stripped before routing (``/zip`` for the zip variant).
+    """
+
+    model_store: str
+    model_name: str
+    model_alias: str = "prod"
+    model_version: str | None = None
+    cache_dir: str = "/tmp/onnxkit"  # noqa: S108 - Lambda's only writable disk
+    intra_op_threads: int = 0
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    s3_max_attempts: int = 3
+    s3_connect_timeout: float = 2.0
+    s3_read_timeout: float = 10.0
+    route_prefix: str = ""
+
+    @property
+    def model_ref(self) -> str:
+        """The version when pinned, else the alias."""
+        return self.model_version or self.model_alias
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from an environment mapping.
+
+        Args:
+            environ: Usually ``os.environ``; only ``ONNXKIT_*`` names are read.
+
+        Returns:
+            Validated settings.
+
+        Raises:
+            ConfigurationError: Listing every missing or invalid value at once.
+        """
+        problems: list[str] = []
+
+        def read(
+            name: str, convert: Callable[[str], T], default: T, check: Callable[[T], bool]
+        ) -> T:
+            raw = environ.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = convert(raw)
+            except ValueError:
+                problems.append(f"{name}={raw!r} is not a valid {convert.__name__}")
+                return default
+            if not check(value):
+                problems.append(f"{name}={raw!r} is out of range")
+                return default
+            return value
+
+        def required(name: str, pattern: re.Pattern[str], hint: str) -> str:
+            raw = environ.get(name, "").strip()
+            if not raw:
+                problems.append(f"{name} is required ({hint})")
+            elif not pattern.match(raw):
+                problems.append(f"{name}={raw!r} is invalid ({hint})")
+            return raw
+
+        store = required(ENV_MODEL_STORE, STORE_PATTERN, "s3://bucket/prefix or file:///dir")
+        name = required(ENV_MODEL_NAME, NAME_PATTERN, "lower-case letters, digits, . _ -")
+        alias = read(ENV_MODEL_ALIAS, str, "prod", _is_name)
+        version: str | None = read(ENV_MODEL_VERSION, str, "", _is_name) or None
+        prefix = read(ENV_ROUTE_PREFIX, str, "", _is_route_prefix).rstrip("/")
+
+        settings: dict[str, Any] = {
+            "model_store": store.rstrip("/"),
+            "model_name": name,
+            "model_alias": alias,
+            "model_version": version,
+            "cache_dir": read(ENV_CACHE_DIR, str, cls.cache_dir, bool),
+            "intra_op_threads": read(ENV_INTRA_OP_THREADS, int, 0, lambda v: 0 <= v <= 256),
+            "max_request_bytes": read(
+                ENV_MAX_REQUEST_BYTES, int, DEFAULT_MAX_REQUEST_BYTES, lambda v: v > 0
+            ),
+            "max_batch_size": read(
+                ENV_MAX_BATCH_SIZE, int, DEFAULT_MAX_BATCH_SIZE, lambda v: v > 0
+            ),
+            "s3_max_attempts": read(ENV_S3_MAX_ATTEMPTS, int, 3, lambda v: 1 <= v <= 20),
+            "s3_connect_timeout": read(ENV_S3_CONNECT_TIMEOUT, float, 2.0, lambda v: v > 0),
+            "s3_read_timeout": read(ENV_S3_READ_TIMEOUT, float, 10.0, lambda v: v > 0),
+            "route_prefix": prefix,
+        }
+        if problems:
+            raise ConfigurationError(problems)
+        return cls(**settings)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``ONNXKIT_*`` names that no setting reads: likely typos, worth a warning at init."""
+    return sorted(k for k in environ if k.startswith(PREFIX) and k not in KNOWN_VARIABLES)
+
+
+def _is_name(value: str) -> bool:
+    return NAME_PATTERN.match(value) is not None
+
+
+def _is_route_prefix(value: str) -> bool:
+    return value.startswith("/") and " " not in value
