@@ -113,6 +113,13 @@ class Predictor:
             started = time.perf_counter()
             try:
                 backend = self._loader()
+            except ModelNotFoundError as exc:
+                # The configured model missing from the store is our fault, not the caller's.
+                self._last_error = ModelNotReadyError(
+                    f"the configured model cannot be found: {exc.message}"
+                )
+                logger.error("model load failed: %s", exc.message)
+                raise self._last_error from exc
             except OnnxkitError as exc:
                 self._last_error = exc
                 logger.error("model load failed: %s (%s)", exc.message, exc.code)

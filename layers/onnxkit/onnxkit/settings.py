@@ -23,6 +23,8 @@ ENV_S3_MAX_ATTEMPTS = "ONNXKIT_S3_MAX_ATTEMPTS"
 ENV_S3_CONNECT_TIMEOUT = "ONNXKIT_S3_CONNECT_TIMEOUT"
 ENV_S3_READ_TIMEOUT = "ONNXKIT_S3_READ_TIMEOUT"
 ENV_ROUTE_PREFIX = "ONNXKIT_ROUTE_PREFIX"
+# Powertools' own variable; read here so a missing one falls back instead of failing each flush.
+ENV_METRICS_NAMESPACE = "POWERTOOLS_METRICS_NAMESPACE"
 
 KNOWN_VARIABLES = frozenset(
     {
@@ -68,6 +70,7 @@ class Settings:
         s3_connect_timeout: Seconds.
         s3_read_timeout: Seconds.
         route_prefix: A path prefix stripped before routing (``/zip`` for the zip variant).
+        metrics_namespace: CloudWatch namespace for the function's metrics.
     """
 
     model_store: str
@@ -82,6 +85,7 @@ class Settings:
     s3_connect_timeout: float = 2.0
     s3_read_timeout: float = 10.0
     route_prefix: str = ""
+    metrics_namespace: str = "Onnxkit"
 
     @property
     def model_ref(self) -> str:
@@ -150,6 +154,7 @@ class Settings:
             "s3_connect_timeout": read(ENV_S3_CONNECT_TIMEOUT, float, 2.0, lambda v: v > 0),
             "s3_read_timeout": read(ENV_S3_READ_TIMEOUT, float, 10.0, lambda v: v > 0),
             "route_prefix": prefix,
+            "metrics_namespace": read(ENV_METRICS_NAMESPACE, str, "Onnxkit", bool),
         }
         if problems:
             raise ConfigurationError(problems)

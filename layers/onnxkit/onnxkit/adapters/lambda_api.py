@@ -78,7 +78,10 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
 
 
 def create_app(
-    predictor: Predictor, logger: Logger, route_prefix: str = ""
+    predictor: Predictor,
+    logger: Logger,
+    route_prefix: str = "",
+    metrics: Metrics | None = None,
 ) -> APIGatewayRestResolver:
     """The REST resolver with the v2 routes bound to ``predictor``.
 
@@ -86,6 +89,7 @@ def create_app(
         predictor: The core that serves the model.
         logger: Where unexpected errors are logged with their traceback.
         route_prefix: A path prefix to strip before routing (``/zip`` for the zip variant).
+        metrics: Where ClientErrors/ServerErrors counts go (for alarms).
     """
     app = APIGatewayRestResolver(strip_prefixes=[route_prefix] if route_prefix else None)
 
@@ -159,9 +163,22 @@ def create_app(
 
     @app.exception_handler(Exception)
     def handle(error: Exception) -> Response:
-        status, _, _ = error_body(error)
+        status, payload, _ = error_body(error)
         if status >= 500:
             logger.exception("request failed", extra={"status": int(status)})
+        else:
+            refusal = payload["error"]
+            logger.info(
+                "request refused",
+                extra={
+                    "status": int(status),
+                    "code": refusal["code"],
+                    "reason": refusal["message"],
+                },
+            )
+        if metrics is not None:
+            name = "ServerErrors" if status >= 500 else "ClientErrors"
+            metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
         return error_response(error)
 
     return app
@@ -184,11 +201,11 @@ def build_handler(settings: Settings, *, s3_client: Any = None) -> Callable[[dic
     logger = Logger()
     # The library logs through stdlib loggers: give them Powertools' JSON format too.
     copy_config_to_registered_loggers(source_logger=logger, include={"onnxkit"})
-    metrics = Metrics()
+    metrics = Metrics(namespace=settings.metrics_namespace)
     tracer = Tracer()
     predictor = build_predictor(settings, s3_client=s3_client, observer=MetricsObserver(metrics))
     predictor.try_load()
-    app = create_app(predictor, logger, settings.route_prefix)
+    app = create_app(predictor, logger, settings.route_prefix, metrics)
 
     @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
     @tracer.capture_lambda_handler(capture_response=False)

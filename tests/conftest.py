@@ -1,0 +1,49 @@
+"""Fixtures shared by every test layer: the real digits model, built once per session."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EVENTS = REPO / "events"
+EVENT_FILES = sorted(p for p in EVENTS.glob("predict_*.json"))
+STATUS_IN_NAME = re.compile(r"_(\d{3})\.json$")
+
+
+def expected_status(event_file: Path) -> int:
+    """The status an event's file name promises (``..._404.json`` -> 404)."""
+    match = STATUS_IN_NAME.search(event_file.name)
+    assert match, f"{event_file.name} does not end in _<status>.json"
+    return int(match.group(1))
+
+
+def expected_labels(event: dict) -> list[int] | None:
+    """True digit labels encoded in a request id ("...-label-3" or "...-labels-0-1-2")."""
+    try:
+        request_id = json.loads(event["body"])["id"]
+    except (TypeError, ValueError, KeyError):
+        return None
+    match = re.search(r"labels?-([\d-]+)$", request_id)
+    return [int(x) for x in match.group(1).split("-")] if match else None
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits example: fp32 + int8 models, validation data and report (built, not committed)."""
+    from onnxkit.tools.examples import build_digits
+
+    out = tmp_path_factory.mktemp("digits")
+    build_digits(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_validation(digits_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out features and labels."""
+    data = np.load(digits_dir / "validation.npz")
+    return data["input"], data["label"]

@@ -1,0 +1,106 @@
+"""The real Lambda handler in-process, S3 from moto's in-process mock."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BUCKET = "onnxkit-test"
+STORE = f"s3://{BUCKET}/onnxkit"
+
+
+@dataclass
+class LambdaContext:
+    """The attributes Powertools reads from a Lambda context."""
+
+    function_name: str = "PredictFunction"
+    memory_limit_in_mb: int = 2048
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:PredictFunction"
+    aws_request_id: str = "00000000-0000-0000-0000-000000000000"
+    function_version: str = "$LATEST"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """moto's in-process AWS, set up before any boto3 client exists."""
+    from moto import mock_aws
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_NAMESPACE": "OnnxkitTest",
+        "POWERTOOLS_SERVICE_NAME": "onnxkit",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def s3(aws: None) -> Any:
+    """An S3 client on moto with the model bucket created."""
+    import boto3
+
+    client = boto3.client("s3", region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    return client
+
+
+@pytest.fixture
+def published(s3: Any, digits_dir: Path, tmp_path: Path) -> Any:
+    """digits int8 published as version 1 with alias prod; returns the manifest."""
+    from onnxkit.store import ModelStore
+    from onnxkit.tools.publish import publish_model
+
+    store = ModelStore.from_uri(STORE, cache_dir=tmp_path / "publisher-cache", s3_client=s3)
+    return publish_model(
+        store,
+        digits_dir / "int8" / "model.onnx",
+        name="digits",
+        version="1",
+        alias="prod",
+        report_path=digits_dir / "report.json",
+    )
+
+
+@pytest.fixture
+def make_handler(s3: Any, tmp_path: Path) -> Callable[..., Callable[[dict], dict]]:
+    """Build the real handler (as app.py does) against moto, with settings overrides."""
+    from onnxkit.adapters.lambda_api import build_handler
+    from onnxkit.settings import Settings
+
+    def make(**overrides: Any) -> Callable[[dict], dict]:
+        settings = Settings(
+            **{
+                "model_store": STORE,
+                "model_name": "digits",
+                "cache_dir": str(tmp_path / "lambda-tmp"),
+                **overrides,
+            }
+        )
+        handler = build_handler(settings, s3_client=s3)
+
+        def call(event: dict) -> dict:
+            return handler(event, LambdaContext())
+
+        call.predictor = handler.predictor  # type: ignore[attr-defined]
+        return call
+
+    return make
+
+
+def body_of(response: dict) -> Any:
+    """The JSON body of a proxy response."""
+    return json.loads(response["body"])

@@ -1,0 +1,116 @@
+"""Every file in events/ through the real handler in-process: the status its name promises."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import EVENT_FILES, expected_labels, expected_status
+from tests.functional.conftest import body_of
+
+
+@pytest.fixture
+def handler(published: object, make_handler: Callable[..., Callable[[dict], dict]]):
+    return make_handler()
+
+
+@pytest.mark.parametrize("event_file", EVENT_FILES, ids=lambda p: p.stem)
+def test_event_returns_the_status_in_its_name(event_file: Path, handler) -> None:
+    # GIVEN an API Gateway REST proxy event, exactly as sam local invoke would send it
+    event = json.loads(event_file.read_text())
+
+    # WHEN the handler serves it
+    response = handler(event)
+
+    # THEN the status is the one in the file name, and the body is JSON
+    status = expected_status(event_file)
+    assert response["statusCode"] == status, response["body"]
+    assert response["multiValueHeaders"]["Content-Type"] == ["application/json"]
+    body = body_of(response)
+    if status >= 400:
+        assert set(body) == {"error"}
+        assert set(body["error"]) == {"code", "message"}
+        assert body["error"]["code"]
+        assert body["error"]["message"]
+        assert status < 500, "bad input must never be a server error"
+
+
+@pytest.mark.parametrize(
+    "event_file",
+    [p for p in EVENT_FILES if "infer" in p.stem and expected_status(p) == 200],
+    ids=lambda p: p.stem,
+)
+def test_predictions_are_the_true_digits(event_file: Path, handler) -> None:
+    event = json.loads(event_file.read_text())
+    body = body_of(handler(event))
+    outputs = {o["name"]: o for o in body["outputs"]}
+    labels = expected_labels(
+        {"body": __import__("base64").b64decode(event["body"]).decode()}
+        if event.get("isBase64Encoded")
+        else event
+    )
+    assert labels is not None
+    assert outputs["label"]["data"] == labels
+    assert outputs["label"]["datatype"] == "INT64"
+    assert body["model_name"] == "digits"
+    assert body["model_version"] == "1"
+    if "probabilities" in outputs:
+        probabilities = np.array(outputs["probabilities"]["data"]).reshape(
+            outputs["probabilities"]["shape"]
+        )
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+
+
+def test_outputs_equal_onnxruntime_on_the_same_input(handler, digits_dir: Path, digits_validation):
+    import onnxruntime as ort
+
+    features, _ = digits_validation
+    batch = features[:16]
+    event = json.loads((Path("events") / "predict_infer_200.json").read_text())
+    event["body"] = json.dumps(
+        {
+            "inputs": [
+                {"name": "input", "shape": [16, 64], "datatype": "FP32", "data": batch.tolist()}
+            ]
+        }
+    )
+    body = body_of(handler(event))
+    outputs = {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in body["outputs"]}
+
+    session = ort.InferenceSession(str(digits_dir / "int8" / "model.onnx"))
+    label, probabilities = session.run(["label", "probabilities"], {"input": batch})
+    np.testing.assert_array_equal(outputs["label"], label)
+    np.testing.assert_allclose(outputs["probabilities"], probabilities, rtol=1e-6, atol=1e-7)
+
+
+def test_metadata_describes_the_published_signature(handler, published) -> None:
+    event = json.loads(Path("events/predict_model_metadata_200.json").read_text())
+    body = body_of(handler(event))
+    assert body["name"] == "digits"
+    assert body["versions"] == ["1"]
+    assert body["platform"] == "onnxruntime_onnx"
+    assert body["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    assert {o["name"]: o["datatype"] for o in body["outputs"]} == {
+        "label": "INT64",
+        "probabilities": "FP32",
+    }
+    assert body["parameters"]["sha256"] == published.model_file.sha256
+    assert body["parameters"]["quantization"]["weight_type"] == "QInt8"
+
+
+def test_wrong_method_names_the_allowed_one(handler) -> None:
+    event = json.loads(Path("events/predict_wrong_method_405.json").read_text())
+    response = handler(event)
+    assert response["statusCode"] == 405
+    assert response["multiValueHeaders"]["Allow"] == ["POST"]
+
+
+def test_zip_variant_prefix_is_stripped(published, make_handler) -> None:
+    handler = make_handler(route_prefix="/zip")
+    event = json.loads(Path("events/predict_infer_200.json").read_text())
+    event["path"] = "/zip" + event["path"]
+    assert handler(event)["statusCode"] == 200

@@ -1,0 +1,132 @@
+"""Processes over loopback: a moto S3 server, the emulator, the local API, real clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+
+ONNXKIT = str(Path(sys.executable).parent / "onnxkit")
+STORE = "s3://onnxkit-it/onnxkit"
+
+
+@pytest.fixture(scope="session")
+def rie() -> Path:
+    """The Lambda Runtime Interface Emulator from the aws-sam-cli install."""
+    from onnxkit.tools.emulator import EmulatorError, find_rie
+
+    try:
+        return find_rie(REPO)
+    except EmulatorError as exc:
+        pytest.skip(
+            f"aws-sam-cli (which ships the emulator) is not installed; run `make setup`: {exc}"
+        )
+
+
+@pytest.fixture(scope="session")
+def local_s3(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A moto S3 server on 127.0.0.1 with digits int8 published as version 1, alias prod."""
+    from onnxkit.store import ModelStore
+    from onnxkit.tools.local_s3 import LocalS3, ensure_bucket
+    from onnxkit.tools.publish import publish_model
+
+    with LocalS3() as s3:
+        client = s3.client()
+        ensure_bucket(client, "onnxkit-it")
+        store = ModelStore.from_uri(
+            STORE, cache_dir=tmp_path_factory.mktemp("pub"), s3_client=client
+        )
+        publish_model(
+            store,
+            digits_dir / "int8" / "model.onnx",
+            name="digits",
+            version="1",
+            alias="prod",
+            report_path=digits_dir / "report.json",
+        )
+        s3.store = store
+        yield s3
+
+
+def function_env(endpoint: str, cache_dir: Path, **extra: str) -> dict[str, dict[str, str]]:
+    """A `sam local invoke --env-vars` document for the function."""
+    return {
+        "PredictFunction": {
+            "ONNXKIT_MODEL_STORE": STORE,
+            "ONNXKIT_MODEL_NAME": "digits",
+            "ONNXKIT_MODEL_ALIAS": "prod",
+            "ONNXKIT_CACHE_DIR": str(cache_dir),
+            "AWS_ENDPOINT_URL_S3": endpoint,
+            **extra,
+        }
+    }
+
+
+@pytest.fixture(scope="session")
+def env_vars(local_s3: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An env-vars file pointing the function at the local S3."""
+    folder = tmp_path_factory.mktemp("env")
+    path = folder / "env.json"
+    path.write_text(json.dumps(function_env(local_s3.endpoint, folder / "lambda-tmp")))
+    return path
+
+
+def cli_env() -> dict[str, str]:
+    """The CLI's environment: never real AWS credentials or endpoints."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ONNXKIT_"))}
+    env.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+    return env
+
+
+def wait_http(
+    url: str,
+    timeout: float = 30.0,
+    process: subprocess.Popen | None = None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Poll until the URL answers 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}")
+        try:
+            request = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} not ready after {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def start_api(rie: Path, env_vars: Path) -> Iterator[str]:
+    """`onnxkit local start-api` on a free port; yields the base URL."""
+    from onnxkit.tools.emulator import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [ONNXKIT, "local", "start-api", "--port", str(port), "--env-vars", str(env_vars)],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/v2/health/ready", process=process)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=15)

@@ -1,0 +1,65 @@
+"""S3 going away and coming back, over the real wire: 503 store_unavailable, then recovery."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.functional.conftest import LambdaContext
+
+pytestmark = pytest.mark.integration
+
+INFER = json.loads((REPO / "events" / "predict_infer_200.json").read_text())
+
+
+def test_s3_down_at_cold_start_then_back(digits_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from onnxkit.adapters.lambda_api import build_handler
+    from onnxkit.bootstrap import make_s3_client
+    from onnxkit.settings import Settings
+    from onnxkit.store import ModelStore
+    from onnxkit.tools.emulator import free_port
+    from onnxkit.tools.local_s3 import LocalS3, ensure_bucket
+    from onnxkit.tools.publish import publish_model
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(key, value)
+    port = free_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
+    settings = Settings(
+        model_store="s3://outage/onnxkit",
+        model_name="digits",
+        cache_dir=str(tmp_path / "lambda-tmp"),
+        s3_max_attempts=2,
+        s3_connect_timeout=0.5,
+        s3_read_timeout=2,
+    )
+    client = make_s3_client(settings)  # the function's own client: retries from botocore config
+
+    # GIVEN S3 is down when the function starts
+    handler = build_handler(settings, s3_client=client)
+    response = handler(INFER, LambdaContext())
+
+    # THEN requests get a 503 with a clear code, and the function does not crash
+    assert response["statusCode"] == 503
+    assert json.loads(response["body"])["error"]["code"] == "store_unavailable"
+
+    # WHEN S3 comes back on the same endpoint with the model published
+    with LocalS3(port) as s3:
+        ensure_bucket(s3.client(), "outage")
+        store = ModelStore.from_uri(
+            settings.model_store, cache_dir=tmp_path / "p", s3_client=client
+        )
+        publish_model(store, digits_dir / "int8" / "model.onnx", name="digits", alias="prod")
+
+        # THEN the next request loads the model and predicts, with no restart
+        response = handler(INFER, LambdaContext())
+        assert response["statusCode"] == 200, response["body"]
+        assert json.loads(response["body"])["outputs"][0]["data"] == [0]
