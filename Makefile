@@ -16,7 +16,7 @@ SAM_VENV := .venv-sam
 CHECKOV_VENV := .venv-checkov
 PIP_QUIET := -q
 
-.PHONY: help setup demo test unit lint fmt template-check build-zip clean
+.PHONY: help setup demo test unit lint fmt template-check build-zip bench clean
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ template-check: $(SAM_VENV)/.stamp $(CHECKOV_VENV)/.stamp ## sam validate --lint
 
 build-zip: $(SAM_VENV)/.stamp ## sam build of the zip variant (function + layer), no Docker needed
 	$(SAM_VENV)/bin/sam build PredictZipFunction --template template.yaml
+
+bench: $(VENV)/.stamp $(SAM_VENV)/.stamp ## warm-path latency per layer vs bare InferenceSession.run
+	$(VENV)/bin/python scripts/bench_local.py
 
 clean: ## remove venvs, builds and caches
 	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) .aws-sam .onnxkit .pytest_cache .mypy_cache .ruff_cache

@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         "digits model to s3://onnxkit-local/onnxkit first.",
     )
     s3.add_argument("--port", type=int, default=4566)
+    s3.add_argument(
+        "--bucket",
+        action="append",
+        help="bucket to create (repeatable; default onnxkit-local)",
+    )
     s3.add_argument("--seed", action="store_true", help="publish the default model")
     invoke = local_cmd.add_parser(
         "invoke",
@@ -312,10 +317,18 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_local(args: argparse.Namespace) -> int:
     """``local s3|invoke|start-api``."""
     from onnxkit.tools.emulator import Emulator
-    from onnxkit.tools.local_s3 import LOCAL_STORE, LocalS3, seed_default_model
+    from onnxkit.tools.local_s3 import (
+        LOCAL_BUCKET,
+        LOCAL_STORE,
+        LocalS3,
+        ensure_bucket,
+        seed_default_model,
+    )
 
     if args.local_command == "s3":
         with LocalS3(args.port) as s3:
+            for bucket in args.bucket or [LOCAL_BUCKET]:
+                ensure_bucket(s3.client(), bucket)
             if args.seed:
                 seed_default_model(s3.client())
                 print(f"published digits v1 (alias prod) to {LOCAL_STORE}", file=sys.stderr)

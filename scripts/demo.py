@@ -1,0 +1,170 @@
+"""The whole path on this machine: model -> quantize -> publish to local S3 -> start-api -> predict.
+
+Run through `make demo`. Every step is a real `onnxkit` command, echoed so you can repeat it;
+everything started here is stopped at the end, whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+ONNXKIT = str(Path(sys.executable).parent / "onnxkit")
+WORK = REPO / ".onnxkit" / "demo"
+STORE = "s3://onnxkit-local/onnxkit"
+
+
+def free_port(preferred: int) -> int:
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", preferred)) != 0:
+            return preferred
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def step(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def run(*args: str, env: dict[str, str]) -> None:
+    print("$ onnxkit " + shlex.join(args), flush=True)
+    subprocess.run([ONNXKIT, *args], cwd=REPO, env=env, check=True)
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{url} never came up: its process exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"{url} was not ready after {timeout:.0f} s")
+
+
+def stop(process: subprocess.Popen | None) -> None:
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def main() -> int:
+    s3_port, api_port = free_port(4566), free_port(3000)
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ONNXKIT_"))}
+    env.update(
+        {
+            # Local only: fake credentials, S3 on the moto server. Nothing here reaches AWS.
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_S3": endpoint,
+            "ONNXKIT_MODEL_STORE": STORE,
+            "ONNXKIT_MODEL_NAME": "digits",
+            "ONNXKIT_CACHE_DIR": str(WORK / "lambda-tmp"),
+        }
+    )
+    s3 = api = None
+    try:
+        step("1/5 train an MLP on scikit-learn's digits, export ONNX, quantize to int8, score both")
+        run("examples", "build", "digits", "--out", str(WORK / "digits"), env=env)
+
+        step(f"2/5 start S3 locally (moto on {endpoint})")
+        print(f"$ onnxkit local s3 --port {s3_port} &", flush=True)
+        s3 = subprocess.Popen(
+            [ONNXKIT, "local", "s3", "--port", str(s3_port)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_ready(f"{endpoint}/moto-api/", s3)
+
+        step("3/5 publish the int8 model as a new version and point `prod` at it")
+        run(
+            "publish",
+            str(WORK / "digits" / "int8" / "model.onnx"),
+            "--name",
+            "digits",
+            "--alias",
+            "prod",
+            "--report",
+            str(WORK / "digits" / "report.json"),
+            env=env,
+        )
+
+        step(f"4/5 serve it: the function under the Lambda emulator, behind a local API on :{api_port}")
+        print(f"$ onnxkit local start-api --port {api_port} &", flush=True)
+        api = subprocess.Popen(
+            [ONNXKIT, "local", "start-api", "--port", str(api_port)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{api_port}"
+        wait_ready(f"{base}/v2/health/ready", api)
+
+        step("5/5 a real prediction: a held-out handwritten digit")
+        validation = np.load(WORK / "digits" / "validation.npz")
+        row, label = validation["input"][0], int(validation["label"][0])
+        body = json.dumps(
+            {
+                "id": f"demo-true-label-{label}",
+                "inputs": [
+                    {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row.tolist()}
+                ],
+            }
+        )
+        url = f"{base}/v2/models/digits/infer"
+        print(
+            f"$ curl -s -X POST {url} -H 'Content-Type: application/json' -d '{body}'", flush=True
+        )
+        request = urllib.request.Request(
+            url, data=body.encode(), headers={"Content-Type": "application/json"}
+        )
+        started = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            answer = json.loads(reply.read())
+        elapsed = (time.perf_counter() - started) * 1000
+        print(json.dumps(answer))
+        outputs = {o["name"]: o["data"] for o in answer["outputs"]}
+        predicted = outputs["label"][0]
+        confidence = max(outputs["probabilities"])
+        print(
+            f"\nprediction: {predicted} (true label {label}, p={confidence:.4f}), "
+            f"model digits v{answer['model_version']}, {elapsed:.1f} ms over HTTP"
+        )
+        print(
+            f"\nthe servers stop now; to keep them, run `onnxkit local s3 --port {s3_port}` and "
+            f"`onnxkit local start-api --port {api_port}` with AWS_ENDPOINT_URL_S3={endpoint}"
+        )
+        return 0 if predicted == label else 1
+    except (subprocess.CalledProcessError, urllib.error.URLError) as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stop(api)
+        stop(s3)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
