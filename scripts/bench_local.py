@@ -46,7 +46,9 @@ def p95(samples: list[float]) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=300, help="timed requests per layer")
     args = parser.parse_args()
 
@@ -62,8 +64,8 @@ def main() -> int:
     import numpy as np
     import onnxruntime as ort
 
-    from onnxkit.adapters.local_api import LocalApi
     from onnxkit.adapters.lambda_api import build_handler
+    from onnxkit.adapters.local_api import LocalApi
     from onnxkit.settings import Settings
     from onnxkit.tools.emulator import Emulator
     from onnxkit.tools.local_s3 import LOCAL_STORE, LocalS3, default_model_dir, seed_default_model
@@ -99,9 +101,10 @@ def main() -> int:
             "POWERTOOLS_METRICS_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": "WARNING",
         }
-        with open(os.devnull, "w") as quiet, Emulator(
-            REPO / "functions" / "predict", env, log=quiet
-        ) as emulator:
+        with (
+            open(os.devnull, "w") as quiet,
+            Emulator(REPO / "functions" / "predict", env, log=quiet) as emulator,
+        ):
             started = time.perf_counter()
             first = emulator.invoke(event)
             cold = (time.perf_counter() - started) * 1000

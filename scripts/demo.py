@@ -111,7 +111,7 @@ def main() -> int:
             env=env,
         )
 
-        step(f"4/5 serve it: the function under the Lambda emulator, behind a local API on :{api_port}")
+        step(f"4/5 serve it: the function under the Lambda emulator, local API on :{api_port}")
         print(f"$ onnxkit local start-api --port {api_port} &", flush=True)
         api = subprocess.Popen(
             [ONNXKIT, "local", "start-api", "--port", str(api_port)],

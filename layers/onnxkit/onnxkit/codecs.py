@@ -83,6 +83,8 @@ def parse_json(body: bytes | str | None, *, max_bytes: int) -> dict[str, Any]:
         data = json.loads(body, parse_constant=_reject_constant)
     except InvalidInputError:
         raise
+    except RecursionError as exc:
+        raise InvalidInputError("the body is nested too deeply to be a v2 request") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"the body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
@@ -143,7 +145,7 @@ def decode_request(
             isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw_outputs
         ):
             raise InvalidInputError("'outputs' must be a list of objects with a 'name'")
-        outputs = [o["name"] for o in raw_outputs]
+        outputs = [o["name"] for o in raw_outputs] or None  # [] asks for nothing special: all
 
     request_id = data.get("id")
     parameters = data.get("parameters") or {}
@@ -200,7 +202,7 @@ def decode_tensor(raw: dict[str, Any], spec: TensorSpec, *, max_batch_size: int)
         raise InvalidInputError(
             f"input {name!r}: nested data has shape {list(values.shape)} but 'shape' says {shape}"
         )
-    return _cast(name, values, dtype).reshape(shape)
+    return values.reshape(shape)
 
 
 def _check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
@@ -213,48 +215,63 @@ def _check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -
         )
 
 
+def _flatten(name: str, data: list[Any]) -> tuple[list[int], list[Any]]:
+    """Shape and row-major leaves of nested lists, refusing ragged nesting."""
+    shape: list[int] = []
+    level: list[Any] = [data]
+    while level and isinstance(level[0], list):
+        width = len(level[0])
+        if any(not isinstance(item, list) or len(item) != width for item in level):
+            raise InvalidInputError(f"input {name!r}: 'data' must be a rectangular list of numbers")
+        shape.append(width)
+        level = [leaf for item in level for leaf in item]
+    if any(isinstance(leaf, list) for leaf in level):
+        raise InvalidInputError(f"input {name!r}: 'data' must be a rectangular list of numbers")
+    return shape, level
+
+
 def _to_array(name: str, data: Any, dtype: Datatype) -> np.ndarray:
+    """Check each value's JSON type for the datatype, then build the array in that dtype.
+
+    Types are checked per value (not left to numpy's inference, which turns ``true`` into 1
+    and mixed large integers into floats); ranges are checked before any narrowing cast.
+    """
     if not isinstance(data, list):
         raise InvalidInputError(f"input {name!r}: 'data' must be a list")
-    try:
-        values = np.asarray(data)
-    except (ValueError, OverflowError) as exc:  # ragged nesting, huge integers
-        raise InvalidInputError(
-            f"input {name!r}: 'data' must be a rectangular list of numbers"
-        ) from exc
-    kind = values.dtype.kind
-    if values.size == 0:
-        return values.astype(dtype.numpy)
-    if kind in "OUSV":
-        wanted = "booleans" if dtype.name == "BOOL" else "numbers"
-        raise InvalidInputError(f"input {name!r}: 'data' must hold only {wanted}")
+    shape, leaves = _flatten(name, data)
+    kinds = {type(leaf) for leaf in leaves}
     if dtype.name == "BOOL":
-        if kind != "b":
+        if not kinds <= {int, float, bool}:
+            raise InvalidInputError(f"input {name!r}: 'data' must hold only booleans")
+        if kinds - {bool}:
             raise InvalidInputError(f"input {name!r}: BOOL data must be true/false")
-    elif kind == "b":
+        return np.array(leaves, dtype=np.bool_).reshape(shape)
+    if not kinds <= {int, float, bool}:
+        raise InvalidInputError(f"input {name!r}: 'data' must hold only numbers")
+    if bool in kinds:
         raise InvalidInputError(f"input {name!r}: {dtype.name} data must be numbers, not booleans")
-    elif dtype.is_integer and kind == "f":
-        raise InvalidInputError(f"input {name!r}: {dtype.name} data must be integers")
-    return values
-
-
-def _cast(name: str, values: np.ndarray, dtype: Datatype) -> np.ndarray:
     if dtype.is_integer:
+        if float in kinds:
+            raise InvalidInputError(f"input {name!r}: {dtype.name} data must be integers")
         info = np.iinfo(dtype.numpy)
-        if values.size and (values.min() < info.min or values.max() > info.max):
+        if leaves and (min(leaves) < info.min or max(leaves) > info.max):
             raise InvalidInputError(
                 f"input {name!r}: values must lie in [{info.min}, {info.max}] for {dtype.name}"
             )
-        return values.astype(dtype.numpy)
-    if dtype.is_float:
-        with np.errstate(over="ignore", invalid="ignore"):
-            cast = values.astype(dtype.numpy)
-        if not np.isfinite(cast).all():
-            raise InvalidInputError(
-                f"input {name!r}: values must be finite and within {dtype.name} range"
-            )
-        return cast
-    return values.astype(dtype.numpy)
+        return np.array(leaves, dtype=dtype.numpy).reshape(shape)
+    try:
+        wide = np.array(leaves, dtype=np.float64)
+    except OverflowError as exc:  # an integer literal beyond float64
+        raise InvalidInputError(
+            f"input {name!r}: values must be finite and within {dtype.name} range"
+        ) from exc
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = wide.astype(dtype.numpy)
+    if not np.isfinite(values).all():
+        raise InvalidInputError(
+            f"input {name!r}: values must be finite and within {dtype.name} range"
+        )
+    return values.reshape(shape)
 
 
 def _describe(spec: TensorSpec) -> str:

@@ -106,8 +106,10 @@ class Manifest:
         """
         try:
             data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise TypeError("a manifest is a JSON object")
             return cls.from_dict(data)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise IntegrityError(f"manifest is not valid: {exc}") from exc
 
     @classmethod
@@ -229,6 +231,10 @@ def describe_model(
             if entry.key == "location"
         }
     )
+    try:
+        external = [_safe_relative(rel) for rel in external]
+    except ValueError as exc:
+        raise InvalidInputError(f"{model_path}: {exc}") from exc
     paths = [model_path] + [model_path.parent / rel for rel in external] + list(extra_files)
     files = tuple(
         FileEntry(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -151,8 +152,8 @@ class Settings:
                 ENV_MAX_BATCH_SIZE, int, DEFAULT_MAX_BATCH_SIZE, lambda v: v > 0
             ),
             "s3_max_attempts": read(ENV_S3_MAX_ATTEMPTS, int, 3, lambda v: 1 <= v <= 20),
-            "s3_connect_timeout": read(ENV_S3_CONNECT_TIMEOUT, float, 2.0, lambda v: v > 0),
-            "s3_read_timeout": read(ENV_S3_READ_TIMEOUT, float, 10.0, lambda v: v > 0),
+            "s3_connect_timeout": read(ENV_S3_CONNECT_TIMEOUT, float, 2.0, _is_timeout),
+            "s3_read_timeout": read(ENV_S3_READ_TIMEOUT, float, 10.0, _is_timeout),
             "route_prefix": prefix,
             "metrics_namespace": read(ENV_METRICS_NAMESPACE, str, "Onnxkit", bool),
         }
@@ -164,6 +165,10 @@ class Settings:
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """``ONNXKIT_*`` names that no setting reads: likely typos, worth a warning at init."""
     return sorted(k for k in environ if k.startswith(PREFIX) and k not in KNOWN_VARIABLES)
+
+
+def _is_timeout(value: float) -> bool:
+    return math.isfinite(value) and 0 < value <= 900  # Lambda's own ceiling
 
 
 def _is_name(value: str) -> bool:

@@ -118,9 +118,22 @@ class S3Blobs:
             )
 
     def upload(self, path: Path, key: str, progress: Progress | None = None) -> None:
-        # upload_file switches to multipart for large files and retries parts by itself.
-        with self._errors(key):
-            self._client.upload_file(str(path), self._bucket, self._key(key), Callback=progress)
+        # upload_file switches to multipart for large files and retries parts by itself; it
+        # wraps S3's answer in S3UploadFailedError, whose text carries the error code.
+        from boto3.exceptions import S3UploadFailedError
+
+        try:
+            with self._errors(key):
+                self._client.upload_file(str(path), self._bucket, self._key(key), Callback=progress)
+        except S3UploadFailedError as exc:
+            if "NoSuchBucket" in str(exc):
+                raise StoreUnavailableError(
+                    f"bucket {self._bucket!r} does not exist; create it or fix the store URI",
+                    code="store_bucket_missing",
+                ) from exc
+            raise StoreUnavailableError(
+                f"upload to s3://{self._bucket}/{self._key(key)} failed: {exc}"
+            ) from exc
 
     def exists(self, key: str) -> bool:
         try:

@@ -121,8 +121,11 @@ class LocalApi:
         return self
 
     def shutdown(self) -> None:
-        """Stop serving and close the socket."""
-        self._server.shutdown()
+        """Stop serving (if serving) and close the socket."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+            self._thread = None
         self._server.server_close()
 
     def handle(

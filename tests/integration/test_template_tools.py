@@ -1,0 +1,139 @@
+"""template.yaml through the real tools: sam validate (lint and translate), cfn-lint, checkov.
+
+The tools live in their own venvs (their pins clash with the app's), which `make setup`
+creates; ONNXKIT_SAM, ONNXKIT_CFN_LINT and ONNXKIT_CHECKOV point elsewhere. Nothing here
+talks to AWS: the subprocesses get fake credentials and an endpoint on a closed loopback
+port, so a call that slipped through would fail at once instead of reaching an account.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from samtranslator.yaml_helper import yaml_parse
+
+pytestmark = [pytest.mark.integration, pytest.mark.tools]
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "template.yaml"
+TOOL_TIMEOUT_S = 120
+
+# Defaults flipped so that the resources behind the other branch of each condition exist:
+# checkov evaluates conditions from the defaults and skips resources whose condition is false.
+OTHER_BRANCHES = {
+    "AuthType": "IAM",
+    "DeployZipVariant": "true",
+    "ModelBucketName": "existing-model-bucket",
+    "ReservedConcurrency": "0",
+    "ConfigureApiGatewayAccount": "false",
+}
+
+
+def _tool(env_var: str, venv_path: str) -> Path:
+    """The tool binary named by env_var, else the one `make setup` puts in the repo."""
+    path = Path(os.environ.get(env_var) or REPO / venv_path)
+    if not path.is_file():
+        pytest.skip(f"{path} not found: run `make setup` (or set {env_var})")
+    return path
+
+
+def _offline_env(tmp_path: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    env.update(
+        {
+            "SAM_CLI_TELEMETRY": "0",
+            "AWS_DEFAULT_REGION": "eu-west-1",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+            "AWS_MAX_ATTEMPTS": "1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+        }
+    )
+    return env
+
+
+def _run(args: list[str | Path], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(arg) for arg in args],
+        cwd=REPO,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_S,
+        check=False,
+    )
+    print(f"$ {' '.join(map(str, args))}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def _assert_ok(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, (
+        f"{' '.join(result.args)} exited {result.returncode}\n"
+        f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    )
+
+
+@pytest.fixture
+def other_branches_template(tmp_path: Path) -> Path:
+    """template.yaml with OTHER_BRANCHES as defaults, as JSON beside the repo's paths."""
+    template: dict[str, Any] = yaml_parse(TEMPLATE.read_text())
+    for name, value in OTHER_BRANCHES.items():
+        template["Parameters"][name]["Default"] = value
+    path = tmp_path / "template-other-branches.json"
+    path.write_text(json.dumps(template, indent=1))
+    return path
+
+
+def test_sam_validate_lint(tmp_path: Path) -> None:
+    sam = _tool("ONNXKIT_SAM", ".venv-sam/bin/sam")
+
+    result = _run([sam, "validate", "--lint", "--template", TEMPLATE], _offline_env(tmp_path))
+
+    _assert_ok(result)
+
+
+def test_sam_translates_both_auth_branches(tmp_path: Path, other_branches_template: Path) -> None:
+    """SAM CLI expands AWS::LanguageExtensions locally, then runs the SAM transform.
+
+    Without the expansion the transform rejects the Fn::If in the API's Auth; with it, both
+    the default (API key, no zip) and the other branches (IAM, zip, existing bucket) pass.
+    """
+    sam = _tool("ONNXKIT_SAM", ".venv-sam/bin/sam")
+    env = _offline_env(tmp_path)
+    # samconfig.toml turns lint on for validate, and lint replaces the transform run.
+    no_lint_config = tmp_path / "samconfig-no-lint.toml"
+    no_lint_config.write_text("version = 0.1\n")
+
+    for template in (TEMPLATE, other_branches_template):
+        args = ["validate", "--language-extensions", "--template", template]
+        result = _run([sam, *args, "--config-file", no_lint_config], env)
+        _assert_ok(result)
+        assert "valid SAM Template" in result.stdout
+        assert "basic SAM Validation" in result.stdout, "the transform did not run"
+
+
+def test_cfn_lint(tmp_path: Path) -> None:
+    cfn_lint = _tool("ONNXKIT_CFN_LINT", ".venv-sam/bin/cfn-lint")
+
+    result = _run([cfn_lint, TEMPLATE], _offline_env(tmp_path))
+
+    _assert_ok(result)
+
+
+def test_checkov(tmp_path: Path, other_branches_template: Path) -> None:
+    """No failed check; every skip in the template carries its reason inline."""
+    checkov = _tool("ONNXKIT_CHECKOV", ".venv-checkov/bin/checkov")
+    common = ["--quiet", "--compact", "--skip-download", "--framework", "cloudformation"]
+
+    for template in (TEMPLATE, other_branches_template):
+        result = _run([checkov, *common, "-f", template], _offline_env(tmp_path))
+        _assert_ok(result)

@@ -1,0 +1,207 @@
+"""onnxruntime sessions: CPU counting (affinity, cgroups, Lambda memory), loading, warm-up."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from onnxkit import session as session_module
+from onnxkit.errors import ModelLoadError
+from onnxkit.manifest import TensorSpec
+from onnxkit.session import LAMBDA_MB_PER_VCPU, available_cpus, load_session, warm_up
+
+from .conftest import BuiltModel
+
+AFFINITY = 8
+
+
+@pytest.fixture
+def eight_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler lets this process use eight CPUs."""
+    monkeypatch.setattr(session_module.os, "sched_getaffinity", lambda pid: set(range(AFFINITY)))
+
+
+@pytest.fixture
+def cgroup(tmp_path: Path) -> Path:
+    """An empty fake cgroup root."""
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    return root
+
+
+def cgroup_v1(root: Path, quota_us: int, period_us: int) -> None:
+    """Write cgroup v1 CFS files."""
+    (root / "cpu").mkdir()
+    (root / "cpu" / "cpu.cfs_quota_us").write_text(f"{quota_us}\n")
+    (root / "cpu" / "cpu.cfs_period_us").write_text(f"{period_us}\n")
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [
+        ("50000 100000\n", 1),  # half a CPU still needs one thread
+        ("max 100000\n", AFFINITY),  # no quota: the affinity mask decides
+        ("200000 100000\n", 2),
+        ("250000 100000\n", 3),
+        ("3200000 100000\n", AFFINITY),  # a quota above the mask does not add CPUs
+        ("garbage\n", AFFINITY),
+    ],
+)
+def test_cgroup_v2_quota(eight_cpus: None, cgroup: Path, cpu_max: str, expected: int) -> None:
+    (cgroup / "cpu.max").write_text(cpu_max)
+
+    assert available_cpus(environ={}, cgroup_root=cgroup) == expected
+
+
+@pytest.mark.parametrize(("quota", "expected"), [(150_000, 2), (-1, AFFINITY), (50_000, 1)])
+def test_cgroup_v1_quota(eight_cpus: None, cgroup: Path, quota: int, expected: int) -> None:
+    cgroup_v1(cgroup, quota, 100_000)
+
+    assert available_cpus(environ={}, cgroup_root=cgroup) == expected
+
+
+def test_no_cgroup_files_means_the_affinity_count(eight_cpus: None, cgroup: Path) -> None:
+    assert available_cpus(environ={}, cgroup_root=cgroup) == AFFINITY
+
+
+def test_real_affinity_is_used_when_nothing_else_limits(cgroup: Path) -> None:
+    assert available_cpus(environ={}, cgroup_root=cgroup) == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    ("memory", "expected"),
+    [
+        (str(LAMBDA_MB_PER_VCPU), 1),
+        ("128", 1),
+        ("3538", 2),
+        ("10240", 6),
+        ("not-a-number", AFFINITY),
+        ("", AFFINITY),
+    ],
+)
+def test_lambda_memory_limits_cpus(
+    eight_cpus: None, cgroup: Path, memory: str, expected: int
+) -> None:
+    environ = {"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": memory}
+
+    assert available_cpus(environ=environ, cgroup_root=cgroup) == expected
+
+
+def test_the_smallest_limit_wins(eight_cpus: None, cgroup: Path) -> None:
+    (cgroup / "cpu.max").write_text("400000 100000\n")  # 4 CPUs
+
+    environ = {"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "3008"}  # 2 vCPUs
+
+    assert available_cpus(environ=environ, cgroup_root=cgroup) == 2
+
+
+def test_lambda_memory_is_read_from_os_environ_by_default(
+    eight_cpus: None, cgroup: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1769")
+
+    assert available_cpus(cgroup_root=cgroup) == 1
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def test_load_session_runs_the_model(tiny_model: BuiltModel) -> None:
+    session = load_session(tiny_model.path, intra_op_threads=1)
+
+    x = np.array([[1, 2, 3, 4], [-1, 0, 0.5, 2]], dtype=np.float32)
+    (y,) = session.run(None, {"x": x})
+
+    assert [i.name for i in session.get_inputs()] == ["x"]
+    assert y.dtype == np.float32
+    assert y.shape == (2, 2)
+    np.testing.assert_allclose(y, tiny_model.compute(x)["y"], rtol=1e-6)
+    assert session.get_providers() == ["CPUExecutionProvider"]
+
+
+def test_load_session_sizes_threads_to_available_cpus(
+    tiny_model: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session_module, "available_cpus", lambda: 1)
+
+    session = load_session(tiny_model.path)
+
+    assert session.get_session_options().intra_op_num_threads == 1
+
+
+def test_garbage_file_is_a_model_load_error(tmp_path: Path) -> None:
+    garbage = tmp_path / "model.onnx"
+    garbage.write_bytes(b"this is not an onnx graph\x00\xff" * 4)
+
+    with pytest.raises(ModelLoadError) as caught:
+        load_session(garbage, intra_op_threads=1)
+
+    assert caught.value.status == 500
+    assert caught.value.code == "model_load_error"
+    assert caught.value.message.startswith("onnxruntime could not load model.onnx: ")
+    assert caught.value.__cause__ is not None
+
+
+def test_missing_file_is_a_model_load_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError):
+        load_session(tmp_path / "absent.onnx", intra_op_threads=1)
+
+
+# --- warm-up -----------------------------------------------------------------------------------
+
+
+class RecordingSession:
+    """Records what warm_up feeds it."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.calls: list[tuple[Any, dict[str, np.ndarray]]] = []
+        self._error = error
+
+    def run(self, outputs: Any, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.calls.append((outputs, feed))
+        if self._error is not None:
+            raise self._error
+        return []
+
+
+def test_warm_up_feeds_zeros_with_dynamic_dims_set_to_one() -> None:
+    fake = RecordingSession()
+    inputs = (
+        TensorSpec("x", "FP32", (-1, 4)),
+        TensorSpec("ids", "INT64", (-1, -1)),
+        TensorSpec("mask", "BOOL", (2, 3)),
+    )
+
+    warm_up(fake, inputs)
+
+    assert len(fake.calls) == 1
+    outputs, feed = fake.calls[0]
+    assert outputs is None
+    assert {name: (a.shape, a.dtype) for name, a in feed.items()} == {
+        "x": ((1, 4), np.dtype(np.float32)),
+        "ids": ((1, 1), np.dtype(np.int64)),
+        "mask": ((2, 3), np.dtype(np.bool_)),
+    }
+    assert not any(a.any() for a in feed.values())
+
+
+def test_warm_up_runs_a_real_session(typed_model: BuiltModel) -> None:
+    session = load_session(typed_model.path, intra_op_threads=1)
+    inputs = (TensorSpec("ids", "INT64", (-1, 3)), TensorSpec("mask", "BOOL", (-1, 3)))
+
+    assert warm_up(session, inputs) is None
+
+
+def test_warm_up_failure_is_a_model_load_error() -> None:
+    fake = RecordingSession(error=RuntimeError("kernel exploded"))
+
+    with pytest.raises(ModelLoadError) as caught:
+        warm_up(fake, (TensorSpec("x", "FP32", (-1, 4)),))
+
+    assert caught.value.code == "model_load_error"
+    assert caught.value.message.startswith("warm-up run failed: RuntimeError")
+    assert isinstance(caught.value.__cause__, RuntimeError)

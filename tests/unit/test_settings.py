@@ -1,0 +1,208 @@
+"""Settings.from_env: defaults, validation of every variable, and problems reported together."""
+
+from __future__ import annotations
+
+import dataclasses
+from http import HTTPStatus
+
+import pytest
+
+from onnxkit.errors import ConfigurationError
+from onnxkit.settings import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_REQUEST_BYTES,
+    Settings,
+    unknown_variables,
+)
+
+MINIMAL = {"ONNXKIT_MODEL_STORE": "s3://model-bucket/onnxkit", "ONNXKIT_MODEL_NAME": "digits"}
+
+
+def test_defaults_from_the_two_required_variables() -> None:
+    settings = Settings.from_env(MINIMAL)
+
+    assert settings == Settings(
+        model_store="s3://model-bucket/onnxkit",
+        model_name="digits",
+        model_alias="prod",
+        model_version=None,
+        cache_dir="/tmp/onnxkit",
+        intra_op_threads=0,
+        max_request_bytes=DEFAULT_MAX_REQUEST_BYTES,
+        max_batch_size=DEFAULT_MAX_BATCH_SIZE,
+        s3_max_attempts=3,
+        s3_connect_timeout=2.0,
+        s3_read_timeout=10.0,
+        route_prefix="",
+    )
+    assert settings.max_request_bytes == 6 * 1024 * 1024
+    assert settings.metrics_namespace == "Onnxkit"
+    assert settings.model_ref == "prod"
+
+
+def test_every_variable_is_read_and_converted() -> None:
+    env = {
+        "ONNXKIT_MODEL_STORE": "file:///srv/models/",
+        "ONNXKIT_MODEL_NAME": "digits",
+        "ONNXKIT_MODEL_ALIAS": "staging",
+        "ONNXKIT_MODEL_VERSION": "2024-06-01.1",
+        "ONNXKIT_CACHE_DIR": "/mnt/cache",
+        "ONNXKIT_INTRA_OP_THREADS": "4",
+        "ONNXKIT_MAX_REQUEST_BYTES": "1024",
+        "ONNXKIT_MAX_BATCH_SIZE": "8",
+        "ONNXKIT_S3_MAX_ATTEMPTS": "5",
+        "ONNXKIT_S3_CONNECT_TIMEOUT": "0.5",
+        "ONNXKIT_S3_READ_TIMEOUT": " 30 ",
+        "ONNXKIT_ROUTE_PREFIX": "/zip/",
+        "POWERTOOLS_METRICS_NAMESPACE": "Digits",
+    }
+
+    settings = Settings.from_env(env)
+
+    assert settings.model_store == "file:///srv/models"  # trailing slash dropped
+    assert settings.model_alias == "staging"
+    assert settings.model_version == "2024-06-01.1"
+    assert settings.cache_dir == "/mnt/cache"
+    assert settings.intra_op_threads == 4
+    assert settings.max_request_bytes == 1024
+    assert settings.max_batch_size == 8
+    assert settings.s3_max_attempts == 5
+    assert settings.s3_connect_timeout == 0.5
+    assert settings.s3_read_timeout == 30.0
+    assert settings.route_prefix == "/zip"
+    assert settings.metrics_namespace == "Digits"
+
+
+def test_version_overrides_alias_in_model_ref() -> None:
+    pinned = Settings.from_env(
+        {**MINIMAL, "ONNXKIT_MODEL_ALIAS": "canary", "ONNXKIT_MODEL_VERSION": "7"}
+    )
+    by_alias = Settings.from_env({**MINIMAL, "ONNXKIT_MODEL_ALIAS": "canary"})
+
+    assert pinned.model_ref == "7"
+    assert pinned.model_alias == "canary"
+    assert by_alias.model_ref == "canary"
+    assert by_alias.model_version is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("/zip", "/zip"), ("/zip/", "/zip"), ("/a/b", "/a/b"), ("/", ""), ("", ""), ("  ", "")],
+)
+def test_route_prefix_is_normalised(raw: str, expected: str) -> None:
+    settings = Settings.from_env({**MINIMAL, "ONNXKIT_ROUTE_PREFIX": raw})
+
+    assert settings.route_prefix == expected
+
+
+@pytest.mark.parametrize("raw", ["zip", "/with space", "zip/"])
+def test_route_prefix_must_start_with_a_slash_and_have_no_spaces(raw: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({**MINIMAL, "ONNXKIT_ROUTE_PREFIX": raw})
+
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].startswith("ONNXKIT_ROUTE_PREFIX=")
+
+
+def test_every_bad_value_is_reported_together() -> None:
+    # GIVEN one bad or missing value for every variable
+    env = {
+        "ONNXKIT_MODEL_NAME": "Not A Name",
+        "ONNXKIT_MODEL_ALIAS": "PROD",
+        "ONNXKIT_MODEL_VERSION": "v 1",
+        "ONNXKIT_INTRA_OP_THREADS": "many",
+        "ONNXKIT_MAX_REQUEST_BYTES": "0",
+        "ONNXKIT_MAX_BATCH_SIZE": "-5",
+        "ONNXKIT_S3_MAX_ATTEMPTS": "21",
+        "ONNXKIT_S3_CONNECT_TIMEOUT": "soon",
+        "ONNXKIT_S3_READ_TIMEOUT": "0",
+        "ONNXKIT_ROUTE_PREFIX": "zip",
+    }
+
+    # WHEN the settings are built
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env(env)
+
+    # THEN one error lists every problem, one per variable, and the store as missing
+    error = caught.value
+    assert error.status == HTTPStatus.INTERNAL_SERVER_ERROR
+    assert error.code == "configuration_error"
+    assert len(error.problems) == 11
+    named = [problem.split("=")[0].split(" ")[0] for problem in error.problems]
+    assert sorted(named) == sorted(["ONNXKIT_MODEL_STORE", *env])
+    assert "ONNXKIT_MODEL_STORE is required" in error.problems[0]
+    assert "ONNXKIT_INTRA_OP_THREADS='many' is not a valid int" in error.problems
+    assert "ONNXKIT_S3_CONNECT_TIMEOUT='soon' is not a valid float" in error.problems
+    assert "ONNXKIT_MAX_REQUEST_BYTES='0' is out of range" in error.problems
+    assert all(problem in error.message for problem in error.problems)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("ONNXKIT_MODEL_STORE", "http://bucket/prefix"),
+        ("ONNXKIT_MODEL_STORE", "s3://UpperCase/prefix"),
+        ("ONNXKIT_MODEL_STORE", "s3://ab"),
+        ("ONNXKIT_MODEL_NAME", "-leading-dash"),
+        ("ONNXKIT_MODEL_NAME", "x" * 65),
+        ("ONNXKIT_INTRA_OP_THREADS", "257"),
+        ("ONNXKIT_INTRA_OP_THREADS", "1.5"),
+        ("ONNXKIT_S3_MAX_ATTEMPTS", "0"),
+        ("ONNXKIT_S3_READ_TIMEOUT", "-1"),
+        ("ONNXKIT_S3_READ_TIMEOUT", "nan"),
+    ],
+)
+def test_one_bad_value_is_one_problem(name: str, raw: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({**MINIMAL, name: raw})
+
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].startswith(f"{name}=")
+
+
+@pytest.mark.parametrize("name", ["ONNXKIT_S3_CONNECT_TIMEOUT", "ONNXKIT_S3_READ_TIMEOUT"])
+def test_infinite_timeouts_are_refused(name: str) -> None:
+    # An infinite timeout cannot be given to a socket (OverflowError on the first S3 call),
+    # so it must fail at init with the other bad values, not on the first request.
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({**MINIMAL, name: "inf"})
+
+    assert caught.value.problems == [f"{name}='inf' is out of range"]
+
+
+@pytest.mark.parametrize("name", ["ONNXKIT_MODEL_STORE", "ONNXKIT_MODEL_NAME"])
+def test_blank_required_values_are_missing(name: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({**MINIMAL, name: "   "})
+
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].startswith(f"{name} is required")
+
+
+def test_blank_optional_values_take_their_defaults() -> None:
+    env = {**MINIMAL, "ONNXKIT_MODEL_VERSION": "", "ONNXKIT_MAX_BATCH_SIZE": "  "}
+
+    settings = Settings.from_env(env)
+
+    assert settings.model_version is None
+    assert settings.max_batch_size == DEFAULT_MAX_BATCH_SIZE
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings.from_env(MINIMAL)
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.model_name = "other"  # type: ignore[misc]
+
+
+def test_unknown_variables_lists_likely_typos_only() -> None:
+    env = {
+        **MINIMAL,
+        "ONNXKIT_MODEL_VERSON": "2",
+        "ONNXKIT_CACHEDIR": "/tmp/x",
+        "HOME": "/root",
+        "onnxkit_model_name": "lower-case is not ours",
+    }
+
+    assert unknown_variables(env) == ["ONNXKIT_CACHEDIR", "ONNXKIT_MODEL_VERSON"]
+    assert unknown_variables(MINIMAL) == []
