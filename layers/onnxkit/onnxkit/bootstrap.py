@@ -10,7 +10,8 @@ from typing import Any
 
 from onnxkit.backends import Backend
 from onnxkit.backends.onnxruntime import OnnxruntimeBackend
-from onnxkit.predictor import Limits, Observer, Predictor
+from onnxkit.manifest import Manifest
+from onnxkit.predictor import Limits, Observer, Predictor, Refresh
 from onnxkit.session import load_session, warm_up
 from onnxkit.settings import Settings
 from onnxkit.store import ModelStore
@@ -44,13 +45,19 @@ def open_store(settings: Settings, s3_client: Any = None) -> ModelStore:
 def build_predictor(
     settings: Settings, *, s3_client: Any = None, observer: Observer | None = None
 ) -> Predictor:
-    """Wire a Predictor whose loader resolves, fetches, verifies, loads and warms the model."""
+    """Wire a Predictor whose loader resolves, fetches, verifies, loads and warms the model.
+
+    Serving an alias (no pinned version) with a refresh interval, the predictor re-reads the
+    alias at most once per interval and swaps in a new version once it is loaded.
+    """
     store = open_store(settings, s3_client)
 
-    def load() -> Backend:
-        manifest = store.resolve(
+    def resolve() -> Manifest:
+        return store.resolve(
             settings.model_name, version=settings.model_version, alias=settings.model_alias
         )
+
+    def load(manifest: Manifest) -> Backend:
         folder = store.fetch(manifest)
         session = load_session(
             folder / manifest.model_file.path, intra_op_threads=settings.intra_op_threads
@@ -58,7 +65,18 @@ def build_predictor(
         warm_up(session, manifest.inputs)
         return OnnxruntimeBackend(manifest, session)
 
+    def free_old_files(_: Backend, new: Backend) -> None:
+        store.evict(keep=store.local_dir(new.manifest))  # /tmp is small: keep one version
+
+    refresh = None
+    if settings.model_version is None and settings.refresh_seconds > 0:
+        refresh = Refresh(
+            resolve=resolve,
+            load=load,
+            interval_s=settings.refresh_seconds,
+            on_swap=free_old_files,
+        )
     limits = Limits(
         max_request_bytes=settings.max_request_bytes, max_batch_size=settings.max_batch_size
     )
-    return Predictor(settings.model_name, load, limits, observer)
+    return Predictor(settings.model_name, lambda: load(resolve()), limits, observer, refresh)

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -100,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--alias", help="alias to point at the new version (e.g. prod)")
     publish.add_argument("--backend", choices=["lambda", "sagemaker"], default="lambda")
     publish.add_argument("--report", type=Path, help="quantization report JSON to record")
+    publish.add_argument(
+        "--kms-key-id",
+        help="encrypt the uploads with this KMS key (SSE-KMS); default: the bucket's encryption",
+    )
     _store_arg(publish)
 
     models = commands.add_parser("models", help="inspect the registry and move aliases")
@@ -111,11 +116,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("ref")
     _store_arg(show)
-    promote = models_cmd.add_parser("promote", help="point an alias at a version")
+    promote = models_cmd.add_parser(
+        "promote",
+        help="point an alias at a version",
+        description="Move an alias (a conditional write: refused if someone moved it meanwhile). "
+        "Functions serving the alias pick the new version up within ONNXKIT_REFRESH_SECONDS.",
+    )
     promote.add_argument("name")
     promote.add_argument("version")
     promote.add_argument("--alias", default="prod")
     _store_arg(promote)
+    rollback = models_cmd.add_parser(
+        "rollback",
+        help="point an alias back at its previous version",
+        description="Move an alias back to the version it had before its last move; repeated "
+        "rollbacks walk further back through the alias's history.",
+    )
+    rollback.add_argument("name")
+    rollback.add_argument("--alias", default="prod")
+    _store_arg(rollback)
+    pull = models_cmd.add_parser(
+        "pull",
+        help="download a version, verified against its manifest",
+        description="Download NAME, NAME@VERSION or NAME@ALIAS (default alias prod) into a "
+        "folder; every file is checked against the manifest's sha256 and size.",
+    )
+    pull.add_argument("ref")
+    pull.add_argument("--out", type=Path, required=True, help="folder for the files")
+    _store_arg(pull)
 
     local = commands.add_parser("local", help="run the function on this machine, no AWS, no Docker")
     local_cmd = local.add_subparsers(dest="local_command", required=True)
@@ -159,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _open_store(uri: str | None, cache_dir: str | None = None) -> Any:
+def _open_store(
+    uri: str | None, cache_dir: str | None = None, kms_key_id: str | None = None
+) -> Any:
     from onnxkit.store import ModelStore
 
     if not uri:
@@ -171,7 +201,12 @@ def _open_store(uri: str | None, cache_dir: str | None = None) -> Any:
         import boto3
 
         client = boto3.client("s3")
-    return ModelStore.from_uri(uri, cache_dir=cache_dir or tempfile.gettempdir(), s3_client=client)
+    return ModelStore.from_uri(
+        uri,
+        cache_dir=cache_dir or tempfile.gettempdir(),
+        s3_client=client,
+        kms_key_id=kms_key_id,
+    )
 
 
 @contextlib.contextmanager
@@ -263,7 +298,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     """``publish``."""
     from onnxkit.tools.publish import publish_model
 
-    store = _open_store(args.store)
+    store = _open_store(args.store, kms_key_id=args.kms_key_id)
     size = args.model.stat().st_size
     with _progress(size, f"upload {args.model.name}") as progress:
         manifest = publish_model(
@@ -282,31 +317,47 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    """``models list|show|promote``."""
-    from onnxkit.store import ALIASES_DIR
+def _resolve_ref(store: Any, ref: str) -> Any:
+    """NAME, NAME@VERSION or NAME@ALIAS (default alias prod) -> manifest."""
+    name, _, target = ref.partition("@")
+    target = target or "prod"
+    if target in store.list_versions(name):
+        return store.get_manifest(name, target)
+    return store.resolve(name, alias=target)
 
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """``models list|show|promote|rollback|pull``."""
+    if args.models_command == "pull":
+        out = args.out.resolve()
+        store = _open_store(args.store, cache_dir=str(out.parent / f".{out.name}-cache"))
+        manifest = _resolve_ref(store, args.ref)
+        with _progress(manifest.total_size, f"download {manifest.name}@{manifest.version}") as bar:
+            folder = store.fetch(manifest, bar)
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(folder, out, ignore=shutil.ignore_patterns(".*"))
+        (out / "manifest.json").write_bytes(manifest.to_json())
+        shutil.rmtree(store.cache_dir, ignore_errors=True)
+        print(
+            f"{manifest.name}@{manifest.version} -> {out} (verified, {manifest.total_size} bytes)"
+        )
+        return 0
     store = _open_store(args.store)
     if args.models_command == "list":
         for name in store.list_models():
             versions = store.list_versions(name)
-            aliases = {
-                alias.removesuffix(".json"): store.get_alias(
-                    name, alias.removesuffix(".json")
-                ).version
-                for alias in store.blobs.list_children(f"models/{name}/{ALIASES_DIR}")
-            }
+            aliases = store.list_aliases(name)
             pointers = ", ".join(f"{a}->{v}" for a, v in sorted(aliases.items()))
             print(f"{name}: versions {', '.join(versions) or '-'}; aliases {pointers or '-'}")
         return 0
     if args.models_command == "show":
-        name, _, ref = args.ref.partition("@")
-        ref = ref or "prod"
-        versions = store.list_versions(name)
-        manifest = (
-            store.get_manifest(name, ref) if ref in versions else store.resolve(name, alias=ref)
-        )
-        print(manifest.to_json().decode(), end="")
+        print(_resolve_ref(store, args.ref).to_json().decode(), end="")
+        return 0
+    if args.models_command == "rollback":
+        before = store.get_alias(args.name, args.alias).version
+        record = store.rollback_alias(args.name, args.alias)
+        print(f"{args.name}@{args.alias}: {before} -> {record.version} (rolled back)")
         return 0
     record = store.set_alias(args.name, args.alias, args.version)
     previous = record.history[0]["version"] if record.history else "nothing"

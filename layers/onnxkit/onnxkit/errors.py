@@ -94,6 +94,13 @@ class VersionConflictError(OnnxkitError):
     code = "version_exists"
 
 
+class AliasConflictError(OnnxkitError):
+    """An alias moved between our read and our conditional write."""
+
+    status = HTTPStatus.CONFLICT
+    code = "alias_conflict"
+
+
 # --- 5xx: our side or a dependency failed --------------------------------------------------
 
 

@@ -54,6 +54,25 @@ class _NullObserver:
 
 
 @dataclass(frozen=True)
+class Refresh:
+    """How a predictor follows an alias: check it every ``interval_s``, swap when it moved.
+
+    Attributes:
+        resolve: The manifest the alias points to now.
+        load: A ready backend for a manifest (fetch, verify, session, warm-up).
+        interval_s: Seconds between checks.
+        clock: Monotonic seconds (injectable for tests).
+        on_swap: Called with (old, new) after a swap, e.g. to free the old cached files.
+    """
+
+    resolve: Callable[[], Manifest]
+    load: Callable[[Manifest], Backend]
+    interval_s: float
+    clock: Callable[[], float] = time.monotonic
+    on_swap: Callable[[Backend, Backend], None] | None = None
+
+
+@dataclass(frozen=True)
 class Limits:
     """Request limits enforced before any model work."""
 
@@ -69,6 +88,7 @@ class Predictor:
         loader: Builds a ready backend (may raise any OnnxkitError).
         limits: Body and batch limits.
         observer: Receives load and inference timings.
+        refresh: Follow an alias: swap in the new version once it is loaded (None: never).
     """
 
     def __init__(
@@ -77,13 +97,17 @@ class Predictor:
         loader: Callable[[], Backend],
         limits: Limits,
         observer: Observer | None = None,
+        refresh: Refresh | None = None,
     ) -> None:
         self.model_name = model_name
         self._loader = loader
         self._limits = limits
         self._observer = observer or _NullObserver()
+        self._refresh = refresh
         self._backend: Backend | None = None
         self._last_error: OnnxkitError | None = None
+        self._refresh_error: OnnxkitError | None = None
+        self._next_check = 0.0
         self._lock = threading.Lock()
 
     # -- loading ---------------------------------------------------------------------------
@@ -132,6 +156,8 @@ class Predictor:
                 raise self._last_error from exc
             elapsed = (time.perf_counter() - started) * 1000
             self._backend, self._last_error = backend, None
+            if self._refresh is not None:
+                self._next_check = self._refresh.clock() + self._refresh.interval_s
             manifest = backend.manifest
             logger.info(
                 "model loaded",
@@ -139,6 +165,64 @@ class Predictor:
             )
             self._observer.model_loaded(manifest, elapsed)
             return backend
+
+    @property
+    def refresh_error(self) -> OnnxkitError | None:
+        """Why the newest alias target is not serving (None when it is, or when not following)."""
+        return self._refresh_error
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Follow the alias: if it moved, load the new version and swap it in.
+
+        The current version keeps serving while the new one is fetched, verified and loaded,
+        and keeps serving if that fails (the failure is logged, kept in ``refresh_error`` and
+        retried at the next check). Checks happen at most once per interval; concurrent
+        callers never wait for a load in progress.
+
+        Returns:
+            True when a new version was swapped in.
+        """
+        refresh, current = self._refresh, self._backend
+        if refresh is None or current is None:
+            return False
+        if not force and refresh.clock() < self._next_check:
+            return False
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._next_check = refresh.clock() + refresh.interval_s
+            started = time.perf_counter()
+            try:
+                manifest = refresh.resolve()
+                if manifest == current.manifest:
+                    self._refresh_error = None
+                    return False
+                backend = refresh.load(manifest)
+            except OnnxkitError as exc:
+                self._refresh_error = exc
+                logger.warning(
+                    "alias target not loaded; still serving version %s: %s (%s)",
+                    current.manifest.version,
+                    exc.message,
+                    exc.code,
+                )
+                return False
+            self._backend, self._refresh_error = backend, None
+        finally:
+            self._lock.release()
+        elapsed = (time.perf_counter() - started) * 1000
+        logger.info(
+            "model swapped",
+            extra={
+                "model": manifest.name,
+                "from": current.manifest.version,
+                "to": manifest.version,
+            },
+        )
+        self._observer.model_loaded(manifest, elapsed)
+        if refresh.on_swap is not None:
+            refresh.on_swap(current, backend)
+        return True
 
     def try_load(self) -> bool:
         """Load at init without raising: a failure is kept and retried on the next request."""
@@ -227,6 +311,8 @@ class Predictor:
                 f"model {name!r} is not served here; this endpoint serves {self.model_name!r}"
             )
         backend = self.load()
+        if self.refresh():
+            backend = self.load()
         if version is not None and version != backend.manifest.version:
             raise ModelNotFoundError(
                 f"model {name!r} version {version!r} is not served here; "

@@ -24,6 +24,7 @@ ENV_S3_MAX_ATTEMPTS = "ONNXKIT_S3_MAX_ATTEMPTS"
 ENV_S3_CONNECT_TIMEOUT = "ONNXKIT_S3_CONNECT_TIMEOUT"
 ENV_S3_READ_TIMEOUT = "ONNXKIT_S3_READ_TIMEOUT"
 ENV_ROUTE_PREFIX = "ONNXKIT_ROUTE_PREFIX"
+ENV_REFRESH_SECONDS = "ONNXKIT_REFRESH_SECONDS"
 # Powertools' own variable; read here so a missing one falls back instead of failing each flush.
 ENV_METRICS_NAMESPACE = "POWERTOOLS_METRICS_NAMESPACE"
 
@@ -41,6 +42,7 @@ KNOWN_VARIABLES = frozenset(
         ENV_S3_CONNECT_TIMEOUT,
         ENV_S3_READ_TIMEOUT,
         ENV_ROUTE_PREFIX,
+        ENV_REFRESH_SECONDS,
     }
 )
 
@@ -71,6 +73,7 @@ class Settings:
         s3_connect_timeout: Seconds.
         s3_read_timeout: Seconds.
         route_prefix: A path prefix stripped before routing (``/zip`` for the zip variant).
+        refresh_seconds: How often a function serving an alias re-reads it (0: never).
         metrics_namespace: CloudWatch namespace for the function's metrics.
     """
 
@@ -86,6 +89,7 @@ class Settings:
     s3_connect_timeout: float = 2.0
     s3_read_timeout: float = 10.0
     route_prefix: str = ""
+    refresh_seconds: float = 60.0
     metrics_namespace: str = "Onnxkit"
 
     @property
@@ -155,6 +159,9 @@ class Settings:
             "s3_connect_timeout": read(ENV_S3_CONNECT_TIMEOUT, float, 2.0, _is_timeout),
             "s3_read_timeout": read(ENV_S3_READ_TIMEOUT, float, 10.0, _is_timeout),
             "route_prefix": prefix,
+            "refresh_seconds": read(
+                ENV_REFRESH_SECONDS, float, 60.0, lambda v: math.isfinite(v) and v >= 0
+            ),
             "metrics_namespace": read(ENV_METRICS_NAMESPACE, str, "Onnxkit", bool),
         }
         if problems:

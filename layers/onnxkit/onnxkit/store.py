@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from onnxkit.errors import (
+    AliasConflictError,
     CacheFullError,
     IntegrityError,
     ModelNotFoundError,
@@ -57,12 +59,22 @@ class Blobs(Protocol):
         """The whole object. Raises ModelNotFoundError if absent."""
         ...
 
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        """The whole object and a token (ETag) for a later conditional write."""
+        ...
+
     def stream(self, key: str) -> Iterator[bytes]:
         """The object in chunks. Raises ModelNotFoundError if absent."""
         ...
 
-    def write(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
-        """Store bytes; with ``if_absent``, refuse (VersionConflictError) if the key exists."""
+    def write(
+        self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None
+    ) -> None:
+        """Store bytes, optionally only if absent or only if unchanged since ``read_versioned``.
+
+        Raises:
+            VersionConflictError: The condition did not hold.
+        """
         ...
 
     def upload(self, path: Path, key: str, progress: Progress | None = None) -> None:
@@ -84,19 +96,28 @@ class Blobs(Protocol):
 class S3Blobs:
     """Blobs in an S3 bucket under a prefix. The boto3 client is passed in, never made here."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str) -> None:
+    def __init__(
+        self, client: Any, bucket: str, prefix: str, *, kms_key_id: str | None = None
+    ) -> None:
         self._client = client
         self._bucket = bucket
         self._prefix = prefix.strip("/")
+        # Without a key the bucket's default encryption applies (the stack's bucket: SSE-KMS).
+        self._sse: dict[str, str] = (
+            {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id} if kms_key_id else {}
+        )
         self.uri = f"s3://{bucket}/{self._prefix}".rstrip("/")
 
     def _key(self, key: str) -> str:
         return f"{self._prefix}/{key}" if self._prefix else key
 
     def read(self, key: str) -> bytes:
+        return self.read_versioned(key)[0]
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
         with self._errors(key):
-            body = self._client.get_object(Bucket=self._bucket, Key=self._key(key))["Body"]
-            return bytes(body.read())
+            reply = self._client.get_object(Bucket=self._bucket, Key=self._key(key))
+            return bytes(reply["Body"].read()), str(reply["ETag"])
 
     def stream(self, key: str) -> Iterator[bytes]:
         with self._errors(key):
@@ -106,8 +127,16 @@ class S3Blobs:
             finally:
                 body.close()
 
-    def write(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
-        extra = {"IfNoneMatch": "*"} if if_absent else {}
+    def write(
+        self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None
+    ) -> None:
+        # S3 conditional writes: IfNoneMatch="*" creates only; IfMatch=ETag replaces only the
+        # object we read. Either failing is a 412, mapped to VersionConflictError.
+        extra: dict[str, str] = dict(self._sse)
+        if if_absent:
+            extra["IfNoneMatch"] = "*"
+        if if_match is not None:
+            extra["IfMatch"] = if_match
         with self._errors(key):
             self._client.put_object(
                 Bucket=self._bucket,
@@ -220,9 +249,27 @@ class FileBlobs:
             while chunk := handle.read(_CHUNK):
                 yield chunk
 
-    def write(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        data = self.read(key)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def write(
+        self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None
+    ) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if if_match is not None:
+            # The local twin of S3's IfMatch: compare and replace under an exclusive lock.
+            with (path.parent / ".lock").open("w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    current = hashlib.sha256(path.read_bytes()).hexdigest()
+                except FileNotFoundError:
+                    current = None
+                if current != if_match:
+                    raise VersionConflictError(f"{path} changed since it was read")
+                _atomic_write(path, data)
+            return
         if if_absent:
             try:
                 with path.open("xb") as handle:  # O_EXCL: the local twin of IfNoneMatch
@@ -288,8 +335,18 @@ class ModelStore:
         return self.blobs.uri
 
     @classmethod
-    def from_uri(cls, uri: str, *, cache_dir: Path | str, s3_client: Any = None) -> ModelStore:
+    def from_uri(
+        cls,
+        uri: str,
+        *,
+        cache_dir: Path | str,
+        s3_client: Any = None,
+        kms_key_id: str | None = None,
+    ) -> ModelStore:
         """Open ``s3://bucket/prefix`` (with a boto3 S3 client) or ``file:///dir``.
+
+        ``kms_key_id`` encrypts what this store writes to S3 with that KMS key (SSE-KMS);
+        without it the bucket's default encryption applies.
 
         Raises:
             ValueError: Unknown scheme, or an S3 URI without a client.
@@ -298,7 +355,8 @@ class ModelStore:
         if parsed.scheme == "s3":
             if s3_client is None:
                 raise ValueError("an s3:// store needs an S3 client")
-            return cls(S3Blobs(s3_client, parsed.netloc, parsed.path), cache_dir)
+            blobs = S3Blobs(s3_client, parsed.netloc, parsed.path, kms_key_id=kms_key_id)
+            return cls(blobs, cache_dir)
         if parsed.scheme == "file":
             return cls(FileBlobs(Path(parsed.netloc + parsed.path)), cache_dir)
         raise ValueError(f"model store must be s3://bucket/prefix or file:///dir, not {uri!r}")
@@ -331,24 +389,13 @@ class ModelStore:
         Raises:
             ModelNotFoundError: The alias is not set.
         """
-        try:
-            raw = self.blobs.read(f"models/{name}/{ALIASES_DIR}/{alias}.json")
-        except ModelNotFoundError as exc:
+        record, _ = self._read_alias(name, alias)
+        if record is None:
             raise ModelNotFoundError(
                 f"model {name!r} has no alias {alias!r} in {self.uri}; "
                 f"publish a version with --alias {alias}"
-            ) from exc
-        try:
-            data = json.loads(raw)
-            return AliasRecord(
-                name=name,
-                alias=alias,
-                version=str(data["version"]),
-                updated_at=str(data.get("updated_at", "")),
-                history=tuple(data.get("history", ())),
             )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise IntegrityError(f"alias {name}@{alias} is not valid JSON: {exc}") from exc
+        return record
 
     def resolve(self, name: str, *, version: str | None = None, alias: str = "prod") -> Manifest:
         """The manifest for an explicit version, else for the version an alias points to."""
@@ -498,17 +545,47 @@ class ModelStore:
             self.blobs.upload(source_dir / entry.path, f"{prefix}/{entry.path}", progress)
         self.blobs.write(f"{prefix}/{MANIFEST_NAME}", manifest.to_json(), if_absent=True)
 
+    def _read_alias(self, name: str, alias: str) -> tuple[AliasRecord | None, str | None]:
+        """The alias and its ETag, or (None, None) when it is not set."""
+        try:
+            raw, etag = self.blobs.read_versioned(f"models/{name}/{ALIASES_DIR}/{alias}.json")
+        except ModelNotFoundError:
+            return None, None
+        return _parse_alias(name, alias, raw), etag
+
+    def _write_alias(self, record: AliasRecord, etag: str | None) -> None:
+        body = {
+            "name": record.name,
+            "alias": record.alias,
+            "version": record.version,
+            "updated_at": record.updated_at,
+            "history": list(record.history),
+        }
+        try:
+            self.blobs.write(
+                f"models/{record.name}/{ALIASES_DIR}/{record.alias}.json",
+                json.dumps(body, indent=2).encode() + b"\n",
+                if_absent=etag is None,
+                if_match=etag,
+            )
+        except VersionConflictError as exc:
+            raise AliasConflictError(
+                f"alias {record.name}@{record.alias} was moved by someone else meanwhile; "
+                "look at `onnxkit models list` and retry"
+            ) from exc
+
     def set_alias(self, name: str, alias: str, version: str) -> AliasRecord:
         """Point an alias at a published version, keeping the previous targets as history.
 
+        The write is conditional on the alias being unchanged since it was read, so two
+        concurrent promotions cannot silently overwrite each other.
+
         Raises:
             ModelNotFoundError: The version is not published.
+            AliasConflictError: The alias moved concurrently.
         """
         self.get_manifest(name, version)  # refuse to point at nothing
-        try:
-            previous: AliasRecord | None = self.get_alias(name, alias)
-        except ModelNotFoundError:
-            previous = None
+        previous, etag = self._read_alias(name, alias)
         history: list[dict[str, str]] = []
         if previous is not None:
             history = [{"version": previous.version, "updated_at": previous.updated_at}]
@@ -517,21 +594,67 @@ class ModelStore:
             name=name,
             alias=alias,
             version=version,
-            updated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            updated_at=_now(),
             history=tuple(history[:_ALIAS_HISTORY]),
         )
-        body = {
-            "name": name,
-            "alias": alias,
-            "version": version,
-            "updated_at": record.updated_at,
-            "history": list(record.history),
-        }
-        self.blobs.write(
-            f"models/{name}/{ALIASES_DIR}/{alias}.json",
-            json.dumps(body, indent=2).encode() + b"\n",
-        )
+        self._write_alias(record, etag)
         return record
+
+    def rollback_alias(self, name: str, alias: str) -> AliasRecord:
+        """Point an alias back at the version it had before its last move.
+
+        The current target is dropped from the history, so rolling back twice walks further
+        back rather than toggling.
+
+        Raises:
+            ModelNotFoundError: The alias is not set or has no earlier version.
+            AliasConflictError: The alias moved concurrently.
+        """
+        current, etag = self._read_alias(name, alias)
+        if current is None:
+            raise ModelNotFoundError(f"model {name!r} has no alias {alias!r} in {self.uri}")
+        if not current.history:
+            raise ModelNotFoundError(
+                f"{name}@{alias} has no earlier version to roll back to (it has only pointed "
+                f"at {current.version})"
+            )
+        target = current.history[0]["version"]
+        self.get_manifest(name, target)
+        record = AliasRecord(
+            name=name,
+            alias=alias,
+            version=target,
+            updated_at=_now(),
+            history=current.history[1:],
+        )
+        self._write_alias(record, etag)
+        return record
+
+    def list_aliases(self, name: str) -> dict[str, str]:
+        """Alias -> version for one model."""
+        return {
+            child.removesuffix(".json"): self.get_alias(name, child.removesuffix(".json")).version
+            for child in self.blobs.list_children(f"models/{name}/{ALIASES_DIR}")
+            if child.endswith(".json")
+        }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _parse_alias(name: str, alias: str, raw: bytes) -> AliasRecord:
+    try:
+        data = json.loads(raw)
+        return AliasRecord(
+            name=name,
+            alias=alias,
+            version=str(data["version"]),
+            updated_at=str(data.get("updated_at", "")),
+            history=tuple({**h, "version": str(h["version"])} for h in data.get("history", ())),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise IntegrityError(f"alias {name}@{alias} is not valid JSON: {exc}") from exc
 
 
 def _has_size(path: Path, size: int) -> bool:

@@ -47,9 +47,14 @@ class MetricsObserver:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        self._dimensions_of: tuple[str, str] | None = None
 
     def _dimensions(self, manifest: Manifest) -> None:
-        self._metrics.set_default_dimensions(model=manifest.name, version=manifest.version)
+        key = (manifest.name, manifest.version)
+        if key != self._dimensions_of:  # a swap to a new version re-labels what follows
+            self._metrics.clear_default_dimensions()
+            self._metrics.set_default_dimensions(model=manifest.name, version=manifest.version)
+            self._dimensions_of = key
 
     def model_loaded(self, manifest: Manifest, milliseconds: float) -> None:
         """Record ModelLoadMs."""
