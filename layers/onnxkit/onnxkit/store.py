@@ -153,7 +153,13 @@ class S3Blobs:
 
         try:
             with self._errors(key):
-                self._client.upload_file(str(path), self._bucket, self._key(key), Callback=progress)
+                self._client.upload_file(
+                    str(path),
+                    self._bucket,
+                    self._key(key),
+                    ExtraArgs=self._sse or None,
+                    Callback=progress,
+                )
         except S3UploadFailedError as exc:
             if "NoSuchBucket" in str(exc):
                 raise StoreUnavailableError(
