@@ -62,10 +62,10 @@ def test_list_aliases(store: StoreHarness, tiny_model: BuiltModel) -> None:
 
 
 def test_kms_key_is_applied_to_every_write(s3_client, tmp_path, tiny_model: BuiltModel) -> None:
+    import boto3
+
     from onnxkit.store import ModelStore
     from onnxkit.tools.publish import publish_model
-
-    import boto3
 
     key_id = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
     store = ModelStore.from_uri(
