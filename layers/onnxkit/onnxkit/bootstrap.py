@@ -10,6 +10,8 @@ from typing import Any
 
 from onnxkit.backends import Backend
 from onnxkit.backends.onnxruntime import OnnxruntimeBackend
+from onnxkit.backends.sagemaker import SageMakerBackend
+from onnxkit.errors import ModelNotReadyError
 from onnxkit.manifest import Manifest
 from onnxkit.predictor import Limits, Observer, Predictor, Refresh
 from onnxkit.session import load_session, warm_up
@@ -33,6 +35,36 @@ def make_s3_client(settings: Settings) -> Any:
     return boto3.client("s3", config=config)
 
 
+def make_sagemaker_client(settings: Settings) -> Any:
+    """A boto3 sagemaker-runtime client with the invocation timeout and retry budget.
+
+    The endpoint follows ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`` (the local endpoint server).
+    """
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "standard", "max_attempts": settings.sagemaker_max_attempts},
+        connect_timeout=2,
+        read_timeout=settings.sagemaker_timeout,
+    )
+    return boto3.client("sagemaker-runtime", config=config)
+
+
+def choose_backend(settings: Settings, manifest: Manifest) -> str:
+    """``lambda`` or ``sagemaker`` for this model.
+
+    ``auto`` follows the manifest's ``backend`` (set at publish), and sends models whose
+    files exceed ``ONNXKIT_AUTO_MAX_LAMBDA_BYTES`` or whose metadata declares ``gpu: true``
+    to SageMaker; anything else runs in the function.
+    """
+    if settings.backend != "auto":
+        return settings.backend
+    if manifest.backend == "sagemaker" or bool(manifest.metadata.get("gpu")):
+        return "sagemaker"
+    return "sagemaker" if manifest.total_size > settings.auto_max_lambda_bytes else "lambda"
+
+
 def open_store(settings: Settings, s3_client: Any = None) -> ModelStore:
     """The model store named by the settings (an S3 client is made if needed and not given)."""
     if settings.model_store.startswith("s3://") and s3_client is None:
@@ -43,12 +75,18 @@ def open_store(settings: Settings, s3_client: Any = None) -> ModelStore:
 
 
 def build_predictor(
-    settings: Settings, *, s3_client: Any = None, observer: Observer | None = None
+    settings: Settings,
+    *,
+    s3_client: Any = None,
+    sagemaker_client: Any = None,
+    observer: Observer | None = None,
 ) -> Predictor:
     """Wire a Predictor whose loader resolves, fetches, verifies, loads and warms the model.
 
     Serving an alias (no pinned version) with a refresh interval, the predictor re-reads the
-    alias at most once per interval and swaps in a new version once it is loaded.
+    alias at most once per interval and swaps in a new version once it is loaded. Models
+    routed to SageMaker (see :func:`choose_backend`) are not downloaded: only their manifest
+    is read, to validate requests before they are forwarded.
     """
     store = open_store(settings, s3_client)
 
@@ -57,7 +95,18 @@ def build_predictor(
             settings.model_name, version=settings.model_version, alias=settings.model_alias
         )
 
+    clients: dict[str, Any] = {"sagemaker": sagemaker_client}
+
     def load(manifest: Manifest) -> Backend:
+        if choose_backend(settings, manifest) == "sagemaker":
+            if not settings.sagemaker_endpoint:
+                raise ModelNotReadyError(
+                    f"{manifest.name} {manifest.version} is routed to SageMaker but no endpoint "
+                    "is configured; set ONNXKIT_SAGEMAKER_ENDPOINT or ONNXKIT_BACKEND=lambda"
+                )
+            if clients["sagemaker"] is None:
+                clients["sagemaker"] = make_sagemaker_client(settings)
+            return SageMakerBackend(manifest, clients["sagemaker"], settings.sagemaker_endpoint)
         folder = store.fetch(manifest)
         session = load_session(
             folder / manifest.model_file.path, intra_op_threads=settings.intra_op_threads

@@ -157,6 +157,27 @@ class BackendThrottledError(OnnxkitError):
     code = "backend_throttled"
 
 
+class BackendError(OnnxkitError):
+    """The remote backend (a SageMaker endpoint) failed to run the model."""
+
+    status = HTTPStatus.BAD_GATEWAY
+    code = "backend_model_error"
+
+
+class BackendUnavailableError(OnnxkitError):
+    """The remote backend is missing, not in service, or unreachable."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "backend_unavailable"
+
+
+class BackendTimeoutError(OnnxkitError):
+    """The remote backend did not answer in time."""
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
+    code = "backend_timeout"
+
+
 class InferenceError(OnnxkitError):
     """The model failed while running on valid input."""
 

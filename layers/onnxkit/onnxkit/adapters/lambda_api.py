@@ -195,7 +195,9 @@ def error_response(error: BaseException) -> Response:
     return json_response(status, payload, headers)
 
 
-def build_handler(settings: Settings, *, s3_client: Any = None) -> Callable[[dict, Any], dict]:
+def build_handler(
+    settings: Settings, *, s3_client: Any = None, sagemaker_client: Any = None
+) -> Callable[[dict, Any], dict]:
     """The Lambda handler: loads the model now (init phase), then serves requests.
 
     A failed load does not fail init: the error is logged and each request retries the load
@@ -208,7 +210,12 @@ def build_handler(settings: Settings, *, s3_client: Any = None) -> Callable[[dic
     copy_config_to_registered_loggers(source_logger=logger, include={"onnxkit"})
     metrics = Metrics(namespace=settings.metrics_namespace)
     tracer = Tracer()
-    predictor = build_predictor(settings, s3_client=s3_client, observer=MetricsObserver(metrics))
+    predictor = build_predictor(
+        settings,
+        s3_client=s3_client,
+        sagemaker_client=sagemaker_client,
+        observer=MetricsObserver(metrics),
+    )
     predictor.try_load()
     app = create_app(predictor, logger, settings.route_prefix, metrics)
 

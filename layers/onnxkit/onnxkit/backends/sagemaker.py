@@ -1,0 +1,152 @@
+"""The remote backend: a SageMaker real-time endpoint, invoked with the same v2 JSON.
+
+The function validates the request against the manifest's signature (no bad input crosses
+the network), forwards it through sagemaker-runtime ``InvokeEndpoint`` and decodes the v2
+response. Retries and timeouts come from the botocore client's config. Failures map to
+statuses a client can act on: throttling 429 with Retry-After, model error 502, timeout 504,
+endpoint missing or not in service 503; a 4xx the container gave (our own error body) is
+passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import numpy as np
+
+from onnxkit.codecs import encode_tensor
+from onnxkit.datatypes import BY_NAME
+from onnxkit.errors import (
+    BackendError,
+    BackendThrottledError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    InvalidInputError,
+    OnnxkitError,
+)
+from onnxkit.manifest import Manifest
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+RETRY_AFTER_SECONDS = "1"
+
+
+class SageMakerBackend:
+    """Runs a manifest's model on a SageMaker endpoint.
+
+    Args:
+        manifest: The model's manifest (its signature validated the request already).
+        client: A boto3 ``sagemaker-runtime`` client (endpoint, timeouts and retries set).
+        endpoint_name: The endpoint to invoke.
+    """
+
+    def __init__(self, manifest: Manifest, client: Any, endpoint_name: str) -> None:
+        self.manifest = manifest
+        self._client = client
+        self._endpoint = endpoint_name
+        self._output_names = [spec.name for spec in manifest.outputs]
+
+    def run(
+        self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Invoke the endpoint; see :class:`onnxkit.backends.Backend`."""
+        names = self._output_names if outputs is None else outputs
+        unknown = [name for name in names if name not in self._output_names]
+        if unknown:
+            raise InvalidInputError(
+                f"unknown output(s) {', '.join(map(repr, unknown))}; this model has "
+                + ", ".join(map(repr, self._output_names))
+            )
+        request: dict[str, Any] = {
+            "inputs": [encode_tensor(name, array) for name, array in inputs.items()],
+            "outputs": [{"name": name} for name in names],
+        }
+        reply = self._invoke(json.dumps(request, separators=(",", ":")).encode())
+        return decode_outputs(reply, names)
+
+    def _invoke(self, body: bytes) -> bytes:
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionError,
+            ConnectTimeoutError,
+            ReadTimeoutError,
+        )
+
+        where = f"SageMaker endpoint {self._endpoint!r}"
+        try:
+            response = self._client.invoke_endpoint(
+                EndpointName=self._endpoint, Body=body, ContentType=JSON, Accept=JSON
+            )
+            return bytes(response["Body"].read())
+        except ReadTimeoutError as exc:
+            raise BackendTimeoutError(f"{where} did not answer in time") from exc
+        except (ConnectTimeoutError, ConnectionError) as exc:
+            raise BackendUnavailableError(f"{where} cannot be reached") from exc
+        except ClientError as exc:
+            raise map_client_error(exc, where) from exc
+
+
+def map_client_error(exc: Any, where: str) -> OnnxkitError:
+    """An InvokeEndpoint ClientError as an onnxkit error."""
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    message = str(error.get("Message", ""))
+    if code in ("ThrottlingException", "TooManyRequestsException") or "throttl" in message.lower():
+        return BackendThrottledError(
+            f"{where} is throttling requests; retry after a short wait",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+    if code == "ModelError":
+        passed = _container_client_error(exc.response)
+        if passed is not None:
+            return passed
+        logger.error("model error from %s: %s", where, message)
+        return BackendError(f"{where} failed to run the model; its logs have the details")
+    if code in ("ModelNotReadyException", "ServiceUnavailable", "InternalFailure",
+                "InternalDependencyException"):  # fmt: skip
+        return BackendUnavailableError(f"{where} is not ready ({code}); retry shortly")
+    if code == "ValidationError" and ("not found" in message or "status" in message.lower()):
+        return BackendUnavailableError(
+            f"{where} does not exist or is not InService; deploy it or check "
+            "ONNXKIT_SAGEMAKER_ENDPOINT"
+        )
+    logger.error("unexpected error from %s: %s %s", where, code, message)
+    return BackendError(f"{where} refused the request ({code or 'unknown error'})")
+
+
+def _container_client_error(response: dict[str, Any]) -> OnnxkitError | None:
+    """Our container's own 4xx body, passed through with its status and code."""
+    status = response.get("OriginalStatusCode")
+    original = response.get("OriginalMessage", "")
+    if not isinstance(status, int) or not 400 <= status < 500:
+        return None
+    try:
+        detail = json.loads(original)["error"]
+        error = OnnxkitError(str(detail["message"]), code=str(detail["code"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+    error.status = HTTPStatus(status)
+    return error
+
+
+def decode_outputs(raw: bytes, names: list[str]) -> dict[str, np.ndarray]:
+    """Arrays from a v2 JSON response, in the order asked for.
+
+    Raises:
+        BackendError: The response is not a v2 response with those outputs.
+    """
+    try:
+        body = json.loads(raw)
+        tensors = {tensor["name"]: tensor for tensor in body["outputs"]}
+        result = {}
+        for name in names:
+            tensor = tensors[name]
+            dtype = BY_NAME[tensor["datatype"]].numpy
+            result[name] = np.asarray(tensor["data"], dtype=dtype).reshape(tensor["shape"])
+        return result
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BackendError("the endpoint's response is not a valid v2 response") from exc
