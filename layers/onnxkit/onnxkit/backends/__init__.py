@@ -6,7 +6,26 @@ from typing import Protocol
 
 import numpy as np
 
+from onnxkit.errors import InvalidInputError
 from onnxkit.manifest import Manifest
+
+
+def requested_outputs(manifest: Manifest, outputs: list[str] | None) -> list[str]:
+    """The output names to produce: all in signature order, or the requested ones if known.
+
+    Raises:
+        InvalidInputError: A requested name is not one of the model's outputs.
+    """
+    available = [spec.name for spec in manifest.outputs]
+    if outputs is None:
+        return available
+    unknown = [name for name in outputs if name not in available]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown output(s) {', '.join(map(repr, unknown))}; this model has "
+            + ", ".join(map(repr, available))
+        )
+    return outputs
 
 
 class Backend(Protocol):

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from onnxkit.errors import InferenceError, InvalidInputError
+from onnxkit.backends import requested_outputs
+from onnxkit.errors import InferenceError
 from onnxkit.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -19,19 +20,12 @@ class OnnxruntimeBackend:
     def __init__(self, manifest: Manifest, session: Any) -> None:
         self.manifest = manifest
         self._session = session
-        self._output_names = [spec.name for spec in manifest.outputs]
 
     def run(
         self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
     ) -> dict[str, np.ndarray]:
         """Run the session; see :class:`onnxkit.backends.Backend`."""
-        names = self._output_names if outputs is None else outputs
-        unknown = [name for name in names if name not in self._output_names]
-        if unknown:
-            raise InvalidInputError(
-                f"unknown output(s) {', '.join(map(repr, unknown))}; this model has "
-                + ", ".join(map(repr, self._output_names))
-            )
+        names = requested_outputs(self.manifest, outputs)
         try:
             results = self._session.run(names, inputs)
         except Exception as exc:  # onnxruntime's own error types; never echo their text

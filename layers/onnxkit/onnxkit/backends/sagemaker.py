@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxkit.backends import requested_outputs
 from onnxkit.codecs import encode_tensor
 from onnxkit.datatypes import BY_NAME
 from onnxkit.errors import (
@@ -24,7 +25,6 @@ from onnxkit.errors import (
     BackendThrottledError,
     BackendTimeoutError,
     BackendUnavailableError,
-    InvalidInputError,
     OnnxkitError,
 )
 from onnxkit.manifest import Manifest
@@ -48,19 +48,12 @@ class SageMakerBackend:
         self.manifest = manifest
         self._client = client
         self._endpoint = endpoint_name
-        self._output_names = [spec.name for spec in manifest.outputs]
 
     def run(
         self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
     ) -> dict[str, np.ndarray]:
         """Invoke the endpoint; see :class:`onnxkit.backends.Backend`."""
-        names = self._output_names if outputs is None else outputs
-        unknown = [name for name in names if name not in self._output_names]
-        if unknown:
-            raise InvalidInputError(
-                f"unknown output(s) {', '.join(map(repr, unknown))}; this model has "
-                + ", ".join(map(repr, self._output_names))
-            )
+        names = requested_outputs(self.manifest, outputs)
         request: dict[str, Any] = {
             "inputs": [encode_tensor(name, array) for name, array in inputs.items()],
             "outputs": [{"name": name} for name in names],
