@@ -32,7 +32,18 @@ OTHER_BRANCHES = {
     "ModelBucketName": "existing-model-bucket",
     "ReservedConcurrency": "0",
     "ConfigureApiGatewayAccount": "false",
+    # The GPU path on, serving a model.tar.gz (network isolation on), and the function sending
+    # its model there (the template's Rules want the endpoint and the same model name).
+    "SageMakerImageUri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/onnxkit/endpoint:gpu-v1",
+    "SageMakerModelDataUrl": "s3://existing-model-bucket/onnxkit/models/digits/1/model.tar.gz",
+    "SageMakerModelName": "digits",
+    "ModelBackend": "sagemaker",
 }
+# The GPU path on with everything else at its default: the container loads from the registry.
+SAGEMAKER_FROM_REGISTRY = {
+    "SageMakerImageUri": f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/onnxkit@sha256:{'0' * 64}",
+}
+FLIPPED = {"other-branches": OTHER_BRANCHES, "sagemaker-from-registry": SAGEMAKER_FROM_REGISTRY}
 
 
 def _tool(env_var: str, venv_path: str) -> Path:
@@ -83,14 +94,17 @@ def _assert_ok(result: subprocess.CompletedProcess[str]) -> None:
 
 
 @pytest.fixture
-def other_branches_template(tmp_path: Path) -> Path:
-    """template.yaml with OTHER_BRANCHES as defaults, as JSON beside the repo's paths."""
-    template: dict[str, Any] = yaml_parse(TEMPLATE.read_text())
-    for name, value in OTHER_BRANCHES.items():
-        template["Parameters"][name]["Default"] = value
-    path = tmp_path / "template-other-branches.json"
-    path.write_text(json.dumps(template, indent=1))
-    return path
+def flipped_templates(tmp_path: Path) -> list[Path]:
+    """template.yaml with each FLIPPED set as its defaults, as JSON files."""
+    paths = []
+    for label, overrides in FLIPPED.items():
+        template: dict[str, Any] = yaml_parse(TEMPLATE.read_text())
+        for name, value in overrides.items():
+            template["Parameters"][name]["Default"] = value
+        path = tmp_path / f"template-{label}.json"
+        path.write_text(json.dumps(template, indent=1))
+        paths.append(path)
+    return paths
 
 
 def test_sam_validate_lint(tmp_path: Path) -> None:
@@ -101,11 +115,12 @@ def test_sam_validate_lint(tmp_path: Path) -> None:
     _assert_ok(result)
 
 
-def test_sam_translates_both_auth_branches(tmp_path: Path, other_branches_template: Path) -> None:
+def test_sam_translates_every_branch(tmp_path: Path, flipped_templates: list[Path]) -> None:
     """SAM CLI expands AWS::LanguageExtensions locally, then runs the SAM transform.
 
-    Without the expansion the transform rejects the Fn::If in the API's Auth; with it, both
-    the default (API key, no zip) and the other branches (IAM, zip, existing bucket) pass.
+    Without the expansion the transform rejects the Fn::If in the API's Auth; with it, the
+    default (API key, no zip, no endpoint) and the flipped sets (IAM, zip, existing bucket,
+    the SageMaker endpoint with and without model data) pass.
     """
     sam = _tool("ONNXKIT_SAM", ".venv-sam/bin/sam")
     env = _offline_env(tmp_path)
@@ -113,7 +128,7 @@ def test_sam_translates_both_auth_branches(tmp_path: Path, other_branches_templa
     no_lint_config = tmp_path / "samconfig-no-lint.toml"
     no_lint_config.write_text("version = 0.1\n")
 
-    for template in (TEMPLATE, other_branches_template):
+    for template in (TEMPLATE, *flipped_templates):
         args = ["validate", "--language-extensions", "--template", template]
         result = _run([sam, *args, "--config-file", no_lint_config], env)
         _assert_ok(result)
@@ -121,19 +136,39 @@ def test_sam_translates_both_auth_branches(tmp_path: Path, other_branches_templa
         assert "basic SAM Validation" in result.stdout, "the transform did not run"
 
 
-def test_cfn_lint(tmp_path: Path) -> None:
+def test_sam_validate_lint_of_flipped_defaults(
+    tmp_path: Path, flipped_templates: list[Path]
+) -> None:
+    """cfn-lint (through sam) also sees the resources behind the flipped conditions."""
+    sam = _tool("ONNXKIT_SAM", ".venv-sam/bin/sam")
+
+    for template in flipped_templates:
+        result = _run([sam, "validate", "--lint", "--template", template], _offline_env(tmp_path))
+        _assert_ok(result)
+
+
+def test_cfn_lint(tmp_path: Path, flipped_templates: list[Path]) -> None:
     cfn_lint = _tool("ONNXKIT_CFN_LINT", ".venv-sam/bin/cfn-lint")
 
-    result = _run([cfn_lint, TEMPLATE], _offline_env(tmp_path))
+    for template in (TEMPLATE, *flipped_templates):
+        result = _run([cfn_lint, template], _offline_env(tmp_path))
+        _assert_ok(result)
 
-    _assert_ok(result)
 
-
-def test_checkov(tmp_path: Path, other_branches_template: Path) -> None:
+def test_checkov(tmp_path: Path, flipped_templates: list[Path]) -> None:
     """No failed check; every skip in the template carries its reason inline."""
+    skips = [
+        (name, skip)
+        for name, resource in yaml_parse(TEMPLATE.read_text())["Resources"].items()
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", [])
+    ]
+    assert skips, "the template's checkov skips were not found"
+    for name, skip in skips:
+        assert skip["id"].startswith("CKV_"), (name, skip)
+        assert len(skip.get("comment", "").split()) >= 8, f"{name} skips {skip['id']} unexplained"
     checkov = _tool("ONNXKIT_CHECKOV", ".venv-checkov/bin/checkov")
     common = ["--quiet", "--compact", "--skip-download", "--framework", "cloudformation"]
 
-    for template in (TEMPLATE, other_branches_template):
+    for template in (TEMPLATE, *flipped_templates):
         result = _run([checkov, *common, "-f", template], _offline_env(tmp_path))
         _assert_ok(result)
