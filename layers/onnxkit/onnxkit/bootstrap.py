@@ -6,6 +6,7 @@ library below it never creates AWS clients or reads the environment by itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from onnxkit.backends import Backend
@@ -14,7 +15,7 @@ from onnxkit.backends.sagemaker import SageMakerBackend
 from onnxkit.errors import ModelNotReadyError
 from onnxkit.manifest import Manifest
 from onnxkit.predictor import Limits, Observer, Predictor, Refresh
-from onnxkit.session import load_session, warm_up
+from onnxkit.session import create_session, warm_up
 from onnxkit.settings import Settings
 from onnxkit.store import ModelStore
 
@@ -80,13 +81,15 @@ def build_predictor(
     s3_client: Any = None,
     sagemaker_client: Any = None,
     observer: Observer | None = None,
+    wrap_backend: Callable[[Backend], Backend] | None = None,
 ) -> Predictor:
     """Wire a Predictor whose loader resolves, fetches, verifies, loads and warms the model.
 
     Serving an alias (no pinned version) with a refresh interval, the predictor re-reads the
     alias at most once per interval and swaps in a new version once it is loaded. Models
     routed to SageMaker (see :func:`choose_backend`) are not downloaded: only their manifest
-    is read, to validate requests before they are forwarded.
+    is read, to validate requests before they are forwarded. ``wrap_backend`` wraps each
+    in-process backend (the endpoint container's dynamic batching).
     """
     store = open_store(settings, s3_client)
 
@@ -108,13 +111,19 @@ def build_predictor(
                 clients["sagemaker"] = make_sagemaker_client(settings)
             return SageMakerBackend(manifest, clients["sagemaker"], settings.sagemaker_endpoint)
         folder = store.fetch(manifest)
-        session = load_session(
-            folder / manifest.model_file.path, intra_op_threads=settings.intra_op_threads
+        session = create_session(
+            folder / manifest.model_file.path,
+            providers=settings.providers,
+            intra_op_threads=settings.intra_op_threads,
         )
         warm_up(session, manifest.inputs)
-        return OnnxruntimeBackend(manifest, session)
+        backend: Backend = OnnxruntimeBackend(manifest, session)
+        return wrap_backend(backend) if wrap_backend is not None else backend
 
-    def free_old_files(_: Backend, new: Backend) -> None:
+    def free_old_files(old: Backend, new: Backend) -> None:
+        close = getattr(old, "close", None)
+        if callable(close):  # e.g. a batching wrapper's dispatcher thread
+            close()
         store.evict(keep=store.local_dir(new.manifest))  # /tmp is small: keep one version
 
     refresh = None

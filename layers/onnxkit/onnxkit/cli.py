@@ -182,6 +182,24 @@ def build_parser() -> argparse.ArgumentParser:
         "proxy event for the function under the emulator. Paths work at the root and under the "
         "stage (/Prod/v2/...).",
     )
+    endpoint = local_cmd.add_parser(
+        "start-endpoint",
+        help="run the SageMaker endpoint container's server on 127.0.0.1 (CPU)",
+        description="Serves /ping, /invocations (and /endpoints/NAME/invocations, which boto3's "
+        "sagemaker-runtime client calls when AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME points here) "
+        "with the same v2 JSON as the function. The model comes from --model-dir (a folder "
+        "with model.onnx and, from `onnxkit models pull`, manifest.json) or from the registry "
+        "(ONNXKIT_MODEL_STORE / ONNXKIT_MODEL_NAME / ONNXKIT_MODEL_ALIAS). SIGTERM drains "
+        "in-flight requests before exiting.",
+    )
+    endpoint.add_argument("--port", type=int, default=8080)
+    endpoint.add_argument("--model-dir", type=Path, help="serve this folder instead of the store")
+    endpoint.add_argument(
+        "--env-vars",
+        type=Path,
+        help="JSON in `sam local invoke --env-vars` form; the PredictFunction (or Parameters) "
+        "section is read",
+    )
     api.add_argument("--port", type=int, default=3000)
     api.add_argument("--stage", default="Prod")
     api.add_argument("--api-key", help="require this x-api-key header, as API Gateway would")
@@ -424,6 +442,22 @@ def cmd_local(args: argparse.Namespace) -> int:
         finally:
             api.shutdown()
     return 0
+
+
+def _start_endpoint(args: argparse.Namespace) -> int:
+    from onnxkit.adapters.sagemaker import configure_logging, run_endpoint
+    from onnxkit.settings import Settings
+
+    env = _function_env(args.env_vars)
+    if args.model_dir is not None:
+        env["ONNXKIT_MODEL_DIR"] = str(args.model_dir.resolve())
+        env.setdefault("ONNXKIT_MODEL_NAME", args.model_dir.resolve().name)
+    # boto3 inside the server reads the process environment (S3 endpoint, credentials).
+    os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
+    configure_logging()
+    settings = Settings.from_env(env)
+    print(f"endpoint on http://127.0.0.1:{args.port} (/ping, /invocations)", file=sys.stderr)
+    return run_endpoint(settings, "127.0.0.1", args.port)
 
 
 def _wait_for_signal() -> None:

@@ -66,6 +66,13 @@ class UnsupportedMediaTypeError(OnnxkitError):
     code = "unsupported_media_type"
 
 
+class NotAcceptableError(OnnxkitError):
+    """The client accepts no media type this endpoint produces (it answers JSON only)."""
+
+    status = HTTPStatus.NOT_ACCEPTABLE
+    code = "not_acceptable"
+
+
 class ModelNotFoundError(OnnxkitError):
     """No such model, version or alias (in the store or on this function)."""
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +116,94 @@ def warm_up(session: Any, inputs: tuple[TensorSpec, ...]) -> None:
         session.run(None, feed)
     except Exception as exc:
         raise ModelLoadError(f"warm-up run failed: {type(exc).__name__}: {exc}") from exc
+
+
+# --- execution providers: ask only for what this build offers, and say when we fell back ------
+
+CPU_PROVIDER = "CPUExecutionProvider"
+_provider_logger = logging.getLogger(__name__)
+
+
+def choose_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
+    """The requested providers this onnxruntime build offers, in order, with CPU last.
+
+    Asking onnxruntime for a provider its build lacks only earns a warning and a silent CPU
+    session, so unavailable ones are dropped (and logged) here, where the reason is known.
+
+    Args:
+        requested: Providers in order of preference (``Settings.providers``).
+        available: ``onnxruntime.get_available_providers()``.
+
+    Returns:
+        The providers to pass to the session; never empty, CPU always the last resort.
+    """
+    chosen = [p for p in dict.fromkeys(requested) if p in available and p != CPU_PROVIDER]
+    missing = [p for p in dict.fromkeys(requested) if p not in available]
+    if missing:
+        _provider_logger.warning(
+            "execution provider(s) %s requested but not in this onnxruntime build (it offers "
+            "%s); install onnxruntime-gpu with matching CUDA/cuDNN libraries to use them",
+            ", ".join(missing),
+            ", ".join(available) or "nothing",
+        )
+    return [*chosen, CPU_PROVIDER]
+
+
+def fallen_back(requested: Sequence[str], active: Sequence[str]) -> list[str]:
+    """Accelerators that were requested but are not active in the session (empty: none).
+
+    Logs a warning naming them: a GPU endpoint silently running on CPU is slow and costly.
+
+    Args:
+        requested: The providers asked for.
+        active: ``session.get_providers()`` after creation.
+    """
+    lost = [p for p in dict.fromkeys(requested) if p != CPU_PROVIDER and p not in active]
+    if lost:
+        _provider_logger.warning(
+            "%s requested but the session runs on %s: the model runs on CPU (no GPU visible, "
+            "or the CUDA/cuDNN libraries failed to load; onnxruntime's own log has the cause)",
+            ", ".join(lost),
+            ", ".join(active) or "nothing",
+        )
+    return lost
+
+
+def create_session(
+    model_path: Path,
+    *,
+    providers: Sequence[str] = (CPU_PROVIDER,),
+    intra_op_threads: int = 0,
+    allow_spinning: bool = True,
+    available: Sequence[str] | None = None,
+) -> Any:
+    """:func:`load_session` with provider selection and a logged CPU fallback.
+
+    Args:
+        model_path: The verified ``.onnx`` file.
+        providers: Execution providers in order of preference.
+        intra_op_threads: 0 sizes the pool to :func:`available_cpus`.
+        allow_spinning: Let idle pool threads spin.
+        available: What the build offers (default ``onnxruntime.get_available_providers()``).
+
+    Returns:
+        An ``onnxruntime.InferenceSession``.
+
+    Raises:
+        ModelLoadError: onnxruntime refused the model.
+    """
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    chosen = choose_providers(providers, available)
+    session = load_session(
+        model_path,
+        intra_op_threads=intra_op_threads,
+        providers=chosen,
+        allow_spinning=allow_spinning,
+    )
+    active = list(session.get_providers())
+    fallen_back(providers, active)
+    _provider_logger.info("session providers: %s", ", ".join(active))
+    return session

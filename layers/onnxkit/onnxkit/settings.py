@@ -35,6 +35,8 @@ ENV_PROVIDERS = "ONNXKIT_PROVIDERS"
 ENV_SERVER_THREADS = "ONNXKIT_SERVER_THREADS"
 ENV_BATCH_MAX_SIZE = "ONNXKIT_BATCH_MAX_SIZE"
 ENV_BATCH_MAX_WAIT_MS = "ONNXKIT_BATCH_MAX_WAIT_MS"
+# Read by the endpoint container's `serve` entry point only (0.0.0.0 there; 127.0.0.1 in tests).
+ENV_BIND_HOST = "ONNXKIT_BIND_HOST"
 # Powertools' own variable; read here so a missing one falls back instead of failing each flush.
 ENV_METRICS_NAMESPACE = "POWERTOOLS_METRICS_NAMESPACE"
 
@@ -63,6 +65,7 @@ KNOWN_VARIABLES = frozenset(
         ENV_SERVER_THREADS,
         ENV_BATCH_MAX_SIZE,
         ENV_BATCH_MAX_WAIT_MS,
+        ENV_BIND_HOST,
     }
 )
 
