@@ -420,12 +420,16 @@ def cmd_local(args: argparse.Namespace) -> int:
             _wait_for_signal()
         return 0
 
+    if args.local_command == "start-endpoint":
+        return _start_endpoint(args)
+
+    # Read the event before starting anything, so a typo fails fast.
+    event = json.loads(args.event.read_text()) if args.local_command == "invoke" else None
     with (
         _local_function_env(args.env_vars) as env,
         Emulator(args.function_dir, env, memory_mb=args.memory, timeout_s=args.timeout) as emulator,
     ):
-        if args.local_command == "invoke":
-            event = json.loads(args.event.read_text())
+        if event is not None:
             print(json.dumps(emulator.invoke(event), indent=2))
             return 0
         from onnxkit.adapters.local_api import LocalApi
