@@ -16,7 +16,7 @@ SAM_VENV := .venv-sam
 CHECKOV_VENV := .venv-checkov
 PIP_QUIET := -q
 
-.PHONY: help setup demo test unit lint fmt template-check build-zip bench clean
+.PHONY: help setup demo test unit lint fmt template-check build-zip bench bench-endpoint clean
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ build-zip: $(SAM_VENV)/.stamp ## sam build of the zip variant (function + layer)
 
 bench: $(VENV)/.stamp $(SAM_VENV)/.stamp ## warm-path latency per layer vs bare InferenceSession.run
 	$(VENV)/bin/python scripts/bench_local.py
+
+bench-endpoint: $(VENV)/.stamp ## req/s of the SageMaker endpoint server vs Flask and BentoML (peers in their own venvs)
+	$(VENV)/bin/python scripts/bench_endpoint.py --json .onnxkit/bench-endpoint.json
 
 clean: ## remove venvs, builds and caches
 	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) .aws-sam .onnxkit .pytest_cache .mypy_cache .ruff_cache

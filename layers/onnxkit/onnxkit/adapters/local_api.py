@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
 import time
 import uuid
@@ -157,6 +158,11 @@ class LocalApi:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             server_version = "onnxkit-local-api"
+
+            def setup(self) -> None:
+                super().setup()
+                # Keep-alive replies are two writes: without this each waits for a delayed ACK.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def _serve(self) -> None:
                 started = time.perf_counter()

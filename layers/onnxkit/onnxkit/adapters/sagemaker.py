@@ -446,6 +446,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Headers and body go out as separate writes: with Nagle's algorithm on, a reused
+        # (keep-alive) connection then waits ~40 ms for the client's delayed ACK per reply.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._unread_body = False
 
     def finish(self) -> None:
