@@ -87,12 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     quantize = commands.add_parser(
         "quantize",
-        help="dynamic int8 quantization of an ONNX model",
-        description="Quantize weights to int8 (onnxruntime dynamic quantization, QInt8).",
+        help="quantize behind a quality gate: measure every candidate, keep the best that passes",
+        description="Build int8 candidates (dynamic, static QDQ, weight-only 8-bit, measured "
+        "mixed precision), measure each against the fp32 model on the validation data in the "
+        "same run (quality, size, latency), and write the one that best fits the budget. "
+        "Exits non-zero, saying which limit failed, when none passes.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    quantize.add_argument("model", type=Path, help="fp32 .onnx file")
-    quantize.add_argument("--out", type=Path, required=True, help="where to write the int8 model")
-    quantize.add_argument("--per-channel", action="store_true", help="per-channel weight scales")
+    from onnxkit.tools.quantize import add_quantize_arguments
+
+    add_quantize_arguments(quantize)
 
     publish = commands.add_parser(
         "publish",
@@ -298,7 +302,11 @@ def cmd_examples(args: argparse.Namespace) -> int:
         built = build_minilm(args.out, force=args.force)
         state = "reused the cached build in" if built.get("cached") else "wrote"
         print(f"{state} {args.out}: fp32/model.onnx, calibration.npz, validation.npz")
-        print(f"next: onnxkit quantize {args.out}/fp32/model.onnx --out {args.out}/int8/model.onnx")
+        print(
+            f"next: onnxkit quantize {args.out}/fp32/model.onnx --out {args.out}/int8/model.onnx "
+            f"--calibration {args.out}/calibration.npz --validation {args.out}/validation.npz "
+            f"--report {args.out}/int8/report.json"
+        )
         return 0
     from onnxkit.tools.examples import build_digits
 
@@ -317,12 +325,9 @@ def cmd_examples(args: argparse.Namespace) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """``quantize``."""
-    from onnxkit.tools.quantize import quantize_dynamic_int8
+    from onnxkit.tools.quantize import run_quantize
 
-    quantize_dynamic_int8(args.model, args.out, per_channel=args.per_channel)
-    before, after = args.model.stat().st_size, args.out.stat().st_size
-    print(f"wrote {args.out}: {before} -> {after} bytes ({after / before:.2f}x)")
-    return 0
+    return run_quantize(args)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
