@@ -29,7 +29,6 @@ from onnxkit.tools.quantize import (
     judge,
     mixed_keep_sets,
     model_size_bytes,
-    quantize_dynamic_int8,
     quantize_with_gate,
     run_quantize,
 )
@@ -575,10 +574,3 @@ def test_options_that_cannot_work_are_refused(tmp_path: Path) -> None:
         quantize_with_gate(
             source, tmp_path / "q.onnx", _ids(2, 0), _ids(2, 1), options=GateOptions(batch=0)
         )
-
-
-def test_single_method_helper_still_quantizes(tmp_path: Path) -> None:
-    source = tmp_path / "model.onnx"
-    _embedding_model(source)
-    quantize_dynamic_int8(source, tmp_path / "int8" / "model.onnx", per_channel=True)
-    assert model_size_bytes(tmp_path / "int8" / "model.onnx") < 0.5 * model_size_bytes(source)

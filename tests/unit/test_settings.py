@@ -206,3 +206,4 @@ def test_unknown_variables_lists_likely_typos_only() -> None:
 
     assert unknown_variables(env) == ["ONNXKIT_CACHEDIR", "ONNXKIT_MODEL_VERSON"]
     assert unknown_variables(MINIMAL) == []
+    assert Settings.from_env(env).ignored_variables == ("ONNXKIT_CACHEDIR", "ONNXKIT_MODEL_VERSON")

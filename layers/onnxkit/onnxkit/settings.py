@@ -115,6 +115,7 @@ class Settings:
         server_threads: Request threads of the endpoint container's HTTP server.
         batch_max_size: Server-side dynamic batching: rows per merged batch (0: off).
         batch_max_wait_ms: How long a request may wait for others to batch with.
+        ignored_variables: ``ONNXKIT_*`` names no setting reads (likely typos; logged at init).
     """
 
     model_store: str
@@ -141,6 +142,7 @@ class Settings:
     server_threads: int = 8
     batch_max_size: int = 0
     batch_max_wait_ms: float = 5.0
+    ignored_variables: tuple[str, ...] = ()
 
     @property
     def model_ref(self) -> str:
@@ -234,6 +236,7 @@ class Settings:
                 ENV_BATCH_MAX_WAIT_MS, float, 5.0, lambda v: math.isfinite(v) and 0 <= v <= 1000
             ),
         }
+        settings["ignored_variables"] = tuple(unknown_variables(environ))
         if settings["backend"] == "sagemaker" and not settings["sagemaker_endpoint"]:
             problems.append(f"{ENV_BACKEND}=sagemaker needs {ENV_SAGEMAKER_ENDPOINT}")
         if problems:

@@ -208,6 +208,11 @@ def build_handler(
     logger = Logger()
     # The library logs through stdlib loggers: give them Powertools' JSON format too.
     copy_config_to_registered_loggers(source_logger=logger, include={"onnxkit"})
+    if settings.ignored_variables:
+        logger.warning(
+            "ignoring unknown settings (typos?)",
+            extra={"variables": list(settings.ignored_variables)},
+        )
     metrics = Metrics(namespace=settings.metrics_namespace)
     tracer = Tracer()
     predictor = build_predictor(

@@ -4,8 +4,7 @@
 weight-only 8-bit MatMul and measured mixed precision), measures each one against the fp32 model
 in the same run (quality on held-out data, file size, latency at batch 1 and at a larger batch),
 and keeps the one the budget prefers. ``add_quantize_arguments`` / ``run_quantize`` are the
-``onnxkit quantize`` command; ``quantize_dynamic_int8`` and ``evaluate_classifier`` are the
-single-method helpers older code uses.
+``onnxkit quantize`` command.
 """
 
 from __future__ import annotations
@@ -1956,72 +1955,3 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 
 # --- single-method helpers (the digits example and older callers) -----------------------------
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """How a model did on labelled validation data."""
-
-    accuracy: float
-    agreement: float  # top-1 agreement with the reference model
-    latency_b1_ms: float
-    latency_batch_ms: float
-    size_bytes: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form."""
-        return asdict(self)
-
-
-def quantize_dynamic_int8(source: Path, target: Path, *, per_channel: bool = False) -> None:
-    """Dynamic int8 quantization (QInt8 weights) after onnxruntime's pre-processing, which is
-    retried without symbolic shape inference, then skipped, if the graph defeats it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="onnxkit-quantize-") as scratch:
-        prepared = Path(scratch) / "prepared.onnx"
-        with _quiet():
-            note = prepare_model(source, prepared)
-            build_dynamic(prepared, target, per_channel=per_channel)
-        LOG.info("%s", note)
-
-
-def _median_ms(session: Any, feed: dict[str, np.ndarray], repeats: int) -> float:
-    session.run(None, feed)
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        session.run(None, feed)
-        samples.append((time.perf_counter() - started) * 1000)
-    return float(np.median(samples))
-
-
-def evaluate_classifier(
-    model: Path,
-    features: np.ndarray,
-    labels: np.ndarray,
-    *,
-    input_name: str,
-    label_output: str,
-    reference: np.ndarray | None = None,
-    repeats: int = 50,
-    batch: int = 64,
-) -> tuple[Evaluation, np.ndarray]:
-    """Accuracy, agreement with ``reference`` predictions, latency at batch 1 and ``batch``.
-
-    Idle thread pools do not spin, so timing one session after another is fair.
-
-    Returns:
-        The evaluation and this model's predictions (to use as the next reference).
-    """
-    session = load_session(model, allow_spinning=False)
-    predicted = session.run([label_output], {input_name: features})[0]
-    accuracy = float(np.mean(predicted == labels))
-    agreement = 1.0 if reference is None else float(np.mean(predicted == reference))
-    evaluation = Evaluation(
-        accuracy=accuracy,
-        agreement=agreement,
-        latency_b1_ms=_median_ms(session, {input_name: features[:1]}, repeats),
-        latency_batch_ms=_median_ms(session, {input_name: features[:batch]}, repeats),
-        size_bytes=model_size_bytes(model),
-    )
-    return evaluation, predicted
