@@ -14,6 +14,7 @@ DIGITS_INPUT = "input"
 DIGITS_OUTPUTS = ("label", "probabilities")
 # The budget this example is held to: int8 may lose at most one accuracy point.
 MAX_ACCURACY_DROP = 0.01
+DIGITS_LATENCY_SLACK_MS = 0.01
 # Calibration rows come from the training split, so validation stays unseen by the search.
 CALIBRATION_ROWS = 128
 # Every gate candidate except QUInt8 weights: with uint8 activations they run as U8U8, which
@@ -79,7 +80,12 @@ def build_digits(out: Path, *, seed: int = 0) -> dict[str, Any]:
         int8,
         calibration,
         validation,
-        Budget.for_preference("quality", max_accuracy_drop=MAX_ACCURACY_DROP),
+        # At ~12 µs a call, scheduler noise on a shared machine exceeds the default 5% + 1 µs
+        # latency band; 10 µs of slack keeps the build from failing on noise while accuracy
+        # and size still decide.
+        Budget.for_preference(
+            "quality", max_accuracy_drop=MAX_ACCURACY_DROP, latency_slack_ms=DIGITS_LATENCY_SLACK_MS
+        ),
         GateOptions(candidates=DIGITS_CANDIDATES, batch=DIGITS_BATCH),
     )
     chosen = gate.chosen_candidate
