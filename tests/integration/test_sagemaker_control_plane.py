@@ -147,7 +147,9 @@ def test_endpoint_is_created_in_service_and_its_config_round_trips(
     assert container["Image"] == IMAGE
     assert container["Environment"] == model["PrimaryContainer"]["Environment"]
     assert container["Environment"]["ONNXKIT_MODEL_STORE"] == f"s3://{BUCKET}/onnxkit"
-    assert container["Environment"]["ONNXKIT_MODEL_NAME"] == "minilm"
+    assert (
+        container["Environment"]["ONNXKIT_MODEL_NAME"] == "digits"
+    )  # SageMakerModelName empty: ModelName
     if model_data:
         assert container["ModelDataUrl"] == model_data
         assert container["Environment"]["ONNXKIT_MODEL_DIR"] == "/opt/ml/model"

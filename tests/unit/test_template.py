@@ -136,7 +136,7 @@ def test_parameters_and_defaults() -> None:
         "ModelBackend": "auto",
         # The GPU path, off while the image is empty (see test_template_sagemaker.py)
         "SageMakerImageUri": "",
-        "SageMakerModelName": "minilm",
+        "SageMakerModelName": "",
         "SageMakerModelAlias": "prod",
         "SageMakerModelDataUrl": "",
         "SageMakerInstanceType": "ml.g5.xlarge",

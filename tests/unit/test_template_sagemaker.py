@@ -137,7 +137,7 @@ def test_without_an_image_there_is_no_trace_of_sagemaker(overrides: dict[str, st
 
 
 # --------------------------------------------------------------------------- parameters
-def test_sagemaker_parameters_default_to_a_gpu_endpoint_serving_minilm() -> None:
+def test_sagemaker_parameters_default_to_a_gpu_endpoint_serving_the_function_model() -> None:
     declared = source()["Parameters"]
 
     # THEN the instance type is a GPU type, and only GPU types are allowed
@@ -161,10 +161,14 @@ def test_sagemaker_parameters_default_to_a_gpu_endpoint_serving_minilm() -> None
         assert declared[name]["MinValue"] == 1, name
 
     # AND the model and alias follow the registry's naming rule
-    assert declared["SageMakerModelName"]["Default"] == "minilm"
+    assert declared["SageMakerModelName"]["Default"] == ""  # empty: the same as ModelName
     assert declared["SageMakerModelAlias"]["Default"] == "prod"
-    for name in ("SageMakerModelName", "SageMakerModelAlias"):
-        assert declared[name]["AllowedPattern"] == declared["ModelName"]["AllowedPattern"]
+    assert (
+        declared["SageMakerModelAlias"]["AllowedPattern"] == declared["ModelName"]["AllowedPattern"]
+    )
+    pattern = declared["SageMakerModelName"]["AllowedPattern"]
+    for name, accepted in (("", True), ("minilm", True), ("MiniLM", False), ("-x", False)):
+        assert (re.fullmatch(pattern, name) is not None) is accepted, name
 
 
 @pytest.mark.parametrize(
@@ -193,8 +197,12 @@ def test_image_uri_pattern(uri: str, accepted: bool) -> None:
         ({"ModelBackend": "lambda"}, []),
         ({"SageMakerImageUri": IMAGE}, []),
         ({"SageMakerImageUri": IMAGE, "ModelBackend": "auto"}, []),
-        ({"ModelBackend": "sagemaker"}, ["needs SageMakerImageUri", "set SageMakerModelName"]),
-        ({"ModelBackend": "sagemaker", "SageMakerImageUri": IMAGE}, ["set SageMakerModelName"]),
+        ({"ModelBackend": "sagemaker"}, ["needs SageMakerImageUri"]),
+        ({"ModelBackend": "sagemaker", "SageMakerImageUri": IMAGE}, []),
+        (
+            {"ModelBackend": "sagemaker", "SageMakerImageUri": IMAGE, "SageMakerModelName": "x"},
+            ["set SageMakerModelName to ModelName"],
+        ),
         ({"ModelBackend": "sagemaker", "SageMakerModelName": "digits"}, ["SageMakerImageUri"]),
         (
             {
@@ -428,7 +436,7 @@ def test_execution_role_is_sagemakers_and_reads_only_the_model_prefix(bucket: st
     # AND S3 access is GetObject under {bucket}/{prefix}/models/{SageMakerModelName}/ only
     (s3,) = _by_service(rendered, "s3")
     assert s3["Action"] == ["s3:GetObject"]
-    assert s3["Resource"] == [f"arn:aws:s3:::{bucket or '{ModelBucket}'}/onnxkit/models/minilm/*"]
+    assert s3["Resource"] == [f"arn:aws:s3:::{bucket or '{ModelBucket}'}/onnxkit/models/digits/*"]
 
 
 def test_execution_role_also_reads_the_model_data_object_when_given() -> None:
@@ -437,7 +445,7 @@ def test_execution_role_also_reads_the_model_data_object_when_given() -> None:
     (s3,) = _by_service(rendered, "s3")
     assert s3["Action"] == ["s3:GetObject"]
     assert s3["Resource"] == [
-        "arn:aws:s3:::{ModelBucket}/onnxkit/models/minilm/*",
+        "arn:aws:s3:::{ModelBucket}/onnxkit/models/digits/*",
         "arn:aws:s3:::my-models/onnxkit/models/minilm/7/model.tar.gz",
     ]
 
