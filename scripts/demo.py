@@ -43,6 +43,18 @@ def run(*args: str, env: dict[str, str]) -> None:
     subprocess.run([ONNXKIT, *args], cwd=REPO, env=env, check=True)
 
 
+def start(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    """Start `onnxkit ARGS` in the background, echoed like the foreground commands."""
+    print("$ onnxkit " + shlex.join(args) + " &", flush=True)
+    return subprocess.Popen(
+        [ONNXKIT, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -88,14 +100,7 @@ def main() -> int:
         run("examples", "build", "digits", "--out", str(WORK / "digits"), env=env)
 
         step(f"2/5 start S3 locally (moto on {endpoint})")
-        print(f"$ onnxkit local s3 --port {s3_port} &", flush=True)
-        s3 = subprocess.Popen(
-            [ONNXKIT, "local", "s3", "--port", str(s3_port)],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        s3 = start("local", "s3", "--port", str(s3_port), env=env)
         wait_ready(f"{endpoint}/moto-api/", s3)
 
         step("3/5 publish the int8 model as a new version and point `prod` at it")
@@ -112,14 +117,7 @@ def main() -> int:
         )
 
         step(f"4/5 serve it: the function under the Lambda emulator, local API on :{api_port}")
-        print(f"$ onnxkit local start-api --port {api_port} &", flush=True)
-        api = subprocess.Popen(
-            [ONNXKIT, "local", "start-api", "--port", str(api_port)],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        api = start("local", "start-api", "--port", str(api_port), env=env)
         base = f"http://127.0.0.1:{api_port}"
         wait_ready(f"{base}/v2/health/ready", api)
 

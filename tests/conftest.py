@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -24,8 +25,11 @@ def expected_status(event_file: Path) -> int:
 
 def expected_labels(event: dict) -> list[int] | None:
     """True digit labels encoded in a request id ("...-label-3" or "...-labels-0-1-2")."""
+    body = event.get("body")
+    if body is not None and event.get("isBase64Encoded"):
+        body = base64.b64decode(body).decode()
     try:
-        request_id = json.loads(event["body"])["id"]
+        request_id = json.loads(body)["id"]
     except (TypeError, ValueError, KeyError):
         return None
     match = re.search(r"labels?-([\d-]+)$", request_id)

@@ -366,15 +366,21 @@ def cmd_models(args: argparse.Namespace) -> int:
     """``models list|show|promote|rollback|pull``."""
     if args.models_command == "pull":
         out = args.out.resolve()
-        store = _open_store(args.store, cache_dir=str(out.parent / f".{out.name}-cache"))
-        manifest = _resolve_ref(store, args.ref)
-        with _progress(manifest.total_size, f"download {manifest.name}@{manifest.version}") as bar:
-            folder = store.fetch(manifest, bar)
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(folder, out, ignore=shutil.ignore_patterns(".*"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # The verified download lands beside `out` (same filesystem), then its files are
+        # moved, not copied: large models are written once.
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as cache:
+            store = _open_store(args.store, cache_dir=cache)
+            manifest = _resolve_ref(store, args.ref)
+            size, label = manifest.total_size, f"download {manifest.name}@{manifest.version}"
+            with _progress(size, label) as bar:
+                folder = store.fetch(manifest, bar)
+            if out.exists():
+                shutil.rmtree(out)
+            for entry in manifest.files:
+                (out / entry.path).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(folder / entry.path, out / entry.path)
         (out / "manifest.json").write_bytes(manifest.to_json())
-        shutil.rmtree(store.cache_dir, ignore_errors=True)
         print(
             f"{manifest.name}@{manifest.version} -> {out} (verified, {manifest.total_size} bytes)"
         )
