@@ -126,12 +126,12 @@ class Workload:
 def load_model(model: str) -> tuple[Path, dict[str, np.ndarray]]:
     """The model file and its validation inputs (built and cached on first use)."""
     if model == "digits":
-        from onnxkit.tools.local_s3 import default_model_dir
+        from onnxkit_tools.local.s3 import default_model_dir
 
         folder = default_model_dir()
         with np.load(folder / "validation.npz") as data:
             return folder / "int8" / "model.onnx", {"input": data["input"].astype(np.float32)}
-    from onnxkit.tools.minilm import build_minilm, default_minilm_dir
+    from onnxkit_tools.examples.minilm import build_minilm, default_minilm_dir
 
     folder = default_minilm_dir()
     build_minilm(folder)

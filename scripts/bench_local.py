@@ -65,10 +65,10 @@ def main() -> int:
     import onnxruntime as ort
 
     from onnxkit.adapters.lambda_api import build_handler
-    from onnxkit.adapters.local_api import LocalApi
     from onnxkit.settings import Settings
-    from onnxkit.tools.emulator import Emulator
-    from onnxkit.tools.local_s3 import LOCAL_STORE, LocalS3, default_model_dir, seed_default_model
+    from onnxkit_tools.local.api_gateway import LocalApi
+    from onnxkit_tools.local.emulator import Emulator
+    from onnxkit_tools.local.s3 import LOCAL_STORE, LocalS3, default_model_dir, seed_default_model
 
     event = json.loads((REPO / "events" / "predict_infer_200.json").read_text())
     row = np.array(json.loads(event["body"])["inputs"][0]["data"], np.float32).reshape(1, 64)

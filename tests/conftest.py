@@ -39,7 +39,7 @@ def expected_labels(event: dict) -> list[int] | None:
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The digits example: fp32 + int8 models, validation data and report (built, not committed)."""
-    from onnxkit.tools.examples import build_digits
+    from onnxkit_tools.examples.digits import build_digits
 
     out = tmp_path_factory.mktemp("digits")
     build_digits(out)

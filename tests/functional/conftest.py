@@ -62,7 +62,7 @@ def s3(aws: None) -> Any:
 def published(s3: Any, digits_dir: Path, tmp_path: Path) -> Any:
     """digits int8 published as version 1 with alias prod; returns the manifest."""
     from onnxkit.store import ModelStore
-    from onnxkit.tools.publish import publish_model
+    from onnxkit_tools.registry import publish_model
 
     store = ModelStore.from_uri(STORE, cache_dir=tmp_path / "publisher-cache", s3_client=s3)
     return publish_model(

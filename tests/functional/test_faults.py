@@ -61,7 +61,7 @@ def test_missing_model_is_a_503_not_a_client_404(s3, make_handler) -> None:
 
 def test_model_published_after_init_is_picked_up(s3, make_handler, digits_dir, tmp_path) -> None:
     from onnxkit.store import ModelStore
-    from onnxkit.tools.publish import publish_model
+    from onnxkit_tools.registry import publish_model
 
     handler = make_handler()
     assert handler(READY)["statusCode"] == 503

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from onnxkit.store import ModelStore
-from onnxkit.tools.publish import publish_model
+from onnxkit_tools.registry import publish_model
 from tests.functional.conftest import BUCKET, STORE, body_of
 
 INFER = json.loads(Path("events/predict_infer_200.json").read_text())

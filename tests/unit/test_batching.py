@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from onnxkit.batching import BatchingBackend
+from onnxkit.backends.batching import BatchingBackend
 from onnxkit.errors import BackendThrottledError, InferenceError, InvalidInputError
 from onnxkit.manifest import FileEntry, Manifest, TensorSpec
 

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from onnxkit.adapters import local_api
-from onnxkit.adapters.local_api import LocalApi, build_event
 from onnxkit.errors import error_body
 from onnxkit.manifest import describe_model
 from onnxkit.predictor import Limits, Predictor
+from onnxkit_tools.local import api_gateway as local_api
+from onnxkit_tools.local.api_gateway import LocalApi, build_event
 
 from .conftest import BuiltModel
 

@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit.session import load_session
-from onnxkit.tools.quantize import (
+from onnxkit_tools.quantize import (
     EXIT_NONE_PASSED,
     REPORT_SCHEMA,
     Budget,

@@ -17,26 +17,26 @@ import numpy as np
 import pytest
 import requests
 
-from onnxkit.adapters.sagemaker import (
+from onnxkit.adapters.endpoint import (
     EndpointServer,
     JsonLinesFormatter,
     accepts_json,
     build_endpoint_predictor,
     run_endpoint,
 )
-from onnxkit.batching import BatchingBackend
+from onnxkit.backends.batching import BatchingBackend
 from onnxkit.errors import IntegrityError, ModelLoadError, ModelNotFoundError, ModelNotReadyError
-from onnxkit.local_model import (
+from onnxkit.manifest import FileEntry, Manifest, TensorSpec, describe_model
+from onnxkit.predictor import Limits, Predictor
+from onnxkit.session import CPU_PROVIDER, choose_providers, create_session, fallen_back
+from onnxkit.settings import Settings
+from onnxkit.sources import (
     MANIFEST_NAME,
     load_model_dir,
     read_manifest,
     signature_from_session,
     verify_files,
 )
-from onnxkit.manifest import FileEntry, Manifest, TensorSpec, describe_model
-from onnxkit.predictor import Limits, Predictor
-from onnxkit.session import CPU_PROVIDER, choose_providers, create_session, fallen_back
-from onnxkit.settings import Settings
 
 from .conftest import BuiltModel
 

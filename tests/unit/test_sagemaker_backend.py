@@ -15,7 +15,7 @@ from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
 from onnxkit.backends.sagemaker import SageMakerBackend
-from onnxkit.bootstrap import choose_backend
+from onnxkit.compose import choose_backend
 from onnxkit.errors import OnnxkitError
 from onnxkit.manifest import FileEntry, Manifest, TensorSpec
 from onnxkit.settings import Settings

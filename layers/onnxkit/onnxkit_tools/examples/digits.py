@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxkit.tools.quantize import Budget, GateOptions, quantize_with_gate
+from onnxkit_tools.quantize import Budget, GateOptions, quantize_with_gate
 
 DIGITS_INPUT = "input"
 DIGITS_OUTPUTS = ("label", "probabilities")

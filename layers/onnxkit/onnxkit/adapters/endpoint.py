@@ -621,7 +621,7 @@ def build_endpoint_predictor(settings: Settings) -> Predictor:
     limits = Limits(
         max_request_bytes=settings.max_request_bytes, max_batch_size=settings.max_batch_size
     )
-    from onnxkit.batching import BatchingBackend
+    from onnxkit.backends.batching import BatchingBackend
 
     def batched(backend: Backend) -> Backend:
         if settings.batch_max_size > 1:
@@ -633,12 +633,12 @@ def build_endpoint_predictor(settings: Settings) -> Predictor:
         return backend
 
     if settings.model_dir is None:
-        from onnxkit.bootstrap import build_predictor
+        from onnxkit.compose import build_predictor
 
         # The endpoint is where "sagemaker" models run: never forward to an endpoint from here.
         return build_predictor(replace(settings, backend="lambda"), wrap_backend=batched)
 
-    from onnxkit.local_model import load_model_dir
+    from onnxkit.sources import load_model_dir
 
     folder = Path(settings.model_dir)
     return Predictor(settings.model_name, lambda: batched(load_model_dir(folder, settings)), limits)

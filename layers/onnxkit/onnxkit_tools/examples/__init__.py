@@ -1,0 +1,1 @@
+"""Example models built from packaged data and weights (never fetched from a hub)."""
