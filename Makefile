@@ -15,16 +15,27 @@ VENV := .venv
 SAM_VENV := .venv-sam
 CHECKOV_VENV := .venv-checkov
 PIP_QUIET := -q
+# torch (the MiniLM example, tests only) from PyPI is a multi-GB CUDA build on an ordinary
+# machine: `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the CPU one.
+TORCH_INDEX ?=
+TORCH_INDEX_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
 .PHONY: help setup demo test unit lint fmt template-check build-zip bench bench-endpoint clean
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
-$(VENV)/.stamp: pyproject.toml
+# The app venv in two steps: what the demo needs (the runtime, the tools, the local stack; no
+# torch), then what the tests add (dev tools and the MiniLM example with torch).
+$(VENV)/.stamp-app: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_QUIET) --upgrade pip 2>/dev/null
-	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[dev]' 2> >(grep -v "is ignored: it is neither" >&2)
+	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[local]' 2> >(grep -v "is ignored: it is neither" >&2)
+	touch $@
+
+$(VENV)/.stamp-dev: $(VENV)/.stamp-app
+	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[dev,examples]' $(TORCH_INDEX_ARGS) \
+		2> >(grep -v "is ignored: it is neither" >&2)
 	touch $@
 
 # aws-sam-cli and checkov pin boto3/packaging against the app's: each gets its own venv.
@@ -38,9 +49,9 @@ $(CHECKOV_VENV)/.stamp:
 	$(CHECKOV_VENV)/bin/pip install $(PIP_QUIET) 'checkov>=3.2' 2> >(grep -v "is ignored: it is neither" >&2)
 	touch $@
 
-setup: $(VENV)/.stamp $(SAM_VENV)/.stamp $(CHECKOV_VENV)/.stamp ## create the app venv and the tool venvs
+setup: $(VENV)/.stamp-dev $(SAM_VENV)/.stamp $(CHECKOV_VENV)/.stamp ## create the app venv and the tool venvs
 
-demo: setup ## model -> quantize -> publish to local S3 -> start-api -> a real prediction
+demo: $(VENV)/.stamp-app $(SAM_VENV)/.stamp ## model -> quantize -> publish to local S3 -> start-api -> a real prediction
 	$(VENV)/bin/python scripts/demo.py
 
 test: setup ## lint, type-check, then every test (unit, functional, integration, template checks)
@@ -49,15 +60,15 @@ test: setup ## lint, type-check, then every test (unit, functional, integration,
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
 
-unit: $(VENV)/.stamp ## the fast tests only
+unit: $(VENV)/.stamp-dev ## the fast tests only
 	$(VENV)/bin/pytest tests/unit
 
-lint: $(VENV)/.stamp ## ruff + mypy
+lint: $(VENV)/.stamp-dev ## ruff + mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-fmt: $(VENV)/.stamp ## format and autofix
+fmt: $(VENV)/.stamp-dev ## format and autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
@@ -69,10 +80,10 @@ template-check: $(SAM_VENV)/.stamp $(CHECKOV_VENV)/.stamp ## sam validate --lint
 build-zip: $(SAM_VENV)/.stamp ## sam build of the zip variant (function + layer), no Docker needed
 	$(SAM_VENV)/bin/sam build PredictZipFunction --template template.yaml
 
-bench: $(VENV)/.stamp $(SAM_VENV)/.stamp ## warm-path latency per layer vs bare InferenceSession.run
+bench: $(VENV)/.stamp-app $(SAM_VENV)/.stamp ## warm-path latency per layer vs bare InferenceSession.run
 	$(VENV)/bin/python scripts/bench_local.py
 
-bench-endpoint: $(VENV)/.stamp ## req/s of the SageMaker endpoint server vs Flask and BentoML (peers in their own venvs)
+bench-endpoint: $(VENV)/.stamp-dev ## req/s of the SageMaker endpoint server vs Flask and BentoML (peers in their own venvs)
 	$(VENV)/bin/python scripts/bench_endpoint.py --json .onnxkit/bench-endpoint.json
 
 clean: ## remove venvs, builds and caches

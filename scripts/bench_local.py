@@ -65,6 +65,7 @@ def main() -> int:
     import onnxruntime as ort
 
     from onnxkit.adapters.lambda_api import build_handler
+    from onnxkit.aws import AwsClients
     from onnxkit.settings import Settings
     from onnxkit_tools.local.api_gateway import LocalApi
     from onnxkit_tools.local.emulator import Emulator
@@ -81,7 +82,13 @@ def main() -> int:
     with LocalS3() as s3, tempfile.TemporaryDirectory() as tmp:
         seed_default_model(s3.client())
         os.environ["AWS_ENDPOINT_URL_S3"] = s3.endpoint
-        settings = Settings(model_store=LOCAL_STORE, model_name="digits", cache_dir=f"{tmp}/a")
+        settings = Settings.from_env(
+            {
+                "ONNXKIT_MODEL_STORE": LOCAL_STORE,
+                "ONNXKIT_MODEL_NAME": "digits",
+                "ONNXKIT_CACHE_DIR": f"{tmp}/a",
+            }
+        )
 
         class Context:
             function_name = "bench"
@@ -90,7 +97,7 @@ def main() -> int:
             aws_request_id = "bench"
 
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # EMF lines
-            handler = build_handler(settings, s3_client=s3.client())
+            handler = build_handler(settings, clients=AwsClients(s3=s3.client()))
             results["handler"] = timed(lambda: handler(event, Context()), args.requests)
 
         env = {
@@ -112,7 +119,6 @@ def main() -> int:
             results["emulator invoke"] = timed(lambda: emulator.invoke(event), args.requests)
 
             api = LocalApi(emulator.invoke, 0).start()
-            sys.stderr = quiet  # the local API logs each request
             body = event["body"].encode()
             url = f"{api.url}/v2/models/digits/infer"
 
@@ -125,7 +131,6 @@ def main() -> int:
 
             results["start-api HTTP"] = timed(http, args.requests)
             api.shutdown()
-            sys.stderr = sys.__stderr__
 
     floor = statistics.median(results["session.run"])
     print(f"digits int8, batch 1, {args.requests} requests per layer, {os.cpu_count()} CPUs")

@@ -1,7 +1,8 @@
 """The whole path on this machine: model -> quantize -> publish to local S3 -> start-api -> predict.
 
-Run through `make demo`. Every step is a real `onnxkit` command, echoed so you can repeat it;
-everything started here is stopped at the end, whatever happens.
+Run through `make demo`. Every step is a real `onnxkit` command, echoed exactly as it runs (after
+the `export` line it echoes first), so you can paste each one from the repository root; everything
+started here is stopped at the end, whatever happens.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -19,19 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxkit_tools.net import free_port
+
 REPO = Path(__file__).resolve().parents[1]
-ONNXKIT = str(Path(sys.executable).parent / "onnxkit")
-WORK = REPO / ".onnxkit" / "demo"
+ONNXKIT = Path(sys.executable).parent / "onnxkit"
+SHOWN = os.path.relpath(ONNXKIT, REPO)  # how the echoed commands call it, from the repo root
+WORK = Path(".onnxkit") / "demo"  # relative: the echoed commands run from the repo root
 STORE = "s3://onnxkit-local/onnxkit"
-
-
-def free_port(preferred: int) -> int:
-    with socket.socket() as sock:
-        if sock.connect_ex(("127.0.0.1", preferred)) != 0:
-            return preferred
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def step(title: str) -> None:
@@ -39,13 +33,13 @@ def step(title: str) -> None:
 
 
 def run(*args: str, env: dict[str, str]) -> None:
-    print("$ onnxkit " + shlex.join(args), flush=True)
+    print(f"$ {SHOWN} " + shlex.join(args), flush=True)
     subprocess.run([ONNXKIT, *args], cwd=REPO, env=env, check=True)
 
 
 def start(*args: str, env: dict[str, str]) -> subprocess.Popen:
     """Start `onnxkit ARGS` in the background, echoed like the foreground commands."""
-    print("$ onnxkit " + shlex.join(args) + " &", flush=True)
+    print(f"$ {SHOWN} " + shlex.join(args) + " &", flush=True)
     return subprocess.Popen(
         [ONNXKIT, *args],
         cwd=REPO,
@@ -81,21 +75,20 @@ def stop(process: subprocess.Popen | None) -> None:
 def main() -> int:
     s3_port, api_port = free_port(4566), free_port(3000)
     endpoint = f"http://127.0.0.1:{s3_port}"
+    # Local only: fake credentials, S3 on the moto server. Nothing here reaches AWS. These are
+    # the only variables set, and they are echoed, so every command below can be repeated.
+    exported = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": endpoint,
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ONNXKIT_"))}
-    env.update(
-        {
-            # Local only: fake credentials, S3 on the moto server. Nothing here reaches AWS.
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL_S3": endpoint,
-            "ONNXKIT_MODEL_STORE": STORE,
-            "ONNXKIT_MODEL_NAME": "digits",
-            "ONNXKIT_CACHE_DIR": str(WORK / "lambda-tmp"),
-        }
-    )
+    env.update(exported)
     s3 = api = None
     try:
+        step("0/5 the environment of every command below (fake credentials, S3 on loopback)")
+        print("$ export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in exported.items()))
         step("1/5 train an MLP on scikit-learn's digits, export ONNX, quantize to int8, score both")
         run("examples", "build", "digits", "--out", str(WORK / "digits"), env=env)
 
@@ -113,6 +106,8 @@ def main() -> int:
             "prod",
             "--report",
             str(WORK / "digits" / "report.json"),
+            "--store",
+            STORE,
             env=env,
         )
 
@@ -122,7 +117,7 @@ def main() -> int:
         wait_ready(f"{base}/v2/health/ready", api)
 
         step("5/5 a real prediction: a held-out handwritten digit")
-        validation = np.load(WORK / "digits" / "validation.npz")
+        validation = np.load(REPO / WORK / "digits" / "validation.npz")
         row, label = validation["input"][0], int(validation["label"][0])
         body = json.dumps(
             {
@@ -152,8 +147,9 @@ def main() -> int:
             f"model digits v{answer['model_version']}, {elapsed:.1f} ms over HTTP"
         )
         print(
-            f"\nthe servers stop now; to keep them, run `onnxkit local s3 --port {s3_port}` and "
-            f"`onnxkit local start-api --port {api_port}` with AWS_ENDPOINT_URL_S3={endpoint}"
+            f"\nthe servers stop now; to keep them, run steps 2 and 4 yourself (after the export "
+            f"line), or just `{SHOWN} local start-api`: it starts its own S3 with the default "
+            "digits model"
         )
         return 0 if predicted == label else 1
     except (subprocess.CalledProcessError, urllib.error.URLError) as exc:

@@ -14,13 +14,22 @@ REPO = Path(__file__).resolve().parents[1]
 EVENTS = REPO / "events"
 EVENT_FILES = sorted(p for p in EVENTS.glob("predict_*.json"))
 STATUS_IN_NAME = re.compile(r"_(\d{3})\.json$")
+# events/expected.json: what each event must get, {"status", "code"} (code None for 2xx),
+# written by hand beside the events, never by the code under test.
+EXPECTED = json.loads((EVENTS / "expected.json").read_text())
 
 
 def expected_status(event_file: Path) -> int:
     """The status an event's file name promises (``..._404.json`` -> 404)."""
     match = STATUS_IN_NAME.search(event_file.name)
     assert match, f"{event_file.name} does not end in _<status>.json"
+    assert EXPECTED[event_file.name]["status"] == int(match.group(1)), "expected.json disagrees"
     return int(match.group(1))
+
+
+def expected_code(event_file: Path) -> str | None:
+    """The error code an event must get (None for a success), from events/expected.json."""
+    return EXPECTED[event_file.name]["code"]
 
 
 def expected_labels(event: dict) -> list[int] | None:

@@ -61,10 +61,9 @@ def s3(aws: None) -> Any:
 @pytest.fixture
 def published(s3: Any, digits_dir: Path, tmp_path: Path) -> Any:
     """digits int8 published as version 1 with alias prod; returns the manifest."""
-    from onnxkit.store import ModelStore
-    from onnxkit_tools.registry import publish_model
+    from onnxkit_tools.registry import Registry, publish_model
 
-    store = ModelStore.from_uri(STORE, cache_dir=tmp_path / "publisher-cache", s3_client=s3)
+    store = Registry.open(STORE, cache_dir=tmp_path / "publisher-cache", s3_client=s3)
     return publish_model(
         store,
         digits_dir / "int8" / "model.onnx",
@@ -75,22 +74,29 @@ def published(s3: Any, digits_dir: Path, tmp_path: Path) -> Any:
     )
 
 
-@pytest.fixture
-def make_handler(s3: Any, tmp_path: Path) -> Callable[..., Callable[[dict], dict]]:
-    """Build the real handler (as app.py does) against moto, with settings overrides."""
-    from onnxkit.adapters.lambda_api import build_handler
+def function_settings(cache_dir: Path, **environ: str) -> Any:
+    """The function's settings as app.py builds them: from its environment variables."""
     from onnxkit.settings import Settings
 
-    def make(**overrides: Any) -> Callable[[dict], dict]:
-        settings = Settings(
-            **{
-                "model_store": STORE,
-                "model_name": "digits",
-                "cache_dir": str(tmp_path / "lambda-tmp"),
-                **overrides,
-            }
-        )
-        handler = build_handler(settings, s3_client=s3)
+    return Settings.from_env(
+        {
+            "ONNXKIT_MODEL_STORE": STORE,
+            "ONNXKIT_MODEL_NAME": "digits",
+            "ONNXKIT_CACHE_DIR": str(cache_dir),
+            **environ,
+        }
+    )
+
+
+@pytest.fixture
+def make_handler(s3: Any, tmp_path: Path) -> Callable[..., Callable[[dict], dict]]:
+    """Build the real handler (as app.py does) against moto; keywords are environment variables."""
+    from onnxkit.adapters.lambda_api import build_handler
+    from onnxkit.aws import AwsClients
+
+    def make(**environ: str) -> Callable[[dict], dict]:
+        settings = function_settings(tmp_path / "lambda-tmp", **environ)
+        handler = build_handler(settings, clients=AwsClients(s3=s3))
 
         def call(event: dict) -> dict:
             return handler(event, LambdaContext())

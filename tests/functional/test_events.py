@@ -1,4 +1,4 @@
-"""Every file in events/ through the real handler in-process: the status its name promises."""
+"""Every file in events/ through the real handler in-process: its status, error code, metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import EVENT_FILES, expected_labels, expected_status
+from tests.conftest import (
+    EVENT_FILES,
+    EVENTS,
+    EXPECTED,
+    STATUS_IN_NAME,
+    expected_code,
+    expected_labels,
+    expected_status,
+)
 from tests.functional.conftest import body_of
 
 
@@ -26,7 +34,7 @@ def test_event_returns_the_status_in_its_name(event_file: Path, handler) -> None
     # WHEN the handler serves it
     response = handler(event)
 
-    # THEN the status is the one in the file name, and the body is JSON
+    # THEN the status is the one in the file name, the body is JSON, an error has its code
     status = expected_status(event_file)
     assert response["statusCode"] == status, response["body"]
     assert response["multiValueHeaders"]["Content-Type"] == ["application/json"]
@@ -34,9 +42,18 @@ def test_event_returns_the_status_in_its_name(event_file: Path, handler) -> None
     if status >= 400:
         assert set(body) == {"error"}
         assert set(body["error"]) == {"code", "message"}
-        assert body["error"]["code"]
+        assert body["error"]["code"] == expected_code(event_file)
         assert body["error"]["message"]
         assert status < 500, "bad input must never be a server error"
+    else:
+        assert expected_code(event_file) is None
+        assert "error" not in body
+
+
+def test_every_event_file_has_an_expectation_and_every_expectation_a_file() -> None:
+    files = {p.name for p in EVENTS.glob("*.json") if STATUS_IN_NAME.search(p.name)}
+
+    assert files == set(EXPECTED)
 
 
 @pytest.mark.parametrize(
@@ -106,7 +123,7 @@ def test_wrong_method_names_the_allowed_one(handler) -> None:
 
 
 def test_zip_variant_prefix_is_stripped(published, make_handler) -> None:
-    handler = make_handler(route_prefix="/zip")
+    handler = make_handler(ONNXKIT_ROUTE_PREFIX="/zip")
     event = json.loads(Path("events/predict_infer_200.json").read_text())
     event["path"] = "/zip" + event["path"]
     assert handler(event)["statusCode"] == 200

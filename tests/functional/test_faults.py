@@ -60,12 +60,11 @@ def test_missing_model_is_a_503_not_a_client_404(s3, make_handler) -> None:
 
 
 def test_model_published_after_init_is_picked_up(s3, make_handler, digits_dir, tmp_path) -> None:
-    from onnxkit.store import ModelStore
-    from onnxkit_tools.registry import publish_model
+    from onnxkit_tools.registry import Registry, publish_model
 
     handler = make_handler()
     assert handler(READY)["statusCode"] == 503
-    store = ModelStore.from_uri(f"s3://{BUCKET}/onnxkit", cache_dir=tmp_path / "pub", s3_client=s3)
+    store = Registry.open(f"s3://{BUCKET}/onnxkit", cache_dir=tmp_path / "pub", s3_client=s3)
     publish_model(store, digits_dir / "int8" / "model.onnx", name="digits", alias="prod")
     assert handler(READY)["statusCode"] == 200
 
@@ -103,7 +102,7 @@ def test_unexpected_error_is_a_generic_500_without_internals(published, make_han
 
 
 def test_request_body_over_the_limit_is_413(published, make_handler) -> None:
-    handler = make_handler(max_request_bytes=100)  # the event's body is ~300 bytes
+    handler = make_handler(ONNXKIT_MAX_REQUEST_BYTES="100")  # the event's body is ~300 bytes
     response = handler(INFER)
     assert response["statusCode"] == 413
     assert body_of(response)["error"]["code"] == "payload_too_large"

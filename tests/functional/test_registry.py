@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxkit.store import ModelStore
-from onnxkit_tools.registry import publish_model
+from onnxkit_tools.registry import Registry, publish_model
 from tests.functional.conftest import BUCKET, STORE, body_of
 
 INFER = json.loads(Path("events/predict_infer_200.json").read_text())
@@ -17,8 +16,8 @@ INTERVAL = 0.2
 
 
 @pytest.fixture
-def store(s3, tmp_path: Path) -> ModelStore:
-    return ModelStore.from_uri(STORE, cache_dir=tmp_path / "publisher", s3_client=s3)
+def store(s3, tmp_path: Path) -> Registry:
+    return Registry.open(STORE, cache_dir=tmp_path / "publisher", s3_client=s3)
 
 
 def served_version(handler) -> str:
@@ -35,7 +34,7 @@ def test_alias_moves_are_served_without_a_restart(
     store, published, make_handler, digits_dir: Path, tmp_path: Path, s3
 ) -> None:
     # GIVEN a function serving digits@prod = 1, re-reading the alias every 0.2 s
-    handler = make_handler(refresh_seconds=INTERVAL)
+    handler = make_handler(ONNXKIT_REFRESH_SECONDS=str(INTERVAL))
     assert served_version(handler) == "1"
 
     # WHEN version 2 (the fp32 model) is published and promoted
@@ -76,7 +75,7 @@ def test_alias_moves_are_served_without_a_restart(
 
 
 def test_pinned_version_ignores_alias_moves(store, published, make_handler, digits_dir) -> None:
-    handler = make_handler(model_version="1", refresh_seconds=INTERVAL)
+    handler = make_handler(ONNXKIT_MODEL_VERSION="1", ONNXKIT_REFRESH_SECONDS=str(INTERVAL))
     publish_model(store, digits_dir / "fp32" / "model.onnx", name="digits", alias="prod")
     after_interval()
     assert served_version(handler) == "1"

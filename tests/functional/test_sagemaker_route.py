@@ -12,8 +12,7 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 
-from onnxkit.store import ModelStore
-from onnxkit_tools.registry import publish_model
+from onnxkit_tools.registry import Registry, publish_model
 from tests.functional.conftest import STORE, body_of
 
 INFER = json.loads(Path("events/predict_infer_batch_200.json").read_text())
@@ -50,7 +49,7 @@ class OnnxruntimeEndpoint:
 
 @pytest.fixture
 def endpoint(s3, digits_dir: Path, tmp_path: Path) -> OnnxruntimeEndpoint:
-    store = ModelStore.from_uri(STORE, cache_dir=tmp_path / "pub", s3_client=s3)
+    store = Registry.open(STORE, cache_dir=tmp_path / "pub", s3_client=s3)
     model = digits_dir / "int8" / "model.onnx"
     publish_model(store, model, name="digits", version="1", alias="prod", backend="sagemaker")
     return OnnxruntimeEndpoint(model)
@@ -59,16 +58,11 @@ def endpoint(s3, digits_dir: Path, tmp_path: Path) -> OnnxruntimeEndpoint:
 @pytest.fixture
 def handler(endpoint, s3, tmp_path: Path):
     from onnxkit.adapters.lambda_api import build_handler
-    from onnxkit.settings import Settings
-    from tests.functional.conftest import LambdaContext
+    from onnxkit.aws import AwsClients
+    from tests.functional.conftest import LambdaContext, function_settings
 
-    settings = Settings(
-        model_store=STORE,
-        model_name="digits",
-        cache_dir=str(tmp_path / "lambda-tmp"),
-        sagemaker_endpoint="onnxkit-gpu",
-    )
-    inner = build_handler(settings, s3_client=s3, sagemaker_client=endpoint)
+    settings = function_settings(tmp_path / "lambda-tmp", ONNXKIT_SAGEMAKER_ENDPOINT="onnxkit-gpu")
+    inner = build_handler(settings, clients=AwsClients(s3=s3, sagemaker_runtime=endpoint))
     return lambda event: inner(event, LambdaContext())
 
 
@@ -116,10 +110,10 @@ def test_missing_endpoint_is_503(handler, endpoint) -> None:
 
 def test_routed_without_an_endpoint_configured_is_a_clear_503(endpoint, s3, tmp_path) -> None:
     from onnxkit.adapters.lambda_api import build_handler
-    from onnxkit.settings import Settings
-    from tests.functional.conftest import LambdaContext
+    from onnxkit.aws import AwsClients
+    from tests.functional.conftest import LambdaContext, function_settings
 
-    settings = Settings(model_store=STORE, model_name="digits", cache_dir=str(tmp_path / "t"))
-    response = build_handler(settings, s3_client=s3)(INFER, LambdaContext())
+    settings = function_settings(tmp_path / "t")
+    response = build_handler(settings, clients=AwsClients(s3=s3))(INFER, LambdaContext())
     assert response["statusCode"] == 503
     assert "ONNXKIT_SAGEMAKER_ENDPOINT" in body_of(response)["error"]["message"]

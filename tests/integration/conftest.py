@@ -41,7 +41,7 @@ class MotoProcess:
     """
 
     def __init__(self) -> None:
-        from onnxkit_tools.local.emulator import free_port
+        from onnxkit_tools.net import free_port
 
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -66,17 +66,14 @@ class MotoProcess:
 @pytest.fixture(scope="session")
 def local_s3(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A moto S3 server on 127.0.0.1 with digits int8 published as version 1, alias prod."""
-    from onnxkit.store import ModelStore
     from onnxkit_tools.local.s3 import ensure_bucket
-    from onnxkit_tools.registry import publish_model
+    from onnxkit_tools.registry import Registry, publish_model
 
     s3 = MotoProcess()
     try:
         client = s3.client()
         ensure_bucket(client, "onnxkit-it")
-        store = ModelStore.from_uri(
-            STORE, cache_dir=tmp_path_factory.mktemp("pub"), s3_client=client
-        )
+        store = Registry.open(STORE, cache_dir=tmp_path_factory.mktemp("pub"), s3_client=client)
         publish_model(
             store,
             digits_dir / "int8" / "model.onnx",
@@ -146,7 +143,7 @@ def wait_http(
 @pytest.fixture(scope="session")
 def start_api(rie: Path, env_vars: Path) -> Iterator[str]:
     """`onnxkit local start-api` on a free port; yields the base URL."""
-    from onnxkit_tools.local.emulator import free_port
+    from onnxkit_tools.net import free_port
 
     port = free_port()
     process = subprocess.Popen(

@@ -1,7 +1,17 @@
-"""The image's build context, checked without Docker: what the Dockerfile copies is enough."""
+"""Both images, checked without Docker: what each Dockerfile copies, builds and installs.
+
+Each image installs the runtime package alone, with one extra from the one pyproject.toml. The
+tests lay out exactly what a Dockerfile copies, build the package from it as `pip install`
+does, and ask pip what the image's install would bring (`--dry-run --report`, for python3.12
+on x86_64 Linux): the tooling (onnxkit_tools, the CLI, quantization, examples, local stack)
+and its packages are in neither image.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,34 +24,40 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
-DOCKERFILE = REPO / "functions" / "predict" / "Dockerfile"
+LAMBDA = REPO / "functions" / "predict" / "Dockerfile"
+GPU = REPO / "functions" / "sagemaker_endpoint" / "Dockerfile"
+SERVE = REPO / "functions" / "sagemaker_endpoint" / "serve"
+RUNTIME = REPO / "layers" / "onnxkit" / "onnxkit"
+CONTEXT = "/tmp/onnxkit"  # where both Dockerfiles assemble the package before installing it
+# Packages only the tooling, tests or examples need: never in an image.
+TOOLING = {
+    "onnxkit-tools", "onnx", "scikit-learn", "skl2onnx", "tqdm", "moto", "awslambdaric",
+    "torch", "transformers", "schemathesis", "pytest", "mypy", "ruff",
+}  # fmt: skip
+TARGET = [
+    "--python-version", "3.12", "--implementation", "cp", "--only-binary=:all:",
+    "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64",
+]  # fmt: skip
 
 
-def copy_instructions() -> list[tuple[list[str], str]]:
-    """(sources, destination) of each COPY line."""
-    copies = []
-    for line in DOCKERFILE.read_text().splitlines():
-        parts = line.split()
-        if parts and parts[0] == "COPY":
-            *sources, dest = parts[1:]
-            copies.append((sources, dest))
-    return copies
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(keyword, rest) of each instruction, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
+    result = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            keyword, _, rest = line.strip().partition(" ")
+            result.append((keyword, rest))
+    return result
 
 
-def test_dockerfile_uses_the_lambda_python312_base_and_handler() -> None:
-    text = DOCKERFILE.read_text()
-    assert "FROM public.ecr.aws/lambda/python:3.12" in text
-    assert 'CMD ["app.lambda_handler"]' in text
-    assert any("functions/predict/app.py" in s for s, _ in copy_instructions())
-
-
-def test_the_copied_files_build_an_installable_package(tmp_path: Path) -> None:
-    # GIVEN only what the Dockerfile copies for the package step, laid out as it lays it out
-    context = tmp_path / "image"
-    for sources, dest in copy_instructions():
-        if not dest.startswith("/tmp/onnxkit"):
+def layout(dockerfile: Path, into: Path) -> None:
+    """Lay out what the Dockerfile copies into the package's build folder, as it does."""
+    for keyword, rest in instructions(dockerfile):
+        *sources, dest = rest.split()
+        if keyword != "COPY" or not dest.startswith(CONTEXT):
             continue
-        target = context / dest.removeprefix("/tmp/onnxkit").lstrip("/")
+        target = into / dest.removeprefix(CONTEXT).lstrip("/")
         for source in sources:
             path = REPO / source
             if path.is_dir():
@@ -50,22 +66,119 @@ def test_the_copied_files_build_an_installable_package(tmp_path: Path) -> None:
                 target.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target / path.name)
 
-    # WHEN pip builds it (as `pip install /tmp/onnxkit` does in the image)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-         "-w", str(tmp_path / "dist"), str(context)],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
 
-    # THEN the wheel holds the whole library, and app.py's imports resolve from it
-    wheel = next((tmp_path / "dist").glob("onnxkit-*.whl"))
-    names = set(zipfile.ZipFile(wheel).namelist())
-    library = REPO / "layers" / "onnxkit" / "onnxkit"
+def installed_extra(dockerfile: Path) -> str:
+    """The extra the Dockerfile's pip install names: `pip install "/tmp/onnxkit[EXTRA]"`."""
+    (extra,) = re.findall(rf'pip install[^"]*"{CONTEXT}\[([\w-]+)\]"', dockerfile.read_text())
+    return extra
+
+
+def pip(*args: str) -> None:
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", *args], capture_output=True, text=True, env=env,
+        timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+# What each image must and must not install, beside the runtime core.
+EXPECTED = {
+    LAMBDA: (
+        {"onnxkit", "onnxruntime", "numpy", "aws-lambda-powertools", "boto3", "python-mimeparse"},
+        {"uvicorn", "starlette", "onnxruntime-gpu", "click"},
+    ),
+    GPU: (
+        {"onnxkit", "onnxruntime-gpu", "numpy", "boto3", "uvicorn", "starlette", "httptools"},
+        {"onnxruntime", "aws-lambda-powertools"},  # the CPU build would shadow the GPU one
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=[LAMBDA, GPU], ids=["lambda", "gpu"])
+def image(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """For one Dockerfile: the wheel its copied files build, and its install set."""
+    dockerfile: Path = request.param
+    work = tmp_path_factory.mktemp(dockerfile.parent.name)
+    layout(dockerfile, work / "context")
+    pip("wheel", "--no-deps", "-q", "-w", str(work / "dist"), str(work / "context"))
+    wheel = next((work / "dist").glob("onnxkit-*.whl"))
+    extra = installed_extra(dockerfile)
+    report = work / "report.json"
+    pip("install", "--dry-run", "-q", "--ignore-installed", "--report", str(report), *TARGET,
+        f"{wheel}[{extra}]")  # fmt: skip
+    installs = json.loads(report.read_text())["install"]
+    return {
+        "dockerfile": dockerfile,
+        "extra": extra,
+        "files": set(zipfile.ZipFile(wheel).namelist()),
+        "packages": {entry["metadata"]["name"].lower().replace("_", "-") for entry in installs},
+    }
+
+
+def test_the_image_builds_the_runtime_package_alone(image: dict) -> None:
+    modules = {f for f in image["files"] if f.endswith(".py")}
     expected = {
-        f"onnxkit/{p.relative_to(library).as_posix()}"
-        for p in library.rglob("*.py")
+        f"onnxkit/{p.relative_to(RUNTIME).as_posix()}"
+        for p in RUNTIME.rglob("*.py")
         if "__pycache__" not in p.parts
     }
-    assert expected <= names, sorted(expected - names)
-    for module in ("onnxkit/adapters/lambda_api.py", "onnxkit/settings.py"):
-        assert module in names
+
+    assert modules == expected
+    assert not any(f.startswith("onnxkit_tools") for f in image["files"])
+
+
+def test_the_install_set_has_no_tooling(image: dict) -> None:
+    assert not TOOLING & image["packages"], TOOLING & image["packages"]
+
+
+def test_the_lambda_image_installs_the_lambda_extra() -> None:
+    assert installed_extra(LAMBDA) == "lambda"
+
+
+def test_each_image_gets_what_its_edge_runs(image: dict) -> None:
+    present, absent = EXPECTED[image["dockerfile"]]
+
+    assert present <= image["packages"], present - image["packages"]
+    assert not absent & image["packages"]
+
+
+def test_the_lambda_dockerfile_uses_the_python312_base_and_handler() -> None:
+    text = LAMBDA.read_text()
+
+    assert "FROM public.ecr.aws/lambda/python:3.12" in text
+    assert 'CMD ["app.lambda_handler"]' in text
+    assert ("COPY", "functions/predict/app.py ${LAMBDA_TASK_ROOT}/") in instructions(LAMBDA)
+
+
+def test_the_gpu_dockerfile_builds_a_cuda_image_that_runs_serve() -> None:
+    text = GPU.read_text()
+    steps = instructions(GPU)
+    base = next(rest for keyword, rest in steps if keyword == "FROM")
+
+    assert base.startswith("nvidia/cuda:13.")
+    assert base.endswith("-cudnn-runtime-ubuntu24.04")
+    assert installed_extra(GPU) == "endpoint-gpu"
+    assert "'CUDAExecutionProvider' in ort.get_available_providers()" in text
+    assert "ONNXKIT_BIND_HOST=0.0.0.0" in text  # the server's default is loopback
+    assert "EXPOSE 8080" in text
+    assert ("CMD", '["serve"]') in steps
+    assert not [keyword for keyword, _ in steps if keyword == "ENTRYPOINT"]  # `run IMAGE serve`
+    for keyword, rest in steps:
+        if keyword == "COPY":
+            *sources, _ = rest.split()
+            assert all((REPO / source).exists() for source in sources), sources
+    assert ("COPY", "functions/sagemaker_endpoint/serve /usr/local/bin/serve") in steps
+    assert os.access(SERVE, os.X_OK)
+    assert SERVE.read_text().startswith("#!/usr/bin/env python3\n")
+
+
+def test_the_gpu_pin_lives_in_pyproject_alone() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    gpu = project["optional-dependencies"]["endpoint-gpu"]
+
+    assert "onnxruntime-gpu==1.31.1" in gpu
+    assert "onnxruntime" not in " ".join(project["dependencies"])  # CPU or GPU: an extra decides
+    assert "onnxruntime-gpu" not in GPU.read_text().split("RUN pip install")[1].split("\n")[0]

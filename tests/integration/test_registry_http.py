@@ -48,7 +48,7 @@ def eventually(base: str, version: str, timeout: float = 20.0) -> None:
 def test_publish_promote_serve_rollback_over_http(
     rie: Path, local_s3: Any, digits_dir: Path, tmp_path: Path
 ) -> None:
-    from onnxkit_tools.local.emulator import free_port
+    from onnxkit_tools.net import free_port
 
     endpoint = local_s3.endpoint
     int8 = str(digits_dir / "int8" / "model.onnx")

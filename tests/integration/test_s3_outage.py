@@ -17,12 +17,11 @@ INFER = json.loads((REPO / "events" / "predict_infer_200.json").read_text())
 
 def test_s3_down_at_cold_start_then_back(digits_dir: Path, tmp_path: Path, monkeypatch) -> None:
     from onnxkit.adapters.lambda_api import build_handler
-    from onnxkit.compose import make_s3_client
+    from onnxkit.aws import AwsClients
     from onnxkit.settings import Settings
-    from onnxkit.store import ModelStore
-    from onnxkit_tools.local.emulator import free_port
     from onnxkit_tools.local.s3 import LocalS3, ensure_bucket
-    from onnxkit_tools.registry import publish_model
+    from onnxkit_tools.net import free_port
+    from onnxkit_tools.registry import Registry, publish_model
 
     for key, value in {
         "AWS_ACCESS_KEY_ID": "testing",
@@ -33,18 +32,22 @@ def test_s3_down_at_cold_start_then_back(digits_dir: Path, tmp_path: Path, monke
         monkeypatch.setenv(key, value)
     port = free_port()
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
-    settings = Settings(
-        model_store="s3://outage/onnxkit",
-        model_name="digits",
-        cache_dir=str(tmp_path / "lambda-tmp"),
-        s3_max_attempts=2,
-        s3_connect_timeout=0.5,
-        s3_read_timeout=2,
+    settings = Settings.from_env(
+        {
+            "ONNXKIT_MODEL_STORE": "s3://outage/onnxkit",
+            "ONNXKIT_MODEL_NAME": "digits",
+            "ONNXKIT_CACHE_DIR": str(tmp_path / "lambda-tmp"),
+            "ONNXKIT_S3_MAX_ATTEMPTS": "2",
+            "ONNXKIT_S3_CONNECT_TIMEOUT": "0.5",
+            "ONNXKIT_S3_READ_TIMEOUT": "2",
+        }
     )
-    client = make_s3_client(settings)  # the function's own client: retries from botocore config
+    # the function's own client: retries and timeouts from the settings, through botocore
+    clients = AwsClients(settings.aws, settings.forward)
+    client = clients.s3()
 
     # GIVEN S3 is down when the function starts
-    handler = build_handler(settings, s3_client=client)
+    handler = build_handler(settings, clients=clients)
     response = handler(INFER, LambdaContext())
 
     # THEN requests get a 503 with a clear code, and the function does not crash
@@ -54,9 +57,7 @@ def test_s3_down_at_cold_start_then_back(digits_dir: Path, tmp_path: Path, monke
     # WHEN S3 comes back on the same endpoint with the model published
     with LocalS3(port) as s3:
         ensure_bucket(s3.client(), "outage")
-        store = ModelStore.from_uri(
-            settings.model_store, cache_dir=tmp_path / "p", s3_client=client
-        )
+        store = Registry.open(settings.model.store, cache_dir=tmp_path / "p", s3_client=client)
         publish_model(store, digits_dir / "int8" / "model.onnx", name="digits", alias="prod")
 
         # THEN the next request loads the model and predicts, with no restart

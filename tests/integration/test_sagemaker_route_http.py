@@ -25,13 +25,12 @@ EVENT_FILES = sorted(EVENTS.glob("sagemaker_*.json"))
 @pytest.fixture(scope="module")
 def minilm(local_s3: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MiniLM fp32 published as minilm@prod, with backend "sagemaker" in its manifest."""
-    from onnxkit.store import ModelStore
     from onnxkit_tools.examples.minilm import build_minilm, default_minilm_dir
-    from onnxkit_tools.registry import publish_model
+    from onnxkit_tools.registry import Registry, publish_model
 
     folder = default_minilm_dir()
     build_minilm(folder)
-    store = ModelStore.from_uri(
+    store = Registry.open(
         STORE, cache_dir=tmp_path_factory.mktemp("pub"), s3_client=local_s3.client()
     )
     if "1" not in store.list_versions("minilm"):
@@ -52,7 +51,7 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
 @pytest.fixture(scope="module")
 def servers(minilm: Path, local_s3: Any, tmp_path_factory) -> Iterator[dict[str, str]]:
     """The endpoint server, start-api routing to it, and start-api running it in-process."""
-    from onnxkit_tools.local.emulator import free_port
+    from onnxkit_tools.net import free_port
 
     folder = tmp_path_factory.mktemp("route")
     ports = {name: free_port() for name in ("endpoint", "routed", "lambda")}

@@ -122,7 +122,7 @@ def test_errors_over_http_keep_status_and_body(start_api: str) -> None:
 
 
 def test_api_key_is_enforced_when_configured(rie: Path, env_vars: Path) -> None:
-    from onnxkit_tools.local.emulator import free_port
+    from onnxkit_tools.net import free_port
 
     port = free_port()
     process = subprocess.Popen(
@@ -149,7 +149,7 @@ def _port_open(port: int) -> bool:
 
 
 def test_sigterm_stops_start_api_and_its_emulator(rie: Path, env_vars: Path) -> None:
-    from onnxkit_tools.local.emulator import free_port
+    from onnxkit_tools.net import free_port
 
     port = free_port()
     process = subprocess.Popen(

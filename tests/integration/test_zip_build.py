@@ -37,6 +37,16 @@ def test_zip_variant_and_layer_build_with_python312(tmp_path: Path) -> None:
     layer = build / "OnnxkitLayer" / "python"
     for package in ("onnxkit/predictor.py", "onnxruntime", "numpy", "aws_lambda_powertools"):
         assert (layer / package).exists(), f"{package} missing from the layer"
+    # AND the runtime package alone: every runtime module, none of the tooling or its packages
+    runtime = REPO / "layers" / "onnxkit" / "onnxkit"
+    expected = {p.relative_to(runtime).as_posix() for p in runtime.rglob("*.py")}
+    shipped = {
+        p.relative_to(layer / "onnxkit").as_posix() for p in (layer / "onnxkit").rglob("*.py")
+    }
+    assert shipped == expected
+    tooling = {"onnxkit_tools", "click", "onnx", "sklearn", "skl2onnx", "tqdm", "moto", "torch",
+               "uvicorn", "starlette"}  # fmt: skip
+    assert not tooling & {p.name for p in layer.iterdir()}
     built = (build / "template.yaml").read_text()
     assert "OnnxkitLayer" in built
     # and it fits Lambda's 250 MB unzipped limit for function + layers

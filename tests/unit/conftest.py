@@ -165,7 +165,7 @@ def s3_client(aws_env: None) -> Iterator[Any]:
 
 @dataclass
 class StoreHarness:
-    """A ModelStore plus raw access to the objects behind it (to corrupt or delete them)."""
+    """A registry (the store plus its write side) and raw access to the objects behind it."""
 
     kind: str
     store: Any
@@ -187,11 +187,11 @@ class StoreHarness:
 
 
 def _file_harness(tmp_path: Path) -> StoreHarness:
-    from onnxkit.store import ModelStore
+    from onnxkit_tools.registry import Registry
 
     root = tmp_path / "store-root"
     root.mkdir()
-    store = ModelStore.from_uri(f"file://{root}", cache_dir=tmp_path / "cache")
+    store = Registry.open(f"file://{root}", cache_dir=tmp_path / "cache")
 
     def put_raw(key: str, data: bytes) -> None:
         (root / key).parent.mkdir(parents=True, exist_ok=True)
@@ -207,9 +207,9 @@ def _file_harness(tmp_path: Path) -> StoreHarness:
 
 
 def _s3_harness(tmp_path: Path, client: Any) -> StoreHarness:
-    from onnxkit.store import ModelStore
+    from onnxkit_tools.registry import Registry
 
-    store = ModelStore.from_uri(
+    store = Registry.open(
         f"s3://{BUCKET}/{S3_PREFIX}", cache_dir=tmp_path / "cache", s3_client=client
     )
 
@@ -229,7 +229,7 @@ def _s3_harness(tmp_path: Path, client: Any) -> StoreHarness:
 def store(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> StoreHarness:
-    """A ModelStore on ``file://`` and on S3 (moto); ``streamed`` records every object read."""
+    """A registry on ``file://`` and on S3 (moto); ``streamed`` records every object read."""
     if request.param == "s3":
         harness = _s3_harness(tmp_path, request.getfixturevalue("s3_client"))
     else:

@@ -1,146 +1,29 @@
-"""Manifests: describe_model on real ONNX files, the JSON form, and refusing malformed ones."""
+"""Manifests: the JSON form, refusing malformed ones, and verifying files against them."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from onnxkit.errors import IntegrityError, InvalidInputError
-from onnxkit.manifest import FileEntry, Manifest, TensorSpec, describe_model, sha256_file
-
-from .conftest import OPSET, BuiltModel
+from onnxkit.errors import IntegrityError
+from onnxkit.manifest import (
+    FileEntry,
+    Manifest,
+    sha256_file,
+    verify_file,
+    verify_folder,
+)
+from onnxkit_tools.registry import describe_model
+from tests.unit.conftest import BuiltModel
 
 
 def sha256_of(path: Path) -> str:
     """Reference digest, computed independently of the module under test."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def test_describe_model_reads_signature_opset_and_checksums(tiny_model: BuiltModel) -> None:
-    manifest = describe_model(tiny_model.path, name="tiny", version="1", metadata={"task": "t"})
-
-    assert manifest.name == "tiny"
-    assert manifest.version == "1"
-    assert manifest.inputs == (TensorSpec("x", "FP32", (-1, 4)),)
-    assert manifest.outputs == (TensorSpec("y", "FP32", (-1, 2)),)
-    assert manifest.opset == OPSET
-    assert manifest.files == (
-        FileEntry("model.onnx", sha256_of(tiny_model.path), tiny_model.path.stat().st_size),
-    )
-    assert manifest.model_file.path == "model.onnx"
-    assert manifest.total_size == tiny_model.path.stat().st_size
-    assert manifest.producer["name"] == "onnxkit-unit-tests"
-    assert manifest.backend == "lambda"
-    assert manifest.quantization is None
-    assert manifest.metadata == {"task": "t"}
-    assert datetime.fromisoformat(manifest.created_at).utcoffset() is not None
-
-
-def test_describe_model_maps_int64_and_bool(typed_model: BuiltModel) -> None:
-    manifest = describe_model(typed_model.path, name="typed", version="1")
-
-    assert manifest.inputs == (
-        TensorSpec("ids", "INT64", (-1, 3)),
-        TensorSpec("mask", "BOOL", (-1, 3)),
-    )
-    assert manifest.outputs == (
-        TensorSpec("masked", "INT64", (-1, 3)),
-        TensorSpec("inverted", "BOOL", (-1, 3)),
-    )
-
-
-def test_describe_model_lists_external_data_files(tiny_external_model: BuiltModel) -> None:
-    # GIVEN a model whose weights live in model.onnx.data beside it
-    folder = tiny_external_model.folder
-    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "model.onnx.data"]
-
-    # WHEN it is described
-    manifest = describe_model(tiny_external_model.path, name="tiny", version="2")
-
-    # THEN both files are listed, the graph first, with their own sizes and digests
-    assert [f.path for f in manifest.files] == ["model.onnx", "model.onnx.data"]
-    for entry in manifest.files:
-        assert entry.size == (folder / entry.path).stat().st_size
-        assert entry.sha256 == sha256_of(folder / entry.path)
-    assert manifest.files[1].size == (4 * 2 + 2) * 4  # the float32 weights and bias
-    assert manifest.total_size == sum(f.size for f in manifest.files)
-
-
-def test_describe_model_adds_extra_files(tiny_model: BuiltModel) -> None:
-    labels = tiny_model.folder / "labels.txt"
-    labels.write_text("zero\none\n")
-
-    manifest = describe_model(tiny_model.path, name="tiny", version="1", extra_files=[labels])
-
-    assert [f.path for f in manifest.files] == ["model.onnx", "labels.txt"]
-    assert manifest.files[1] == FileEntry("labels.txt", sha256_of(labels), 9)
-
-
-def test_describe_model_refuses_a_file_that_is_not_onnx(tmp_path: Path) -> None:
-    garbage = tmp_path / "model.onnx"
-    garbage.write_bytes(b"\x00\xffthis is not a protobuf" * 10)
-
-    with pytest.raises(InvalidInputError) as caught:
-        describe_model(garbage, name="tiny", version="1")
-
-    assert "is not a readable ONNX model" in caught.value.message
-
-
-def test_describe_model_refuses_an_unknown_backend(tiny_model: BuiltModel) -> None:
-    with pytest.raises(InvalidInputError) as caught:
-        describe_model(tiny_model.path, name="tiny", version="1", backend="gpu-farm")
-
-    assert "backend must be one of" in caught.value.message
-
-
-def test_describe_model_refuses_element_types_v2_json_cannot_carry(tmp_path: Path) -> None:
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["text"], ["same"])],
-        "strings",
-        [helper.make_tensor_value_info("text", TensorProto.STRING, [1])],
-        [helper.make_tensor_value_info("same", TensorProto.STRING, [1])],
-    )
-    path = tmp_path / "strings.onnx"
-    onnx.save_model(helper.make_model(graph), str(path))
-
-    with pytest.raises(InvalidInputError) as caught:
-        describe_model(path, name="strings", version="1")
-
-    assert "tensor 'text' has ONNX element type 8" in caught.value.message
-
-
-def test_describe_model_refuses_external_data_outside_the_model_folder(tmp_path: Path) -> None:
-    # A graph that points its weights at ../outside.bin must be refused in our words
-    # (InvalidInputError), like any other unusable model, not with a bare ValueError.
-    import onnx
-    from onnx import TensorProto, helper
-
-    weights = helper.make_tensor("w", TensorProto.FLOAT, [1], [1.0])
-    weights.ClearField("float_data")
-    weights.data_location = TensorProto.EXTERNAL
-    weights.external_data.add(key="location", value="../outside.bin")
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "w"], ["y"])],
-        "escape",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-        [weights],
-    )
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (tmp_path / "outside.bin").write_bytes(b"\x00\x00\x80\x3f")
-    onnx.save_model(helper.make_model(graph), str(folder / "model.onnx"))
-
-    with pytest.raises(InvalidInputError):
-        describe_model(folder / "model.onnx", name="escape", version="1")
 
 
 def test_sha256_file_matches_hashlib_across_chunks(tmp_path: Path) -> None:
@@ -271,3 +154,65 @@ def test_path_traversal_is_named_in_the_error(path: str) -> None:
         Manifest.from_json(with_file(path=path))
 
     assert "must be relative and stay inside the version" in caught.value.message
+
+
+def _manifest_of(folder: Path, *names: str) -> Manifest:
+    files = tuple(FileEntry(n, sha256_of(folder / n), (folder / n).stat().st_size) for n in names)
+    return Manifest(
+        name="m", version="1", files=files, inputs=(), outputs=(), opset=17, backend="lambda"
+    )
+
+
+def test_verify_folder_accepts_files_that_match(tmp_path: Path) -> None:
+    (tmp_path / "model.onnx").write_bytes(b"graph" * 1000)
+    (tmp_path / "model.onnx.data").write_bytes(b"\x00" * 4096)
+    manifest = _manifest_of(tmp_path, "model.onnx", "model.onnx.data")
+
+    verify_folder(tmp_path, manifest, fix="repack it")  # no exception
+
+
+@pytest.mark.parametrize(
+    ("damage", "found"),
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:-1]), "4095 bytes"),  # truncated
+        (lambda p: p.write_bytes(p.read_bytes() + b"!"), "more than 4096 bytes"),  # grown
+        (lambda p: p.write_bytes(b"\x01" + p.read_bytes()[1:]), "4096 bytes sha256 "),  # flipped
+    ],
+    ids=["truncated", "grown", "one-byte-changed"],
+)
+def test_verify_folder_names_the_file_the_sizes_and_the_fix(
+    tmp_path: Path, damage: Any, found: str
+) -> None:
+    (tmp_path / "model.onnx").write_bytes(b"graph")
+    (tmp_path / "model.onnx.data").write_bytes(b"\x00" * 4096)
+    manifest = _manifest_of(tmp_path, "model.onnx", "model.onnx.data")
+    damage(tmp_path / "model.onnx.data")
+
+    with pytest.raises(IntegrityError) as caught:
+        verify_folder(tmp_path, manifest, fix="repack it")
+
+    message = caught.value.message
+    assert message.startswith("model.onnx.data does not match its manifest (expected 4096 bytes")
+    assert f"got {found}" in message
+    assert message.endswith("; repack it")
+
+
+def test_verify_folder_reports_a_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "model.onnx").write_bytes(b"graph")
+    manifest = _manifest_of(tmp_path, "model.onnx")
+    (tmp_path / "model.onnx").unlink()
+
+    with pytest.raises(IntegrityError, match=r"model\.onnx is listed in the manifest but cannot"):
+        verify_folder(tmp_path, manifest, fix="repack it")
+
+
+def test_verify_file_needs_both_size_and_digest_to_match() -> None:
+    entry = FileEntry("model.onnx", "ab" * 32, 10)
+
+    verify_file(entry, size=10, sha256="ab" * 32, where="w", fix="f")
+    with pytest.raises(IntegrityError):
+        verify_file(entry, size=10, sha256="cd" * 32, where="w", fix="f")
+    with pytest.raises(IntegrityError):
+        verify_file(entry, size=9, sha256="ab" * 32, where="w", fix="f")
+    with pytest.raises(IntegrityError, match="got more than 10 bytes"):
+        verify_file(entry, size=11, sha256=None, where="w", fix="f")

@@ -18,15 +18,15 @@ from onnxkit.errors import (
     ModelNotReadyError,
     OnnxkitError,
     PayloadTooLargeError,
-    UnsupportedMediaTypeError,
 )
-from onnxkit.manifest import Manifest, describe_model
-from onnxkit.predictor import Limits, Predictor
+from onnxkit.manifest import Manifest
+from onnxkit.predictor import Predictor
 from onnxkit.session import load_session
+from onnxkit.settings import ApiSettings
+from onnxkit_tools.registry import describe_model
+from tests.unit.conftest import OPSET, BuiltModel
 
-from .conftest import OPSET, BuiltModel
-
-LIMITS = Limits(max_request_bytes=10_000, max_batch_size=4)
+LIMITS = ApiSettings(max_request_bytes=10_000, max_batch_size=4)
 
 
 class Recorder:
@@ -66,11 +66,16 @@ def make_predictor() -> Callable[..., tuple[Predictor, CountingLoader, Recorder]
     """Build a Predictor over a model, with an optional list of load failures first."""
 
     def make(
-        model: BuiltModel, name: str, *failures: Exception, limits: Limits = LIMITS
+        model: BuiltModel,
+        name: str,
+        *failures: Exception,
+        limits: ApiSettings = LIMITS,
+        background: bool = False,
     ) -> tuple[Predictor, CountingLoader, Recorder]:
         loader = CountingLoader(model, name, *failures)
         observer = Recorder()
-        return Predictor(name, loader, limits, observer), loader, observer
+        predictor = Predictor(name, loader, limits, observer, background=background)
+        return predictor, loader, observer
 
     return make
 
@@ -92,7 +97,7 @@ def test_infer_returns_the_values_numpy_computes(
     rows = [[1.0, 2.0, 3.0, 4.0], [-0.5, 0.25, 8.0, -2.0]]
 
     # WHEN a batch of two rows is sent, as raw JSON bytes
-    response = predictor.infer("tiny", None, x_request(rows, id="r-1"), "application/json")
+    response = predictor.infer("tiny", None, x_request(rows, id="r-1"))
 
     # THEN the v2 response carries y = x @ W + b for each row
     expected = tiny_model.compute(np.array(rows, dtype=np.float32))["y"]
@@ -272,22 +277,10 @@ def test_unknown_version_is_404(
 # --- request refusals before any model work ------------------------------------------------------
 
 
-def test_wrong_content_type_is_415_before_loading(
-    make_predictor: Callable[..., Any], tiny_model: BuiltModel
-) -> None:
-    predictor, loader, _ = make_predictor(tiny_model, "tiny")
-
-    with pytest.raises(UnsupportedMediaTypeError) as caught:
-        predictor.infer("tiny", None, x_request([[1.0, 2.0, 3.0, 4.0]]), "text/plain")
-
-    assert caught.value.status == 415
-    assert loader.calls == 0
-
-
 def test_body_over_the_limit_is_413(
     make_predictor: Callable[..., Any], tiny_model: BuiltModel
 ) -> None:
-    limits = Limits(max_request_bytes=50, max_batch_size=4)
+    limits = ApiSettings(max_request_bytes=50, max_batch_size=4)
     predictor, loader, _ = make_predictor(tiny_model, "tiny", limits=limits)
 
     with pytest.raises(PayloadTooLargeError) as caught:
@@ -400,3 +393,55 @@ def test_configured_model_missing_from_the_store_is_503_not_404(
     assert caught.value.status == 503
     assert "has no alias 'prod'" in caught.value.message
     assert caught.value.__cause__ is missing
+
+
+# --- the endpoint's policy: loads happen in the background ----------------------------------
+
+
+def test_in_the_background_a_request_never_loads_and_says_why_it_cannot_serve(
+    make_predictor: Callable[..., Any], tiny_model: BuiltModel
+) -> None:
+    # GIVEN a predictor whose loads happen in the background, the first one failing
+    failure = IntegrityError(
+        "model.onnx does not match its manifest", code="artifact_integrity_error"
+    )
+    predictor, loader, _ = make_predictor(tiny_model, "tiny", failure, background=True)
+
+    # WHEN requests arrive before any load: 503 "still loading", and nothing is loaded for them
+    with pytest.raises(ModelNotReadyError) as loading:
+        predictor.infer("tiny", None, x_request([[1.0, 2.0, 3.0, 4.0]]))
+    assert loader.calls == 0
+    assert loading.value.headers == {"Retry-After": "1"}
+    assert "still loading" in loading.value.message
+
+    # AND after the background load failed: 503 naming the cause
+    assert predictor.try_load() is False
+    with pytest.raises(ModelNotReadyError) as failed:
+        predictor.check_ready()
+    assert (
+        "model.onnx does not match its manifest (artifact_integrity_error)" in failed.value.message
+    )
+    assert failed.value.headers == {"Retry-After": "5"}
+    with pytest.raises(ModelNotReadyError):
+        predictor.server_ready()
+    assert loader.calls == 1
+
+    # THEN once the background load succeeds, requests are served
+    assert predictor.try_load() is True
+    predictor.check_ready()
+    response = predictor.infer("tiny", None, x_request([[1.0, 2.0, 3.0, 4.0]]))
+    assert response["outputs"][0]["shape"] == [1, 2]
+    assert predictor.server_ready() == {"ready": True}
+    assert loader.calls == 2
+
+
+def test_the_predictor_exposes_its_limits_and_backend(
+    make_predictor: Callable[..., Any], tiny_model: BuiltModel
+) -> None:
+    predictor, _, _ = make_predictor(tiny_model, "tiny")
+
+    assert predictor.limits == LIMITS
+    assert predictor.current_backend is None
+    assert predictor.refresh_interval == 0.0
+    backend = predictor.load()
+    assert predictor.current_backend is backend

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 
 from onnxkit.errors import IntegrityError, OnnxkitError
 from onnxkit.manifest import FileEntry, Manifest, TensorSpec
-from onnxkit.predictor import Limits, Predictor, Refresh
+from onnxkit.predictor import Predictor, Refresh
+from onnxkit.settings import ApiSettings
 
-LIMITS = Limits(max_request_bytes=10_000, max_batch_size=8)
+LIMITS = ApiSettings(max_request_bytes=10_000, max_batch_size=8)
 BODY = b'{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}'
 
 

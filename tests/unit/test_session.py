@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,17 @@ import pytest
 from onnxkit import session as session_module
 from onnxkit.errors import ModelLoadError
 from onnxkit.manifest import TensorSpec
-from onnxkit.session import LAMBDA_MB_PER_VCPU, available_cpus, load_session, warm_up
-
-from .conftest import BuiltModel
+from onnxkit.session import (
+    LAMBDA_MB_PER_VCPU,
+    available_cpus,
+    choose_providers,
+    create_session,
+    fallen_back,
+    load_session,
+    warm_up,
+)
+from onnxkit.settings import CPU_PROVIDER
+from tests.unit.conftest import BuiltModel
 
 AFFINITY = 8
 
@@ -205,3 +214,67 @@ def test_warm_up_failure_is_a_model_load_error() -> None:
     assert caught.value.code == "model_load_error"
     assert caught.value.message.startswith("warm-up run failed: RuntimeError")
     assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+# --- execution providers ---------------------------------------------------------------------
+
+
+def test_choose_providers_keeps_what_the_build_offers_with_cpu_last(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    offered = ["TensorrtExecutionProvider", "CUDAExecutionProvider", CPU_PROVIDER]
+
+    assert choose_providers(["CUDAExecutionProvider", CPU_PROVIDER], offered) == [
+        "CUDAExecutionProvider",
+        CPU_PROVIDER,
+    ]
+    assert choose_providers(["CUDAExecutionProvider"], offered) == [
+        "CUDAExecutionProvider",
+        CPU_PROVIDER,
+    ]
+    assert caplog.text == ""
+    with caplog.at_level(logging.WARNING):
+        chosen = choose_providers(["CUDAExecutionProvider", CPU_PROVIDER], [CPU_PROVIDER])
+    assert chosen == [CPU_PROVIDER]
+    assert "CUDAExecutionProvider requested but not in this onnxruntime build" in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
+def test_a_session_that_fell_back_to_cpu_says_so(
+    tiny_model: BuiltModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN a build that claims CUDA (so it is passed to onnxruntime), on a machine without it
+    with caplog.at_level(logging.WARNING):
+        session = create_session(
+            tiny_model.path,
+            providers=["CUDAExecutionProvider", CPU_PROVIDER],
+            intra_op_threads=1,
+            available=["CUDAExecutionProvider", CPU_PROVIDER],
+            gpu_device=1,
+        )
+
+    # THEN the session runs on CPU and the log names the lost accelerator
+    assert session.get_providers() == [CPU_PROVIDER]
+    assert "CUDAExecutionProvider requested but the session runs on CPUExecutionProvider" in (
+        caplog.text
+    )
+    assert fallen_back([CPU_PROVIDER], [CPU_PROVIDER]) == []
+
+
+def test_the_gpu_device_is_passed_to_gpu_providers_only(
+    monkeypatch: pytest.MonkeyPatch, tiny_model: BuiltModel
+) -> None:
+    import onnxruntime as ort
+
+    seen: dict[str, Any] = {}
+
+    class Recording:
+        def __init__(self, path: str, **kwargs: Any) -> None:
+            seen.update(kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", Recording)
+
+    load_session(tiny_model.path, providers=["CUDAExecutionProvider", CPU_PROVIDER], gpu_device=2)
+
+    assert seen["providers"] == ["CUDAExecutionProvider", CPU_PROVIDER]
+    assert seen["provider_options"] == [{"device_id": "2"}, {}]

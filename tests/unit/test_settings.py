@@ -11,6 +11,12 @@ from onnxkit.errors import ConfigurationError
 from onnxkit.settings import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_REQUEST_BYTES,
+    ApiSettings,
+    AwsSettings,
+    EndpointSettings,
+    FunctionSettings,
+    ModelSettings,
+    SessionSettings,
     Settings,
     unknown_variables,
 )
@@ -22,22 +28,26 @@ def test_defaults_from_the_two_required_variables() -> None:
     settings = Settings.from_env(MINIMAL)
 
     assert settings == Settings(
-        model_store="s3://model-bucket/onnxkit",
-        model_name="digits",
-        model_alias="prod",
-        model_version=None,
-        cache_dir="/tmp/onnxkit",
-        intra_op_threads=0,
-        max_request_bytes=DEFAULT_MAX_REQUEST_BYTES,
-        max_batch_size=DEFAULT_MAX_BATCH_SIZE,
-        s3_max_attempts=3,
-        s3_connect_timeout=2.0,
-        s3_read_timeout=10.0,
-        route_prefix="",
+        model=ModelSettings(
+            store="s3://model-bucket/onnxkit",
+            name="digits",
+            alias="prod",
+            version=None,
+            cache_dir="/tmp/onnxkit",
+        ),
+        aws=AwsSettings(s3_max_attempts=3, s3_connect_timeout=2.0, s3_read_timeout=10.0),
+        session=SessionSettings(providers=("CPUExecutionProvider",), intra_op_threads=0),
+        api=ApiSettings(
+            max_request_bytes=DEFAULT_MAX_REQUEST_BYTES,
+            max_batch_size=DEFAULT_MAX_BATCH_SIZE,
+            serve_openapi=False,
+        ),
+        function=FunctionSettings(route_prefix="", metrics_namespace="Onnxkit"),
     )
-    assert settings.max_request_bytes == 6 * 1024 * 1024
-    assert settings.metrics_namespace == "Onnxkit"
-    assert settings.model_ref == "prod"
+    assert settings.api.max_request_bytes == 6 * 1024 * 1024
+    assert settings.model.ref == "prod"
+    assert settings.endpoint == EndpointSettings(host="127.0.0.1", port=8080, workers=0)
+    assert settings.endpoint.threads is None  # auto: the worker plan decides
 
 
 def test_every_variable_is_read_and_converted() -> None:
@@ -59,18 +69,18 @@ def test_every_variable_is_read_and_converted() -> None:
 
     settings = Settings.from_env(env)
 
-    assert settings.model_store == "file:///srv/models"  # trailing slash dropped
-    assert settings.model_alias == "staging"
-    assert settings.model_version == "2024-06-01.1"
-    assert settings.cache_dir == "/mnt/cache"
-    assert settings.intra_op_threads == 4
-    assert settings.max_request_bytes == 1024
-    assert settings.max_batch_size == 8
-    assert settings.s3_max_attempts == 5
-    assert settings.s3_connect_timeout == 0.5
-    assert settings.s3_read_timeout == 30.0
-    assert settings.route_prefix == "/zip"
-    assert settings.metrics_namespace == "Digits"
+    assert settings.model.store == "file:///srv/models"  # trailing slash dropped
+    assert settings.model.alias == "staging"
+    assert settings.model.version == "2024-06-01.1"
+    assert settings.model.cache_dir == "/mnt/cache"
+    assert settings.session.intra_op_threads == 4
+    assert settings.api.max_request_bytes == 1024
+    assert settings.api.max_batch_size == 8
+    assert settings.aws.s3_max_attempts == 5
+    assert settings.aws.s3_connect_timeout == 0.5
+    assert settings.aws.s3_read_timeout == 30.0
+    assert settings.function.route_prefix == "/zip"
+    assert settings.function.metrics_namespace == "Digits"
 
 
 def test_version_overrides_alias_in_model_ref() -> None:
@@ -79,10 +89,10 @@ def test_version_overrides_alias_in_model_ref() -> None:
     )
     by_alias = Settings.from_env({**MINIMAL, "ONNXKIT_MODEL_ALIAS": "canary"})
 
-    assert pinned.model_ref == "7"
-    assert pinned.model_alias == "canary"
-    assert by_alias.model_ref == "canary"
-    assert by_alias.model_version is None
+    assert pinned.model.ref == "7"
+    assert pinned.model.alias == "canary"
+    assert by_alias.model.ref == "canary"
+    assert by_alias.model.version is None
 
 
 @pytest.mark.parametrize(
@@ -92,7 +102,7 @@ def test_version_overrides_alias_in_model_ref() -> None:
 def test_route_prefix_is_normalised(raw: str, expected: str) -> None:
     settings = Settings.from_env({**MINIMAL, "ONNXKIT_ROUTE_PREFIX": raw})
 
-    assert settings.route_prefix == expected
+    assert settings.function.route_prefix == expected
 
 
 @pytest.mark.parametrize("raw", ["zip", "/with space", "zip/"])
@@ -184,15 +194,17 @@ def test_blank_optional_values_take_their_defaults() -> None:
 
     settings = Settings.from_env(env)
 
-    assert settings.model_version is None
-    assert settings.max_batch_size == DEFAULT_MAX_BATCH_SIZE
+    assert settings.model.version is None
+    assert settings.api.max_batch_size == DEFAULT_MAX_BATCH_SIZE
 
 
 def test_settings_are_frozen() -> None:
     settings = Settings.from_env(MINIMAL)
 
     with pytest.raises(dataclasses.FrozenInstanceError):
-        settings.model_name = "other"  # type: ignore[misc]
+        settings.model = ModelSettings()  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.model.name = "other"  # type: ignore[misc]
 
 
 def test_unknown_variables_lists_likely_typos_only() -> None:
@@ -207,3 +219,122 @@ def test_unknown_variables_lists_likely_typos_only() -> None:
     assert unknown_variables(env) == ["ONNXKIT_CACHEDIR", "ONNXKIT_MODEL_VERSON"]
     assert unknown_variables(MINIMAL) == []
     assert Settings.from_env(env).ignored_variables == ("ONNXKIT_CACHEDIR", "ONNXKIT_MODEL_VERSON")
+
+
+def test_the_endpoint_section_reads_its_variables() -> None:
+    env = {
+        **MINIMAL,
+        "ONNXKIT_BIND_HOST": "0.0.0.0",
+        "SAGEMAKER_BIND_TO_PORT": "9090",
+        "ONNXKIT_WORKERS": "3",
+        "ONNXKIT_SERVER_THREADS": "0",
+        "ONNXKIT_MAX_CONCURRENCY": "16",
+        "ONNXKIT_DYNAMIC_BATCH_ROWS": "32",
+        "ONNXKIT_DYNAMIC_BATCH_WAIT_MS": "2.5",
+        "ONNXKIT_DRAIN_SECONDS": "20",
+        "ONNXKIT_HEADER_TIMEOUT": "3",
+        "ONNXKIT_SERVE_OPENAPI": "true",
+    }
+
+    settings = Settings.from_env(env)
+
+    assert settings.endpoint == EndpointSettings(
+        host="0.0.0.0",
+        port=9090,
+        workers=3,
+        threads=0,
+        max_concurrency=16,
+        batch_rows=32,
+        batch_wait_ms=2.5,
+        drain_seconds=20.0,
+        header_timeout=3.0,
+    )
+    assert settings.endpoint.batching
+    assert settings.api.serve_openapi is True
+    assert settings.deprecated_variables == ()
+
+
+@pytest.mark.parametrize("rows", ["0", "1"])
+def test_dynamic_batching_is_off_below_two_rows(rows: str) -> None:
+    settings = Settings.from_env({**MINIMAL, "ONNXKIT_DYNAMIC_BATCH_ROWS": rows})
+
+    assert not settings.endpoint.batching
+
+
+def test_the_old_batching_names_still_work_and_are_reported_as_deprecated() -> None:
+    env = {**MINIMAL, "ONNXKIT_BATCH_MAX_SIZE": "16", "ONNXKIT_BATCH_MAX_WAIT_MS": "7"}
+
+    settings = Settings.from_env(env)
+
+    assert (settings.endpoint.batch_rows, settings.endpoint.batch_wait_ms) == (16, 7.0)
+    assert settings.deprecated_variables == (
+        ("ONNXKIT_BATCH_MAX_SIZE", "ONNXKIT_DYNAMIC_BATCH_ROWS"),
+        ("ONNXKIT_BATCH_MAX_WAIT_MS", "ONNXKIT_DYNAMIC_BATCH_WAIT_MS"),
+    )
+    assert settings.ignored_variables == ()
+
+
+def test_the_new_batching_name_wins_over_the_old_one() -> None:
+    env = {**MINIMAL, "ONNXKIT_BATCH_MAX_SIZE": "16", "ONNXKIT_DYNAMIC_BATCH_ROWS": "8"}
+
+    settings = Settings.from_env(env)
+
+    assert settings.endpoint.batch_rows == 8
+    assert settings.deprecated_variables == ()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("true", True), ("1", True), ("On", True), ("false", False), ("0", False)]
+)
+def test_flags_read_the_usual_spellings(raw: str, expected: bool) -> None:
+    settings = Settings.from_env({**MINIMAL, "ONNXKIT_SERVE_OPENAPI": raw})
+
+    assert settings.api.serve_openapi is expected
+
+
+def test_a_flag_that_is_no_boolean_is_a_problem() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({**MINIMAL, "ONNXKIT_SERVE_OPENAPI": "perhaps"})
+
+    assert caught.value.problems == [
+        "ONNXKIT_SERVE_OPENAPI='perhaps' is not a valid boolean (true/false)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("SAGEMAKER_BIND_TO_PORT", "0"),
+        ("SAGEMAKER_BIND_TO_PORT", "70000"),
+        ("ONNXKIT_WORKERS", "-1"),
+        ("ONNXKIT_SERVER_THREADS", "x"),
+        ("ONNXKIT_MAX_CONCURRENCY", "0"),
+        ("ONNXKIT_BIND_HOST", "bad host"),
+        ("ONNXKIT_HEADER_TIMEOUT", "0"),
+    ],
+)
+def test_bad_endpoint_values_are_problems(name: str, raw: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({**MINIMAL, name: raw})
+
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].startswith(f"{name}=")
+
+
+def test_a_model_folder_needs_neither_store_nor_name() -> None:
+    settings = Settings.from_env({"ONNXKIT_MODEL_DIR": "/opt/ml/model"})
+
+    assert settings.model.model_dir == "/opt/ml/model"
+    assert settings.model.name is None  # the folder's manifest names it
+    assert settings.model.store == ""
+
+
+def test_a_gpu_provider_is_wanted_only_when_asked_for() -> None:
+    cpu = Settings.from_env(MINIMAL)
+    gpu = Settings.from_env(
+        {**MINIMAL, "ONNXKIT_PROVIDERS": "CUDAExecutionProvider,CPUExecutionProvider"}
+    )
+
+    assert not cpu.session.wants_gpu
+    assert gpu.session.wants_gpu
+    assert gpu.session.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")

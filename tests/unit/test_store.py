@@ -1,10 +1,9 @@
-"""The model store on file:// and on S3 (moto): publish, aliases, and verified cached fetches."""
+"""The model store's read side on file:// and on S3 (moto): resolve, verified cached fetches."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -19,12 +18,11 @@ from onnxkit.errors import (
     IntegrityError,
     ModelNotFoundError,
     StoreUnavailableError,
-    VersionConflictError,
 )
-from onnxkit.manifest import Manifest, describe_model
+from onnxkit.manifest import Manifest
 from onnxkit.store import FileBlobs, ModelStore, S3Blobs
-
-from .conftest import BUCKET, BuiltModel, StoreHarness
+from onnxkit_tools.registry import describe_model
+from tests.unit.conftest import BuiltModel, StoreHarness
 
 MODEL_KEY = "models/tiny/1/model.onnx"
 
@@ -111,82 +109,7 @@ def test_publish_and_fetch_a_model_with_external_data(
     )
 
 
-def test_publishing_the_same_version_twice_is_a_conflict(
-    store: StoreHarness, tiny_model: BuiltModel, typed_model: BuiltModel
-) -> None:
-    original = publish(store, tiny_model, "1")
-    other = describe_model(typed_model.path, name="tiny", version="1")
-
-    with pytest.raises(VersionConflictError) as caught:
-        store.store.publish(other, typed_model.folder)
-
-    assert caught.value.status == 409
-    assert caught.value.code == "version_exists"
-    assert "versions are immutable" in caught.value.message
-    assert store.store.get_manifest("tiny", "1") == original
-    assert store.get_raw(MODEL_KEY) == tiny_model.path.read_bytes()
-
-
-def test_conditional_write_refuses_an_existing_key(store: StoreHarness) -> None:
-    # The race-proof half of publish: IfNoneMatch on S3, O_EXCL on disk.
-    blobs = store.store.blobs
-    blobs.write("models/tiny/9/manifest.json", b"first", if_absent=True)
-
-    with pytest.raises(VersionConflictError) as caught:
-        blobs.write("models/tiny/9/manifest.json", b"second", if_absent=True)
-
-    assert caught.value.code == "version_exists"
-    assert blobs.read("models/tiny/9/manifest.json") == b"first"
-
-
-def test_publish_refuses_files_changed_since_their_manifest(
-    store: StoreHarness, tiny_model: BuiltModel
-) -> None:
-    manifest = describe_model(tiny_model.path, name="tiny", version="1")
-    tiny_model.path.write_bytes(tiny_model.path.read_bytes() + b"\x00")
-
-    with pytest.raises(IntegrityError) as caught:
-        store.store.publish(manifest, tiny_model.folder)
-
-    assert "changed since its manifest was made" in caught.value.message
-    assert store.store.list_versions("tiny") == []
-    assert not store.store.blobs.exists(MODEL_KEY)
-
-
 # --- aliases and listings ------------------------------------------------------------------------
-
-
-def test_alias_moves_and_keeps_its_history(store: StoreHarness, tiny_model: BuiltModel) -> None:
-    # GIVEN three versions, with prod pointed at each in turn
-    for version in ("1", "2", "3"):
-        publish(store, tiny_model, version, alias="prod")
-
-    # WHEN the alias is read
-    record = store.store.get_alias("tiny", "prod")
-
-    # THEN it points at 3 and remembers 2 then 1; every version still resolves
-    assert record.version == "3"
-    assert [entry["version"] for entry in record.history] == ["2", "1"]
-    assert all(entry["updated_at"] for entry in record.history)
-    assert record.updated_at
-    assert store.store.resolve("tiny").version == "3"
-    assert store.store.resolve("tiny", version="1").version == "1"
-    stored = json.loads(store.get_raw("models/tiny/_aliases/prod.json"))
-    assert stored["version"] == "3"
-    assert [entry["version"] for entry in stored["history"]] == ["2", "1"]
-
-
-def test_alias_cannot_point_at_an_unpublished_version(
-    store: StoreHarness, tiny_model: BuiltModel
-) -> None:
-    publish(store, tiny_model, "1")
-
-    with pytest.raises(ModelNotFoundError) as caught:
-        store.store.set_alias("tiny", "prod", "2")
-
-    assert caught.value.status == 404
-    assert "has no version '2'" in caught.value.message
-    assert not store.store.blobs.exists("models/tiny/_aliases/prod.json")
 
 
 def test_list_models_and_versions_skip_half_published_versions(
@@ -407,35 +330,6 @@ def test_missing_bucket_is_store_bucket_missing(s3_client: Any, tmp_path: Path) 
     assert caught.value.status == 503
     assert caught.value.code == "store_bucket_missing"
     assert "bucket 'no-such-bucket' does not exist" in caught.value.message
-
-
-def test_upload_to_a_missing_bucket_is_store_bucket_missing(
-    s3_client: Any, tiny_model: BuiltModel
-) -> None:
-    # boto3's upload_file wraps S3 errors in S3UploadFailedError; it must still be mapped.
-    blobs = S3Blobs(s3_client, "no-such-bucket", "prefix")
-
-    with pytest.raises(StoreUnavailableError) as caught:
-        blobs.upload(tiny_model.path, "models/tiny/1/model.onnx")
-
-    assert caught.value.code == "store_bucket_missing"
-
-
-def test_s3_keys_live_under_the_prefix(
-    s3_client: Any, tiny_model: BuiltModel, tmp_path: Path
-) -> None:
-    deep_store = ModelStore.from_uri(
-        f"s3://{BUCKET}/deep/prefix/", cache_dir=tmp_path / "cache", s3_client=s3_client
-    )
-
-    deep_store.publish(describe_model(tiny_model.path, name="tiny", version="1"), tiny_model.folder)
-
-    keys = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=BUCKET)["Contents"])
-    assert keys == [
-        "deep/prefix/models/tiny/1/manifest.json",
-        "deep/prefix/models/tiny/1/model.onnx",
-    ]
-    assert deep_store.uri == f"s3://{BUCKET}/deep/prefix"
 
 
 # --- opening a store -----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from tests.unit.template_helpers import (
     ConditionError,
     dependencies,
     deployed,
+    evaluate,
     evaluate_conditions,
     lambda_functions,
     methods,
@@ -134,6 +135,7 @@ def test_parameters_and_defaults() -> None:
         "LogRetentionDays": "30",
         "ConfigureApiGatewayAccount": "true",
         "ModelBackend": "auto",
+        "ExposeOpenApi": "false",
         # The GPU path, off while the image is empty (see test_template_sagemaker.py)
         "SageMakerImageUri": "",
         "SageMakerModelName": "",
@@ -200,6 +202,7 @@ def test_function_environment(bucket: str) -> None:
             "ONNXKIT_REFRESH_SECONDS": "60",
             "ONNXKIT_CACHE_DIR": "/tmp/onnxkit",
             "ONNXKIT_BACKEND": "auto",
+            "ONNXKIT_SERVE_OPENAPI": "false",
             "POWERTOOLS_SERVICE_NAME": "onnxkit",
             "POWERTOOLS_METRICS_NAMESPACE": "Onnxkit",
             "POWERTOOLS_LOG_LEVEL": "INFO",
@@ -513,22 +516,32 @@ def test_zip_variant_and_layer_only_when_requested(auth: str) -> None:
     assert on["Outputs"]["PredictZipFunctionName"]["Value"] == {"Ref": "PredictZipFunction"}
 
 
-def test_layer_is_built_from_the_package_folder() -> None:
+def test_layer_is_built_by_its_makefile_from_the_package_folder() -> None:
     layer = source()["Resources"]["OnnxkitLayer"]
 
     assert layer["Type"] == "AWS::Serverless::LayerVersion"
-    assert layer["Metadata"]["BuildMethod"] == "python3.12"
+    assert layer["Metadata"]["BuildMethod"] == "makefile"
     assert layer["Properties"]["ContentUri"] == "layers/onnxkit"
-    assert (REPO / "layers/onnxkit/requirements.txt").is_file()
+    makefile = (REPO / "layers/onnxkit/Makefile").read_text()
+    assert "build-OnnxkitLayer:" in makefile
+    # one list of dependencies: the layer's comes from pyproject.toml, there is no other
+    assert "[lambda]" in makefile
+    assert not (REPO / "layers/onnxkit/requirements.txt").exists()
 
 
-def test_layer_requirements_are_the_runtime_set_without_boto3() -> None:
-    lines = (REPO / "layers/onnxkit/requirements.txt").read_text().splitlines()
-    requirements = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+@pytest.mark.parametrize(("value", "expected"), [(None, "false"), ("true", "true")])
+def test_openapi_is_served_through_api_gateway_only_when_asked(
+    value: str | None, expected: str
+) -> None:
+    overrides = {} if value is None else {"ExposeOpenApi": value, "DeployZipVariant": "true"}
+    resources = deployed(**overrides)["Resources"]
+    params = parameters(overrides)
 
-    names = {re.split(r"[\[<>=!~; ]", line, maxsplit=1)[0].lower() for line in requirements}
-    assert names == {"aws-lambda-powertools", "numpy", "onnxruntime"}
-    assert any(line.startswith("aws-lambda-powertools[tracer]") for line in requirements)
+    for name in ("PredictFunction", "PredictZipFunction"):
+        if name not in resources:
+            continue
+        variables = resources[name]["Properties"]["Environment"]["Variables"]
+        assert str(evaluate(variables["ONNXKIT_SERVE_OPENAPI"], params)).lower() == expected
 
 
 # --------------------------------------------------------------------------- outputs

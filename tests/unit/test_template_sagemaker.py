@@ -245,6 +245,7 @@ def test_functions_get_the_endpoint_name_and_the_backend(backend: str) -> None:
         expected = {
             **SHARED_ENV,
             "ONNXKIT_BACKEND": backend,
+            "ONNXKIT_SERVE_OPENAPI": "false",
             "ONNXKIT_SAGEMAKER_ENDPOINT": "{SageMakerEndpoint.EndpointName}",
         }
         if name == "PredictZipFunction":

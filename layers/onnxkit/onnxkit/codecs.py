@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import mimeparse
 import numpy as np
 
 from onnxkit.datatypes import BY_NAME, BY_NUMPY, SUPPORTED_NAMES, Datatype
@@ -48,9 +49,13 @@ def check_content_type(content_type: str | None) -> None:
     Raises:
         UnsupportedMediaTypeError: Any other media type.
     """
-    if not content_type:
+    if not content_type or not content_type.strip():
         return
-    media = content_type.split(";", 1)[0].strip().lower()
+    try:
+        kind, subtype, _ = mimeparse.parse_mime_type(content_type)
+        media = f"{kind}/{subtype}".strip().lower()
+    except (mimeparse.MimeTypeParseException, ValueError):
+        media = content_type.strip()
     if media in JSON_CONTENT_TYPES or media == "application/x-www-form-urlencoded":
         # curl -d without -H sends form-urlencoded; its body is still our JSON.
         return

@@ -1,140 +1,152 @@
-"""The composition root: Settings -> AWS clients -> store -> loader -> Predictor.
+"""The composition root: Settings -> model source -> session -> backend (-> batching) -> Predictor.
 
-Entry points (the Lambda function, the local server) call :func:`build_predictor`; the
-library below it never creates AWS clients or reads the environment by itself.
+The function (``adapters/lambda_api``), the endpoint container (``adapters/endpoint``) and the
+CLI build what they serve here, and nowhere else; the library below never creates AWS clients
+or reads the environment by itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
+from onnxkit.aws import AwsClients
 from onnxkit.backends import Backend
+from onnxkit.backends.batching import BatchingBackend
 from onnxkit.backends.onnxruntime import OnnxruntimeBackend
 from onnxkit.backends.sagemaker import SageMakerBackend
 from onnxkit.errors import ModelNotReadyError
 from onnxkit.manifest import Manifest
-from onnxkit.predictor import Limits, Observer, Predictor, Refresh
+from onnxkit.predictor import Observer, Predictor, Refresh
+from onnxkit.routes import Edge
 from onnxkit.session import create_session, warm_up
-from onnxkit.settings import Settings
+from onnxkit.settings import ENV_BACKEND, ENV_SAGEMAKER_ENDPOINT, ForwardSettings, Settings
+from onnxkit.sources import FolderSource, ModelSource, StoreSource
 from onnxkit.store import ModelStore
 
+Role = Edge
+"""``function``: may forward to SageMaker, loads on the request path. ``endpoint``: runs every
+model in process, loads and follows its alias in the background."""
 
-def make_s3_client(settings: Settings) -> Any:
-    """A boto3 S3 client whose retries and timeouts come from botocore's config.
 
-    The endpoint follows boto3's own ``AWS_ENDPOINT_URL_S3`` (a moto server locally).
-    """
-    import boto3
-    from botocore.config import Config
-
-    config = Config(
-        retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
-        connect_timeout=settings.s3_connect_timeout,
-        read_timeout=settings.s3_read_timeout,
+def open_store(settings: Settings, clients: AwsClients) -> ModelStore:
+    """The model store named by ``settings.model.store`` (S3 through the configured client)."""
+    s3 = clients.s3() if settings.model.store.startswith("s3://") else None
+    return ModelStore.from_uri(
+        settings.model.store, cache_dir=settings.model.cache_dir, s3_client=s3
     )
-    return boto3.client("s3", config=config)
 
 
-def make_sagemaker_client(settings: Settings) -> Any:
-    """A boto3 sagemaker-runtime client with the invocation timeout and retry budget.
+def open_source(settings: Settings, clients: AwsClients) -> ModelSource:
+    """A folder source when ``model_dir`` is set, else the store.
 
-    The endpoint follows ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`` (the local endpoint server).
+    Raises:
+        ConfigurationError: The folder does not exist, or the store has no model name.
     """
-    import boto3
-    from botocore.config import Config
-
-    config = Config(
-        retries={"mode": "standard", "max_attempts": settings.sagemaker_max_attempts},
-        connect_timeout=2,
-        read_timeout=settings.sagemaker_timeout,
-    )
-    return boto3.client("sagemaker-runtime", config=config)
+    model = settings.model
+    if model.model_dir is not None:
+        return FolderSource(Path(model.model_dir), name=model.name, version=model.version)
+    return StoreSource(open_store(settings, clients), model)
 
 
-def choose_backend(settings: Settings, manifest: Manifest) -> str:
-    """``lambda`` or ``sagemaker`` for this model.
+def choose_backend(forward: ForwardSettings, manifest: Manifest) -> str:
+    """``lambda`` or ``sagemaker`` for this model, in the function.
 
     ``auto`` follows the manifest's ``backend`` (set at publish), and sends models whose
     files exceed ``ONNXKIT_AUTO_MAX_LAMBDA_BYTES`` or whose metadata declares ``gpu: true``
     to SageMaker; anything else runs in the function.
     """
-    if settings.backend != "auto":
-        return settings.backend
+    if forward.backend != "auto":
+        return forward.backend
     if manifest.backend == "sagemaker" or bool(manifest.metadata.get("gpu")):
         return "sagemaker"
-    return "sagemaker" if manifest.total_size > settings.auto_max_lambda_bytes else "lambda"
-
-
-def open_store(settings: Settings, s3_client: Any = None) -> ModelStore:
-    """The model store named by the settings (an S3 client is made if needed and not given)."""
-    if settings.model_store.startswith("s3://") and s3_client is None:
-        s3_client = make_s3_client(settings)
-    return ModelStore.from_uri(
-        settings.model_store, cache_dir=settings.cache_dir, s3_client=s3_client
-    )
+    return "sagemaker" if manifest.total_size > forward.auto_max_lambda_bytes else "lambda"
 
 
 def build_predictor(
     settings: Settings,
     *,
-    s3_client: Any = None,
-    sagemaker_client: Any = None,
+    role: Role,
+    clients: AwsClients | None = None,
     observer: Observer | None = None,
-    wrap_backend: Callable[[Backend], Backend] | None = None,
 ) -> Predictor:
-    """Wire a Predictor whose loader resolves, fetches, verifies, loads and warms the model.
+    """Wire the Predictor a function or the endpoint serves; nothing is loaded yet.
 
-    Serving an alias (no pinned version) with a refresh interval, the predictor re-reads the
-    alias at most once per interval and swaps in a new version once it is loaded. Models
+    Its loader resolves, fetches, verifies, loads and warms the model. Serving an alias with a
+    refresh interval, the predictor re-reads the alias at most once per interval and swaps in
+    a new version once it is loaded, freeing the old one's files. In the function, models
     routed to SageMaker (see :func:`choose_backend`) are not downloaded: only their manifest
-    is read, to validate requests before they are forwarded. ``wrap_backend`` wraps each
-    in-process backend (the endpoint container's dynamic batching).
+    is read, to validate requests before they are forwarded. In the endpoint every model runs
+    in process, behind dynamic batching when ``settings.endpoint.batch_rows`` > 1.
+
+    Args:
+        settings: Validated settings (the endpoint's "auto" values already resolved).
+        role: Who serves: ``function`` or ``endpoint``.
+        clients: AWS clients (default: made from the settings on first use).
+        observer: Receives load and inference timings (the function's metrics).
+
+    Raises:
+        ConfigurationError: The model folder does not exist, or the store has no model name.
     """
-    store = open_store(settings, s3_client)
+    clients = clients or AwsClients(settings.aws, settings.forward)
+    source = open_source(settings, clients)
 
-    def resolve() -> Manifest:
-        return store.resolve(
-            settings.model_name, version=settings.model_version, alias=settings.model_alias
-        )
-
-    clients: dict[str, Any] = {"sagemaker": sagemaker_client}
-
-    def load(manifest: Manifest) -> Backend:
-        if choose_backend(settings, manifest) == "sagemaker":
-            if not settings.sagemaker_endpoint:
-                raise ModelNotReadyError(
-                    f"{manifest.name} {manifest.version} is routed to SageMaker but no endpoint "
-                    "is configured; set ONNXKIT_SAGEMAKER_ENDPOINT or ONNXKIT_BACKEND=lambda"
-                )
-            if clients["sagemaker"] is None:
-                clients["sagemaker"] = make_sagemaker_client(settings)
-            return SageMakerBackend(manifest, clients["sagemaker"], settings.sagemaker_endpoint)
-        folder = store.fetch(manifest)
+    def load(manifest: Manifest | None) -> Backend:
+        if (
+            role == "function"
+            and manifest is not None
+            and choose_backend(settings.forward, manifest) == "sagemaker"
+        ):
+            return _forwarding_backend(settings.forward, manifest, clients)
+        model_file = source.fetch(manifest)
         session = create_session(
-            folder / manifest.model_file.path,
-            providers=settings.providers,
-            intra_op_threads=settings.intra_op_threads,
+            model_file,
+            providers=settings.session.providers,
+            intra_op_threads=settings.session.intra_op_threads,
+            gpu_device=settings.session.gpu_device,
         )
+        if manifest is None:
+            assert isinstance(source, FolderSource)
+            manifest = source.describe(session, model_file)
         warm_up(session, manifest.inputs)
         backend: Backend = OnnxruntimeBackend(manifest, session)
-        return wrap_backend(backend) if wrap_backend is not None else backend
+        if role == "endpoint" and settings.endpoint.batching:
+            backend = BatchingBackend(
+                backend,
+                max_size=settings.endpoint.batch_rows,
+                max_wait_ms=settings.endpoint.batch_wait_ms,
+            )
+        return backend
 
-    def free_old_files(old: Backend, new: Backend) -> None:
+    def swapped(old: Backend, new: Backend) -> None:
         close = getattr(old, "close", None)
-        if callable(close):  # e.g. a batching wrapper's dispatcher thread
+        if callable(close):  # a batching wrapper's dispatcher thread
             close()
-        store.evict(keep=store.local_dir(new.manifest))  # /tmp is small: keep one version
+        source.release(keep=new.manifest)
 
     refresh = None
-    if settings.model_version is None and settings.refresh_seconds > 0:
+    if source.follows_alias and settings.model.refresh_seconds > 0:
         refresh = Refresh(
-            resolve=resolve,
+            resolve=source.resolve,
             load=load,
-            interval_s=settings.refresh_seconds,
-            on_swap=free_old_files,
+            interval_s=settings.model.refresh_seconds,
+            on_swap=swapped,
         )
-    limits = Limits(
-        max_request_bytes=settings.max_request_bytes, max_batch_size=settings.max_batch_size
+    return Predictor(
+        source.name,
+        lambda: load(source.resolve()),
+        settings.api,
+        observer,
+        refresh,
+        background=role == "endpoint",
     )
-    return Predictor(settings.model_name, lambda: load(resolve()), limits, observer, refresh)
+
+
+def _forwarding_backend(
+    forward: ForwardSettings, manifest: Manifest, clients: AwsClients
+) -> SageMakerBackend:
+    if not forward.endpoint:
+        raise ModelNotReadyError(
+            f"{manifest.name} {manifest.version} is routed to SageMaker but no endpoint is "
+            f"configured; set {ENV_SAGEMAKER_ENDPOINT} or {ENV_BACKEND}=lambda"
+        )
+    return SageMakerBackend(manifest, clients.sagemaker_runtime(), forward.endpoint)

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from onnxkit.datatypes import BY_NAME, BY_ONNX
-from onnxkit.errors import IntegrityError, InvalidInputError
+from onnxkit.datatypes import BY_NAME
+from onnxkit.errors import IntegrityError
 
 SCHEMA_VERSION = 1
 BACKENDS = ("lambda", "sagemaker")
@@ -125,7 +123,7 @@ class Manifest:
                 f"understands ({SCHEMA_VERSION}); upgrade onnxkit"
             )
         files = tuple(
-            FileEntry(path=_safe_relative(f["path"]), sha256=str(f["sha256"]), size=int(f["size"]))
+            FileEntry(path=safe_relative(f["path"]), sha256=str(f["sha256"]), size=int(f["size"]))
             for f in data["files"]
         )
         if not files:
@@ -158,7 +156,7 @@ def _spec(data: dict[str, Any]) -> TensorSpec:
     return TensorSpec(str(data["name"]), datatype, tuple(int(d) for d in data["shape"]))
 
 
-def _safe_relative(path: str) -> str:
+def safe_relative(path: str) -> str:
     """Reject absolute paths and ``..`` so a manifest can never write outside its folder."""
     pure = PurePosixPath(path)
     if pure.is_absolute() or ".." in pure.parts or not pure.parts or "\\" in path:
@@ -175,114 +173,55 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def describe_model(
-    model_path: Path,
-    *,
-    name: str,
-    version: str,
-    extra_files: Iterable[Path] = (),
-    quantization: dict[str, Any] | None = None,
-    backend: str = "lambda",
-    metadata: dict[str, Any] | None = None,
-) -> Manifest:
-    """Build a manifest for a local ONNX model (publish-time only; needs the ``onnx`` package).
+def verify_file(entry: FileEntry, *, size: int, sha256: str | None, where: str, fix: str) -> None:
+    """Check one file's measured size and digest against its manifest entry.
 
-    Files that the graph keeps as external data (``.onnx.data``) are found and listed
-    automatically.
+    The one check behind every verification: downloads (digest computed while streaming)
+    and model folders (digest computed from disk) both end here.
 
     Args:
-        model_path: The ``.onnx`` graph.
-        name: Model name.
-        version: Version to record.
-        extra_files: More files to ship beside the model (paths next to it).
-        quantization: The quantization report, if any.
-        backend: ``lambda`` or ``sagemaker``.
-        metadata: Free-form labels.
-
-    Returns:
-        The manifest (not yet stored).
+        entry: The manifest's entry for the file.
+        size: Bytes found (for a download stopped early: more than ``entry.size``).
+        sha256: Hex digest found; None when only the size is known (it already differs).
+        where: Where the file is, for the message.
+        fix: What to do about a mismatch, for the message.
 
     Raises:
-        InvalidInputError: The file is not a loadable ONNX model or uses unsupported types.
+        IntegrityError: The size or the digest differs.
     """
-    import onnx  # tools-only dependency: never imported on the request path
-
-    if backend not in BACKENDS:
-        raise InvalidInputError(f"backend must be one of {BACKENDS}, not {backend!r}")
-    try:
-        proto = onnx.load(str(model_path), load_external_data=False)
-    except Exception as exc:
-        raise InvalidInputError(f"{model_path} is not a readable ONNX model: {exc}") from exc
-
-    initializer_names = {init.name for init in proto.graph.initializer}
-    inputs = tuple(
-        _tensor_spec(value)
-        for value in proto.graph.input
-        if value.name not in initializer_names  # old exporters list weights as inputs
-    )
-    outputs = tuple(_tensor_spec(value) for value in proto.graph.output)
-
-    external = sorted(
-        {
-            entry.value
-            for tensor in _all_tensors(proto.graph)
-            if tensor.data_location == onnx.TensorProto.EXTERNAL
-            for entry in tensor.external_data
-            if entry.key == "location"
-        }
-    )
-    try:
-        external = [_safe_relative(rel) for rel in external]
-    except ValueError as exc:
-        raise InvalidInputError(f"{model_path}: {exc}") from exc
-    paths = [model_path] + [model_path.parent / rel for rel in external] + list(extra_files)
-    files = tuple(
-        FileEntry(
-            path=_safe_relative(path.relative_to(model_path.parent).as_posix()),
-            sha256=sha256_file(path),
-            size=path.stat().st_size,
-        )
-        for path in paths
-    )
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    return Manifest(
-        name=name,
-        version=version,
-        files=files,
-        inputs=inputs,
-        outputs=outputs,
-        opset=opset,
-        producer={"name": proto.producer_name, "version": proto.producer_version},
-        quantization=quantization,
-        backend=backend,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        metadata=dict(metadata or {}),
+    if size == entry.size and sha256 == entry.sha256:
+        return
+    found = f"more than {entry.size} bytes" if size > entry.size else f"{size} bytes"
+    if sha256 is not None:
+        found += f" sha256 {sha256[:12]}…"
+    raise IntegrityError(
+        f"{where} does not match its manifest (expected {entry.size} bytes sha256 "
+        f"{entry.sha256[:12]}…, got {found}); {fix}"
     )
 
 
-def _all_tensors(graph: Any) -> Iterable[Any]:
-    """Initializers and tensor attributes of a graph and of every subgraph (If, Loop, Scan)."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            if attribute.HasField("g"):
-                yield from _all_tensors(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from _all_tensors(subgraph)
+def verify_folder(folder: Path, manifest: Manifest, *, fix: str) -> None:
+    """Check every file the manifest lists, in ``folder``, against its size and sha256.
 
+    Sizes are checked first (cheap), so a truncated copy fails before any hashing.
 
-def _tensor_spec(value: Any) -> TensorSpec:
-    tensor_type = value.type.tensor_type
-    datatype = BY_ONNX.get(tensor_type.elem_type)
-    if datatype is None:
-        raise InvalidInputError(
-            f"tensor {value.name!r} has ONNX element type {tensor_type.elem_type}, which the v2 "
-            "JSON protocol in onnxkit does not carry yet"
-        )
-    shape = tuple(
-        dim.dim_value if dim.HasField("dim_value") else -1 for dim in tensor_type.shape.dim
-    )
-    return TensorSpec(value.name, datatype.name, shape)
+    Raises:
+        IntegrityError: A file is missing, unreadable, or differs from the manifest.
+    """
+    sizes: dict[str, int] = {}
+    for entry in manifest.files:
+        try:
+            sizes[entry.path] = (folder / entry.path).stat().st_size
+        except OSError as exc:
+            raise IntegrityError(
+                f"{entry.path} is listed in the manifest but cannot be read in {folder} "
+                f"({exc.strerror}); {fix}"
+            ) from exc
+        if sizes[entry.path] != entry.size:
+            verify_file(entry, size=sizes[entry.path], sha256=None, where=entry.path, fix=fix)
+    for entry in manifest.files:
+        try:
+            digest = sha256_file(folder / entry.path)
+        except OSError as exc:
+            raise IntegrityError(f"{entry.path} cannot be read: {exc.strerror}; {fix}") from exc
+        verify_file(entry, size=sizes[entry.path], sha256=digest, where=entry.path, fix=fix)

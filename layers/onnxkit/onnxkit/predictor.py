@@ -19,13 +19,13 @@ from onnxkit import __version__
 from onnxkit.backends import Backend
 from onnxkit.codecs import (
     InferenceResponse,
-    check_content_type,
     decode_request,
     encode_response,
     parse_json,
 )
 from onnxkit.errors import ModelNotFoundError, ModelNotReadyError, OnnxkitError
 from onnxkit.manifest import Manifest
+from onnxkit.settings import ApiSettings
 
 logger = logging.getLogger(__name__)
 
@@ -65,19 +65,11 @@ class Refresh:
         on_swap: Called with (old, new) after a swap, e.g. to free the old cached files.
     """
 
-    resolve: Callable[[], Manifest]
-    load: Callable[[Manifest], Backend]
+    resolve: Callable[[], Manifest | None]
+    load: Callable[[Manifest | None], Backend]
     interval_s: float
     clock: Callable[[], float] = time.monotonic
     on_swap: Callable[[Backend, Backend], None] | None = None
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Request limits enforced before any model work."""
-
-    max_request_bytes: int
-    max_batch_size: int
 
 
 class Predictor:
@@ -89,19 +81,26 @@ class Predictor:
         limits: Body and batch limits.
         observer: Receives load and inference timings.
         refresh: Follow an alias: swap in the new version once it is loaded (None: never).
+        background: Loads and alias refreshes happen off the request path (the endpoint's
+            background thread calls :meth:`try_load` and :meth:`refresh`); a request that
+            finds no model gets 503 at once instead of waiting for a load. Off for the
+            function, whose requests (re)try the load themselves.
     """
 
     def __init__(
         self,
         model_name: str,
         loader: Callable[[], Backend],
-        limits: Limits,
+        limits: ApiSettings,
         observer: Observer | None = None,
         refresh: Refresh | None = None,
+        *,
+        background: bool = False,
     ) -> None:
         self.model_name = model_name
         self._loader = loader
         self._limits = limits
+        self._background = background
         self._observer = observer or _NullObserver()
         self._refresh = refresh
         self._backend: Backend | None = None
@@ -116,6 +115,21 @@ class Predictor:
     def ready(self) -> bool:
         """Whether a model is loaded and serving."""
         return self._backend is not None
+
+    @property
+    def limits(self) -> ApiSettings:
+        """The body and batch limits."""
+        return self._limits
+
+    @property
+    def current_backend(self) -> Backend | None:
+        """The serving backend, or None before the first load."""
+        return self._backend
+
+    @property
+    def refresh_interval(self) -> float:
+        """Seconds between alias checks (0: the model does not follow an alias)."""
+        return self._refresh.interval_s if self._refresh is not None else 0.0
 
     @property
     def last_error(self) -> OnnxkitError | None:
@@ -214,15 +228,33 @@ class Predictor:
         logger.info(
             "model swapped",
             extra={
-                "model": manifest.name,
+                "model": backend.manifest.name,
                 "from": current.manifest.version,
-                "to": manifest.version,
+                "to": backend.manifest.version,
             },
         )
-        self._observer.model_loaded(manifest, elapsed)
+        self._observer.model_loaded(backend.manifest, elapsed)
         if refresh.on_swap is not None:
             refresh.on_swap(current, backend)
         return True
+
+    def check_ready(self) -> None:
+        """Raise unless a model is loaded, saying why not (never starts a load itself).
+
+        Raises:
+            ModelNotReadyError: Still loading, or the last load failed (its reason included).
+        """
+        if self._backend is not None:
+            return
+        cause = self._last_error
+        if cause is None:
+            raise ModelNotReadyError(
+                "the model is still loading; retry in a moment", headers={"Retry-After": "1"}
+            )
+        raise ModelNotReadyError(
+            f"the model is not loaded: {cause.message} ({cause.code}); retrying in the background",
+            headers={"Retry-After": "5"},
+        )
 
     def try_load(self) -> bool:
         """Load at init without raising: a failure is kept and retried on the next request."""
@@ -239,12 +271,12 @@ class Predictor:
         return {"name": SERVER_NAME, "version": __version__, "extensions": list(SERVER_EXTENSIONS)}
 
     def server_ready(self) -> dict[str, Any]:
-        """``GET /v2/health/ready``: ready once the model is loaded (tries to load it).
+        """``GET /v2/health/ready``: ready once the model is loaded (the function tries to load it).
 
         Raises:
             OnnxkitError: The model cannot be loaded now (why, with a 5xx status).
         """
-        self.load()
+        self._current()
         return {"ready": True}
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
@@ -274,19 +306,14 @@ class Predictor:
         manifest = self._served(name, version).manifest
         return {"name": manifest.name, "version": manifest.version, "ready": True}
 
-    def infer(
-        self,
-        name: str,
-        version: str | None,
-        body: bytes | str | None,
-        content_type: str | None = None,
-    ) -> dict[str, Any]:
+    def infer(self, name: str, version: str | None, body: bytes | str | None) -> dict[str, Any]:
         """``POST /v2/models/{name}[/versions/{version}]/infer``: decode, run, encode.
+
+        The media type was negotiated by the route table already.
 
         Raises:
             OnnxkitError: 4xx for anything the caller sent wrong, 5xx for our faults.
         """
-        check_content_type(content_type)
         data = parse_json(body, max_bytes=self._limits.max_request_bytes)
         backend = self._served(name, version)
         manifest = backend.manifest
@@ -305,14 +332,20 @@ class Predictor:
             )
         )
 
+    def _current(self) -> Backend:
+        """The serving backend: loaded (and its alias refreshed) here, or in the background."""
+        if self._background:
+            self.check_ready()
+        else:
+            self.refresh()  # at most once per interval; a swap shows in load() below
+        return self.load()
+
     def _served(self, name: str, version: str | None) -> Backend:
         if name != self.model_name:
             raise ModelNotFoundError(
                 f"model {name!r} is not served here; this endpoint serves {self.model_name!r}"
             )
-        backend = self.load()
-        if self.refresh():
-            backend = self.load()
+        backend = self._current()
         if version is not None and version != backend.manifest.version:
             raise ModelNotFoundError(
                 f"model {name!r} version {version!r} is not served here; "

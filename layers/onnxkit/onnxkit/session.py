@@ -13,6 +13,7 @@ import numpy as np
 
 from onnxkit.errors import ModelLoadError
 from onnxkit.manifest import TensorSpec
+from onnxkit.settings import CPU_PROVIDER, GPU_PROVIDERS
 
 # Lambda allocates CPU in proportion to memory: about one vCPU per 1,769 MB.
 LAMBDA_MB_PER_VCPU = 1769
@@ -63,6 +64,7 @@ def load_session(
     intra_op_threads: int = 0,
     providers: list[str] | None = None,
     allow_spinning: bool = True,
+    gpu_device: int = 0,
 ) -> Any:
     """Create an onnxruntime session with full graph optimisation.
 
@@ -73,6 +75,7 @@ def load_session(
         intra_op_threads: 0 sizes the pool to :func:`available_cpus`.
         providers: Execution providers in order of preference (default CPU).
         allow_spinning: Let idle pool threads spin (lower latency, more CPU while idle).
+        gpu_device: The device index GPU providers use.
 
     Returns:
         An ``onnxruntime.InferenceSession``.
@@ -90,9 +93,14 @@ def load_session(
     options.add_session_config_entry(
         "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
     )
+    providers = providers or [CPU_PROVIDER]
+    device = {"device_id": str(gpu_device)}
     try:
         return ort.InferenceSession(
-            str(model_path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
+            str(model_path),
+            sess_options=options,
+            providers=providers,
+            provider_options=[device if p in GPU_PROVIDERS else {} for p in providers],
         )
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
         raise ModelLoadError(
@@ -120,7 +128,6 @@ def warm_up(session: Any, inputs: tuple[TensorSpec, ...]) -> None:
 
 # --- execution providers: ask only for what this build offers, and say when we fell back ------
 
-CPU_PROVIDER = "CPUExecutionProvider"
 _provider_logger = logging.getLogger(__name__)
 
 
@@ -176,6 +183,7 @@ def create_session(
     intra_op_threads: int = 0,
     allow_spinning: bool = True,
     available: Sequence[str] | None = None,
+    gpu_device: int = 0,
 ) -> Any:
     """:func:`load_session` with provider selection and a logged CPU fallback.
 
@@ -185,6 +193,7 @@ def create_session(
         intra_op_threads: 0 sizes the pool to :func:`available_cpus`.
         allow_spinning: Let idle pool threads spin.
         available: What the build offers (default ``onnxruntime.get_available_providers()``).
+        gpu_device: The device index GPU providers use.
 
     Returns:
         An ``onnxruntime.InferenceSession``.
@@ -202,6 +211,7 @@ def create_session(
         intra_op_threads=intra_op_threads,
         providers=chosen,
         allow_spinning=allow_spinning,
+        gpu_device=gpu_device,
     )
     active = list(session.get_providers())
     fallen_back(providers, active)

@@ -1,72 +1,77 @@
-"""One typed ``Settings`` object, built from ``ONNXKIT_*`` environment variables once, at init."""
+"""One typed ``Settings`` object in sections, built from ``ONNXKIT_*`` variables once, at init.
+
+Each role reads its sections: the function reads ``model``, ``aws``, ``session``, ``api``,
+``function`` and ``forward``; the endpoint container reads ``model``, ``aws``, ``session``,
+``api`` and ``endpoint``. Environment names are the constants below; nothing else in the
+library reads the environment.
+"""
 
 from __future__ import annotations
 
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from onnxkit.errors import ConfigurationError
 
 PREFIX = "ONNXKIT_"
 
+# -- model and store
 ENV_MODEL_STORE = "ONNXKIT_MODEL_STORE"
 ENV_MODEL_NAME = "ONNXKIT_MODEL_NAME"
 ENV_MODEL_ALIAS = "ONNXKIT_MODEL_ALIAS"
 ENV_MODEL_VERSION = "ONNXKIT_MODEL_VERSION"
+ENV_MODEL_DIR = "ONNXKIT_MODEL_DIR"
 ENV_CACHE_DIR = "ONNXKIT_CACHE_DIR"
-ENV_INTRA_OP_THREADS = "ONNXKIT_INTRA_OP_THREADS"
-ENV_MAX_REQUEST_BYTES = "ONNXKIT_MAX_REQUEST_BYTES"
-ENV_MAX_BATCH_SIZE = "ONNXKIT_MAX_BATCH_SIZE"
+ENV_REFRESH_SECONDS = "ONNXKIT_REFRESH_SECONDS"
+# -- AWS clients
 ENV_S3_MAX_ATTEMPTS = "ONNXKIT_S3_MAX_ATTEMPTS"
 ENV_S3_CONNECT_TIMEOUT = "ONNXKIT_S3_CONNECT_TIMEOUT"
 ENV_S3_READ_TIMEOUT = "ONNXKIT_S3_READ_TIMEOUT"
+# -- onnxruntime session
+ENV_PROVIDERS = "ONNXKIT_PROVIDERS"
+ENV_INTRA_OP_THREADS = "ONNXKIT_INTRA_OP_THREADS"
+# -- what both HTTP edges enforce and serve
+ENV_MAX_REQUEST_BYTES = "ONNXKIT_MAX_REQUEST_BYTES"
+ENV_MAX_BATCH_SIZE = "ONNXKIT_MAX_BATCH_SIZE"
+ENV_SERVE_OPENAPI = "ONNXKIT_SERVE_OPENAPI"
+# -- the Lambda function
 ENV_ROUTE_PREFIX = "ONNXKIT_ROUTE_PREFIX"
-ENV_REFRESH_SECONDS = "ONNXKIT_REFRESH_SECONDS"
-ENV_MODEL_DIR = "ONNXKIT_MODEL_DIR"
+# Powertools' own variable; read here so a missing one falls back instead of failing each flush.
+ENV_METRICS_NAMESPACE = "POWERTOOLS_METRICS_NAMESPACE"
+# -- forwarding to SageMaker
 ENV_BACKEND = "ONNXKIT_BACKEND"
 ENV_SAGEMAKER_ENDPOINT = "ONNXKIT_SAGEMAKER_ENDPOINT"
 ENV_SAGEMAKER_TIMEOUT = "ONNXKIT_SAGEMAKER_TIMEOUT"
 ENV_SAGEMAKER_MAX_ATTEMPTS = "ONNXKIT_SAGEMAKER_MAX_ATTEMPTS"
 ENV_AUTO_MAX_LAMBDA_BYTES = "ONNXKIT_AUTO_MAX_LAMBDA_BYTES"
-ENV_PROVIDERS = "ONNXKIT_PROVIDERS"
-ENV_SERVER_THREADS = "ONNXKIT_SERVER_THREADS"
-ENV_BATCH_MAX_SIZE = "ONNXKIT_BATCH_MAX_SIZE"
-ENV_BATCH_MAX_WAIT_MS = "ONNXKIT_BATCH_MAX_WAIT_MS"
-# Read by the endpoint container's `serve` entry point only (0.0.0.0 there; 127.0.0.1 in tests).
+# -- the endpoint container
 ENV_BIND_HOST = "ONNXKIT_BIND_HOST"
-# Powertools' own variable; read here so a missing one falls back instead of failing each flush.
-ENV_METRICS_NAMESPACE = "POWERTOOLS_METRICS_NAMESPACE"
+ENV_PORT = "SAGEMAKER_BIND_TO_PORT"  # SageMaker's own variable (set for some deployments)
+ENV_WORKERS = "ONNXKIT_WORKERS"
+ENV_SERVER_THREADS = "ONNXKIT_SERVER_THREADS"
+ENV_MAX_CONCURRENCY = "ONNXKIT_MAX_CONCURRENCY"
+ENV_DYNAMIC_BATCH_ROWS = "ONNXKIT_DYNAMIC_BATCH_ROWS"
+ENV_DYNAMIC_BATCH_WAIT_MS = "ONNXKIT_DYNAMIC_BATCH_WAIT_MS"
+ENV_DRAIN_SECONDS = "ONNXKIT_DRAIN_SECONDS"
+ENV_HEADER_TIMEOUT = "ONNXKIT_HEADER_TIMEOUT"
+
+# Old names still read, each with a warning naming its replacement. ONNXKIT_BATCH_MAX_SIZE
+# (dynamic batching) sat next to ONNXKIT_MAX_BATCH_SIZE (the 413 limit) with another meaning.
+DEPRECATED_VARIABLES = {
+    "ONNXKIT_BATCH_MAX_SIZE": ENV_DYNAMIC_BATCH_ROWS,
+    "ONNXKIT_BATCH_MAX_WAIT_MS": ENV_DYNAMIC_BATCH_WAIT_MS,
+}
 
 KNOWN_VARIABLES = frozenset(
     {
-        ENV_MODEL_STORE,
-        ENV_MODEL_NAME,
-        ENV_MODEL_ALIAS,
-        ENV_MODEL_VERSION,
-        ENV_CACHE_DIR,
-        ENV_INTRA_OP_THREADS,
-        ENV_MAX_REQUEST_BYTES,
-        ENV_MAX_BATCH_SIZE,
-        ENV_S3_MAX_ATTEMPTS,
-        ENV_S3_CONNECT_TIMEOUT,
-        ENV_S3_READ_TIMEOUT,
-        ENV_ROUTE_PREFIX,
-        ENV_REFRESH_SECONDS,
-        ENV_MODEL_DIR,
-        ENV_BACKEND,
-        ENV_SAGEMAKER_ENDPOINT,
-        ENV_SAGEMAKER_TIMEOUT,
-        ENV_SAGEMAKER_MAX_ATTEMPTS,
-        ENV_AUTO_MAX_LAMBDA_BYTES,
-        ENV_PROVIDERS,
-        ENV_SERVER_THREADS,
-        ENV_BATCH_MAX_SIZE,
-        ENV_BATCH_MAX_WAIT_MS,
-        ENV_BIND_HOST,
+        value
+        for name, value in dict(globals()).items()
+        if name.startswith("ENV_") and isinstance(value, str) and value.startswith(PREFIX)
     }
+    | set(DEPRECATED_VARIABLES)
 )
 
 # Lambda's synchronous invoke limit is 6 MB (6,291,456 bytes) for the whole event.
@@ -76,8 +81,13 @@ BACKENDS = ("auto", "lambda", "sagemaker")
 # `auto` sends models whose files exceed this to SageMaker: past ~250 MB a Lambda cold start
 # spends seconds downloading and loading, and /tmp and memory must grow with the model.
 DEFAULT_AUTO_MAX_LAMBDA_BYTES = 250 * 1000 * 1000
-DEFAULT_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
-KNOWN_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider", "TensorrtExecutionProvider")
+CPU_PROVIDER = "CPUExecutionProvider"
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+DEFAULT_PROVIDERS: tuple[str, ...] = (CPU_PROVIDER,)
+KNOWN_PROVIDERS = (*GPU_PROVIDERS, CPU_PROVIDER)
+DEFAULT_PORT = 8080  # SageMaker's contract
+# SageMaker sends SIGKILL 30 s after SIGTERM: finish in-flight work well before that.
+DEFAULT_DRAIN_SECONDS = 25.0
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 STORE_PATTERN = re.compile(r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file://.+)$")
@@ -86,75 +96,172 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Everything the function needs to know, validated.
+class ModelSettings:
+    """Which model is served and where it comes from.
 
     Attributes:
-        model_store: ``s3://bucket/prefix`` or ``file:///dir``.
-        model_name: The model this function serves.
-        model_alias: Alias resolved at load time (``prod``); ignored when ``model_version`` is set.
-        model_version: An explicit version that pins the model, or None.
-        cache_dir: Where verified artifacts are kept between invocations (Lambda's /tmp).
-        intra_op_threads: onnxruntime intra-op threads; 0 means "the CPUs this process may use".
-        max_request_bytes: Larger bodies are refused with 413.
-        max_batch_size: Larger first dimensions are refused with 413.
-        s3_max_attempts: botocore's retry budget (standard mode) for S3 calls.
-        s3_connect_timeout: Seconds.
-        s3_read_timeout: Seconds.
-        route_prefix: A path prefix stripped before routing (``/zip`` for the zip variant).
-        refresh_seconds: How often a function serving an alias re-reads it (0: never).
-        metrics_namespace: CloudWatch namespace for the function's metrics.
+        store: ``s3://bucket/prefix`` or ``file:///dir``; empty when ``model_dir`` serves.
+        name: The model served; None with a ``model_dir`` whose manifest names it.
+        alias: Alias resolved at load time (``prod``); ignored when ``version`` is set.
+        version: An explicit version that pins the model, or None.
         model_dir: A local model folder instead of the store (SageMaker's ``/opt/ml/model``).
-        backend: ``lambda`` (in-process), ``sagemaker`` (forward to an endpoint) or ``auto``
-            (the manifest's backend, or sagemaker above ``auto_max_lambda_bytes``).
-        sagemaker_endpoint: The endpoint name the sagemaker backend invokes.
-        sagemaker_timeout: Seconds to wait for an invocation (SageMaker's own limit is 60).
-        sagemaker_max_attempts: botocore's retry budget for InvokeEndpoint.
-        auto_max_lambda_bytes: Model size above which ``auto`` picks sagemaker.
-        providers: onnxruntime execution providers in order of preference.
-        server_threads: Request threads of the endpoint container's HTTP server.
-        batch_max_size: Server-side dynamic batching: rows per merged batch (0: off).
-        batch_max_wait_ms: How long a request may wait for others to batch with.
-        ignored_variables: ``ONNXKIT_*`` names no setting reads (likely typos; logged at init).
+        cache_dir: Where verified artifacts are kept between invocations (Lambda's /tmp).
+        refresh_seconds: How often a server following an alias re-reads it (0: never).
     """
 
-    model_store: str
-    model_name: str
-    model_alias: str = "prod"
-    model_version: str | None = None
+    store: str = ""
+    name: str | None = None
+    alias: str = "prod"
+    version: str | None = None
+    model_dir: str | None = None
     cache_dir: str = "/tmp/onnxkit"  # noqa: S108 - Lambda's only writable disk
-    intra_op_threads: int = 0
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    refresh_seconds: float = 60.0
+
+    @property
+    def ref(self) -> str:
+        """The version when pinned, else the alias."""
+        return self.version or self.alias
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    """The S3 client's retry budget (botocore standard mode) and timeouts in seconds."""
+
     s3_max_attempts: int = 3
     s3_connect_timeout: float = 2.0
     s3_read_timeout: float = 10.0
-    route_prefix: str = ""
-    refresh_seconds: float = 60.0
-    metrics_namespace: str = "Onnxkit"
-    model_dir: str | None = None
-    backend: str = "auto"
-    sagemaker_endpoint: str | None = None
-    sagemaker_timeout: float = 60.0
-    sagemaker_max_attempts: int = 2
-    auto_max_lambda_bytes: int = DEFAULT_AUTO_MAX_LAMBDA_BYTES
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """onnxruntime: providers in order of preference, intra-op threads, GPU device.
+
+    Attributes:
+        providers: Execution providers, preferred first.
+        intra_op_threads: 0 = the CPUs this process may use (the endpoint divides them among
+            its workers).
+        gpu_device: The CUDA device index (the endpoint gives each worker its own GPU).
+    """
+
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
-    server_threads: int = 8
-    batch_max_size: int = 0
-    batch_max_wait_ms: float = 5.0
-    ignored_variables: tuple[str, ...] = ()
+    intra_op_threads: int = 0
+    gpu_device: int = 0
 
     @property
-    def model_ref(self) -> str:
-        """The version when pinned, else the alias."""
-        return self.model_version or self.model_alias
+    def wants_gpu(self) -> bool:
+        """Whether a GPU provider is asked for."""
+        return any(p in GPU_PROVIDERS for p in self.providers)
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """What both HTTP edges enforce and serve.
+
+    Attributes:
+        max_request_bytes: Larger bodies are refused with 413.
+        max_batch_size: Larger first dimensions are refused with 413.
+        serve_openapi: Answer ``GET /v2/openapi.json`` (off behind API Gateway by default).
+    """
+
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    serve_openapi: bool = False
+
+
+@dataclass(frozen=True)
+class FunctionSettings:
+    """The Lambda function's edge: a path prefix to strip (``/zip``) and the metrics namespace."""
+
+    route_prefix: str = ""
+    metrics_namespace: str = "Onnxkit"
+
+
+@dataclass(frozen=True)
+class ForwardSettings:
+    """Where the function runs a model, and how it forwards to a SageMaker endpoint.
+
+    Attributes:
+        backend: ``lambda`` (in the function), ``sagemaker`` (forward) or ``auto`` (the
+            manifest's backend, or sagemaker above ``auto_max_lambda_bytes``).
+        endpoint: The endpoint name the sagemaker backend invokes.
+        timeout: Seconds to wait for an invocation (SageMaker's own limit is 60).
+        max_attempts: botocore's retry budget for InvokeEndpoint.
+        auto_max_lambda_bytes: Model size above which ``auto`` picks sagemaker.
+    """
+
+    backend: str = "auto"
+    endpoint: str | None = None
+    timeout: float = 60.0
+    max_attempts: int = 2
+    auto_max_lambda_bytes: int = DEFAULT_AUTO_MAX_LAMBDA_BYTES
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    """The endpoint container's HTTP server.
+
+    Attributes:
+        host: Address to bind (the container sets ``0.0.0.0``).
+        port: TCP port (SageMaker: 8080 or ``SAGEMAKER_BIND_TO_PORT``).
+        workers: Server processes; 0 = one per GPU with a GPU provider, else one per vCPU.
+        threads: Threads per worker that run the model; None = 8 on GPU, else 0, which runs
+            it on the worker's event loop (least overhead for CPU-bound small models).
+        max_concurrency: Requests in flight per worker before new ones get 503 ``overloaded``.
+        batch_rows: Dynamic batching: rows per merged batch (0 or 1: off).
+        batch_wait_ms: How long a request may wait for others to batch with.
+        drain_seconds: Bound on finishing in-flight requests after SIGTERM.
+        header_timeout: Seconds a client has to send a request's headers (and between the
+            chunks of its body) before the connection is closed.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    workers: int = 0
+    threads: int | None = None
+    max_concurrency: int = 64
+    batch_rows: int = 0
+    batch_wait_ms: float = 5.0
+    drain_seconds: float = DEFAULT_DRAIN_SECONDS
+    header_timeout: float = 10.0
+
+    @property
+    def batching(self) -> bool:
+        """Whether dynamic batching is on."""
+        return self.batch_rows > 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a function or the endpoint container needs to know, validated, in sections.
+
+    Attributes:
+        model: Which model, from where.
+        aws: AWS client retries and timeouts.
+        session: onnxruntime providers and threads.
+        api: Limits and documents both HTTP edges share.
+        function: The Lambda edge.
+        forward: Backend routing and the SageMaker client.
+        endpoint: The endpoint container's server.
+        ignored_variables: ``ONNXKIT_*`` names no setting reads (likely typos; logged at init).
+        deprecated_variables: Old names that were read, each with its replacement.
+    """
+
+    model: ModelSettings = field(default_factory=ModelSettings)
+    aws: AwsSettings = field(default_factory=AwsSettings)
+    session: SessionSettings = field(default_factory=SessionSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    function: FunctionSettings = field(default_factory=FunctionSettings)
+    forward: ForwardSettings = field(default_factory=ForwardSettings)
+    endpoint: EndpointSettings = field(default_factory=EndpointSettings)
+    ignored_variables: tuple[str, ...] = ()
+    deprecated_variables: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Build settings from an environment mapping.
 
         Args:
-            environ: Usually ``os.environ``; only ``ONNXKIT_*`` names are read.
+            environ: Usually ``os.environ``; only the names above are read.
 
         Returns:
             Validated settings.
@@ -162,86 +269,166 @@ class Settings:
         Raises:
             ConfigurationError: Listing every missing or invalid value at once.
         """
-        problems: list[str] = []
+        reader = _Reader(environ)
+        settings = cls(
+            model=reader.model(),
+            aws=reader.aws(),
+            session=SessionSettings(
+                providers=reader.read(ENV_PROVIDERS, _providers, DEFAULT_PROVIDERS, bool),
+                intra_op_threads=reader.integer(ENV_INTRA_OP_THREADS, 0, 0, 256),
+            ),
+            api=ApiSettings(
+                max_request_bytes=reader.integer(
+                    ENV_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_BYTES, 1
+                ),
+                max_batch_size=reader.integer(ENV_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_SIZE, 1),
+                serve_openapi=reader.flag(ENV_SERVE_OPENAPI, False),
+            ),
+            function=FunctionSettings(
+                route_prefix=reader.read(ENV_ROUTE_PREFIX, str, "", _is_route_prefix).rstrip("/"),
+                metrics_namespace=reader.read(ENV_METRICS_NAMESPACE, str, "Onnxkit", bool),
+            ),
+            forward=reader.forward(),
+            endpoint=reader.endpoint(),
+            ignored_variables=tuple(unknown_variables(environ)),
+            deprecated_variables=tuple(reader.deprecated),
+        )
+        if reader.problems:
+            raise ConfigurationError(reader.problems)
+        return settings
 
-        def read(
-            name: str, convert: Callable[[str], T], default: T, check: Callable[[T], bool]
-        ) -> T:
-            raw = environ.get(name, "").strip()
-            if not raw:
-                return default
-            try:
-                value = convert(raw)
-            except ValueError:
-                problems.append(f"{name}={raw!r} is not a valid {convert.__name__}")
-                return default
-            if not check(value):
-                problems.append(f"{name}={raw!r} is out of range")
-                return default
+
+class _Reader:
+    """Reads and converts variables, collecting every problem instead of stopping at one."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+        self.deprecated: list[tuple[str, str]] = []
+
+    def raw(self, name: str) -> str:
+        value = self.environ.get(name, "").strip()
+        if value:
             return value
+        for old, new in DEPRECATED_VARIABLES.items():
+            if new == name and self.environ.get(old, "").strip():
+                self.deprecated.append((old, new))
+                return self.environ[old].strip()
+        return ""
 
-        def required(name: str, pattern: re.Pattern[str], hint: str) -> str:
-            raw = environ.get(name, "").strip()
-            if not raw:
-                problems.append(f"{name} is required ({hint})")
-            elif not pattern.match(raw):
-                problems.append(f"{name}={raw!r} is invalid ({hint})")
-            return raw
+    def read(
+        self, name: str, convert: Callable[[str], T], default: T, check: Callable[[T], bool]
+    ) -> T:
+        raw = self.raw(name)
+        if not raw:
+            return default
+        try:
+            value = convert(raw)
+        except ValueError:
+            self.problems.append(f"{name}={raw!r} is not a valid {convert.__name__}")
+            return default
+        if not check(value):
+            self.problems.append(f"{name}={raw!r} is out of range")
+            return default
+        return value
 
-        model_dir = environ.get(ENV_MODEL_DIR, "").strip() or None
+    def integer(self, name: str, default: int, low: int, high: int | None = None) -> int:
+        return self.read(name, int, default, lambda v: v >= low and (high is None or v <= high))
+
+    def number(self, name: str, default: float, check: Callable[[float], bool]) -> float:
+        return self.read(name, float, default, check)
+
+    def flag(self, name: str, default: bool) -> bool:
+        return self.read(name, _flag, default, lambda _: True)
+
+    def name(self, name: str, default: str) -> str:
+        return self.read(name, str, default, _is_name)
+
+    def required(self, name: str, pattern: re.Pattern[str], hint: str) -> str:
+        raw = self.raw(name)
+        if not raw:
+            self.problems.append(f"{name} is required ({hint})")
+        elif not pattern.match(raw):
+            self.problems.append(f"{name}={raw!r} is invalid ({hint})")
+        return raw
+
+    def model(self) -> ModelSettings:
+        model_dir = self.raw(ENV_MODEL_DIR) or None
         if model_dir is None:
-            store = required(ENV_MODEL_STORE, STORE_PATTERN, "s3://bucket/prefix or file:///dir")
+            store = self.required(
+                ENV_MODEL_STORE, STORE_PATTERN, "s3://bucket/prefix or file:///dir"
+            )
+            name: str | None = self.required(
+                ENV_MODEL_NAME, NAME_PATTERN, "lower-case letters, digits, . _ -"
+            )
         else:  # a local folder (SageMaker's /opt/ml/model) stands in for the store
-            store = environ.get(ENV_MODEL_STORE, "").strip()
-        name = required(ENV_MODEL_NAME, NAME_PATTERN, "lower-case letters, digits, . _ -")
-        alias = read(ENV_MODEL_ALIAS, str, "prod", _is_name)
-        version: str | None = read(ENV_MODEL_VERSION, str, "", _is_name) or None
-        prefix = read(ENV_ROUTE_PREFIX, str, "", _is_route_prefix).rstrip("/")
+            store = self.raw(ENV_MODEL_STORE)
+            name = self.name(ENV_MODEL_NAME, "") or None  # else its manifest names it
+        return ModelSettings(
+            store=store.rstrip("/"),
+            name=name,
+            alias=self.name(ENV_MODEL_ALIAS, "prod"),
+            version=self.name(ENV_MODEL_VERSION, "") or None,
+            model_dir=model_dir,
+            cache_dir=self.read(ENV_CACHE_DIR, str, ModelSettings.cache_dir, bool),
+            refresh_seconds=self.number(
+                ENV_REFRESH_SECONDS, 60.0, lambda v: math.isfinite(v) and v >= 0
+            ),
+        )
 
-        settings: dict[str, Any] = {
-            "model_store": store.rstrip("/"),
-            "model_name": name,
-            "model_alias": alias,
-            "model_version": version,
-            "cache_dir": read(ENV_CACHE_DIR, str, cls.cache_dir, bool),
-            "intra_op_threads": read(ENV_INTRA_OP_THREADS, int, 0, lambda v: 0 <= v <= 256),
-            "max_request_bytes": read(
-                ENV_MAX_REQUEST_BYTES, int, DEFAULT_MAX_REQUEST_BYTES, lambda v: v > 0
+    def aws(self) -> AwsSettings:
+        return AwsSettings(
+            s3_max_attempts=self.integer(ENV_S3_MAX_ATTEMPTS, 3, 1, 20),
+            s3_connect_timeout=self.number(ENV_S3_CONNECT_TIMEOUT, 2.0, _is_timeout),
+            s3_read_timeout=self.number(ENV_S3_READ_TIMEOUT, 10.0, _is_timeout),
+        )
+
+    def forward(self) -> ForwardSettings:
+        forward = ForwardSettings(
+            backend=self.read(ENV_BACKEND, str, "auto", BACKENDS.__contains__),
+            endpoint=self.read(ENV_SAGEMAKER_ENDPOINT, str, "", _is_endpoint) or None,
+            timeout=self.number(ENV_SAGEMAKER_TIMEOUT, 60.0, _is_timeout),
+            max_attempts=self.integer(ENV_SAGEMAKER_MAX_ATTEMPTS, 2, 1, 10),
+            auto_max_lambda_bytes=self.integer(
+                ENV_AUTO_MAX_LAMBDA_BYTES, DEFAULT_AUTO_MAX_LAMBDA_BYTES, 1
             ),
-            "max_batch_size": read(
-                ENV_MAX_BATCH_SIZE, int, DEFAULT_MAX_BATCH_SIZE, lambda v: v > 0
+        )
+        if forward.backend == "sagemaker" and not forward.endpoint:
+            self.problems.append(f"{ENV_BACKEND}=sagemaker needs {ENV_SAGEMAKER_ENDPOINT}")
+        return forward
+
+    def endpoint(self) -> EndpointSettings:
+        threads = self.integer(ENV_SERVER_THREADS, -1, 0, 256)
+        return EndpointSettings(
+            host=self.read(ENV_BIND_HOST, str, EndpointSettings.host, _is_host),
+            port=self.integer(ENV_PORT, DEFAULT_PORT, 1, 65535),
+            workers=self.integer(ENV_WORKERS, 0, 0, 256),
+            threads=None if threads < 0 else threads,
+            max_concurrency=self.integer(ENV_MAX_CONCURRENCY, 64, 1, 65536),
+            batch_rows=self.integer(ENV_DYNAMIC_BATCH_ROWS, 0, 0, 65536),
+            batch_wait_ms=self.number(
+                ENV_DYNAMIC_BATCH_WAIT_MS, 5.0, lambda v: math.isfinite(v) and 0 <= v <= 1000
             ),
-            "s3_max_attempts": read(ENV_S3_MAX_ATTEMPTS, int, 3, lambda v: 1 <= v <= 20),
-            "s3_connect_timeout": read(ENV_S3_CONNECT_TIMEOUT, float, 2.0, _is_timeout),
-            "s3_read_timeout": read(ENV_S3_READ_TIMEOUT, float, 10.0, _is_timeout),
-            "route_prefix": prefix,
-            "refresh_seconds": read(
-                ENV_REFRESH_SECONDS, float, 60.0, lambda v: math.isfinite(v) and v >= 0
+            drain_seconds=self.number(
+                ENV_DRAIN_SECONDS,
+                DEFAULT_DRAIN_SECONDS,
+                lambda v: math.isfinite(v) and 0 <= v <= 3600,
             ),
-            "metrics_namespace": read(ENV_METRICS_NAMESPACE, str, "Onnxkit", bool),
-            "model_dir": model_dir,
-            "backend": read(ENV_BACKEND, str, "auto", BACKENDS.__contains__),
-            "sagemaker_endpoint": read(ENV_SAGEMAKER_ENDPOINT, str, "", _is_endpoint) or None,
-            "sagemaker_timeout": read(ENV_SAGEMAKER_TIMEOUT, float, 60.0, _is_timeout),
-            "sagemaker_max_attempts": read(
-                ENV_SAGEMAKER_MAX_ATTEMPTS, int, 2, lambda v: 1 <= v <= 10
-            ),
-            "auto_max_lambda_bytes": read(
-                ENV_AUTO_MAX_LAMBDA_BYTES, int, DEFAULT_AUTO_MAX_LAMBDA_BYTES, lambda v: v > 0
-            ),
-            "providers": read(ENV_PROVIDERS, _providers, DEFAULT_PROVIDERS, bool),
-            "server_threads": read(ENV_SERVER_THREADS, int, 8, lambda v: 1 <= v <= 256),
-            "batch_max_size": read(ENV_BATCH_MAX_SIZE, int, 0, lambda v: 0 <= v <= 65536),
-            "batch_max_wait_ms": read(
-                ENV_BATCH_MAX_WAIT_MS, float, 5.0, lambda v: math.isfinite(v) and 0 <= v <= 1000
-            ),
-        }
-        settings["ignored_variables"] = tuple(unknown_variables(environ))
-        if settings["backend"] == "sagemaker" and not settings["sagemaker_endpoint"]:
-            problems.append(f"{ENV_BACKEND}=sagemaker needs {ENV_SAGEMAKER_ENDPOINT}")
-        if problems:
-            raise ConfigurationError(problems)
-        return cls(**settings)
+            header_timeout=self.number(ENV_HEADER_TIMEOUT, 10.0, lambda v: 0 < v <= 600),
+        )
+
+
+def read_aws_settings(environ: Mapping[str, str]) -> AwsSettings:
+    """The AWS client section alone (for tools that open a store without serving a model).
+
+    Raises:
+        ConfigurationError: A bad ``ONNXKIT_S3_*`` value.
+    """
+    reader = _Reader(environ)
+    aws = reader.aws()
+    if reader.problems:
+        raise ConfigurationError(reader.problems)
+    return aws
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
@@ -260,6 +447,18 @@ def _providers(raw: str) -> tuple[str, ...]:
 _providers.__name__ = "comma-separated list of onnxruntime providers"
 
 
+def _flag(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+_flag.__name__ = "boolean (true/false)"
+
+
 def _is_endpoint(value: str) -> bool:
     # SageMaker endpoint names: letters, digits and hyphens, up to 63 characters.
     return re.fullmatch(r"[A-Za-z0-9](-*[A-Za-z0-9]){0,62}", value) is not None
@@ -275,3 +474,7 @@ def _is_name(value: str) -> bool:
 
 def _is_route_prefix(value: str) -> bool:
     return value.startswith("/") and " " not in value
+
+
+def _is_host(value: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9.:\[\]-]+", value) is not None

@@ -1,31 +1,147 @@
-"""A model served from a plain folder (SageMaker's ``/opt/ml/model``), verified when it can be.
+"""Where a served model's files come from: the model store, or a plain local folder.
 
-The folder holds ``model.onnx`` (plus any external data) and, when ``onnxkit models pull``
-wrote it, ``manifest.json``. With a manifest every listed file is checked against its size
-and sha256 before onnxruntime reads a byte of it; without one the signature comes from the
-onnxruntime session itself and nothing can be verified (a warning says so).
+A source resolves the manifest to serve (the store: an alias or a pinned version; a folder:
+its ``manifest.json``) and fetches verified files for it. A folder holds ``model.onnx`` (plus
+any external data) and, when ``onnxkit models pull`` wrote it, ``manifest.json``: then every
+listed file is checked against its size and sha256 before onnxruntime reads a byte of it.
+Without one the signature comes from the onnxruntime session and nothing can be verified (a
+warning says so).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from onnxkit.backends import Backend
 from onnxkit.datatypes import BY_ORT
-from onnxkit.errors import IntegrityError, ModelLoadError, ModelNotFoundError
-from onnxkit.manifest import FileEntry, Manifest, TensorSpec, sha256_file
-from onnxkit.settings import Settings
+from onnxkit.errors import ConfigurationError, IntegrityError, ModelLoadError, ModelNotFoundError
+from onnxkit.manifest import FileEntry, Manifest, TensorSpec, verify_folder
+from onnxkit.settings import ENV_MODEL_DIR, ModelSettings
+from onnxkit.store import MANIFEST_NAME, ModelStore
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
-MODEL_NAME = "model.onnx"
+MODEL_FILE = "model.onnx"
 UNVERSIONED = "local"
 
-SessionFactory = Callable[[Path, Settings], Any]
+
+class ModelSource(Protocol):
+    """Resolves and fetches the files of the one model a server serves."""
+
+    name: str
+    follows_alias: bool
+
+    def resolve(self) -> Manifest | None:
+        """The manifest to serve now (None: a folder without one, nothing to verify).
+
+        Raises:
+            OnnxkitError: The store cannot be read, or the model/alias is not published.
+        """
+        ...
+
+    def fetch(self, manifest: Manifest | None) -> Path:
+        """The path of the verified graph file (external data beside it).
+
+        Raises:
+            OnnxkitError: Integrity, cache or store failures.
+        """
+        ...
+
+    def release(self, keep: Manifest) -> None:
+        """Free the files of every version but ``keep`` (after a swap)."""
+        ...
+
+
+class StoreSource:
+    """A model in the registry, by alias (followed) or pinned version, cached and verified."""
+
+    def __init__(self, store: ModelStore, model: ModelSettings) -> None:
+        if not model.name:
+            raise ConfigurationError(["a model from the store needs ONNXKIT_MODEL_NAME"])
+        self.name = model.name
+        self.follows_alias = model.version is None
+        self._store = store
+        self._model = model
+
+    def resolve(self) -> Manifest:
+        return self._store.resolve(self.name, version=self._model.version, alias=self._model.alias)
+
+    def fetch(self, manifest: Manifest | None) -> Path:
+        assert manifest is not None, "a store always has a manifest"
+        return self._store.fetch(manifest) / manifest.model_file.path
+
+    def release(self, keep: Manifest) -> None:
+        self._store.evict(keep=self._store.local_dir(keep))  # /tmp is small: keep one version
+
+
+class FolderSource:
+    """A model in a local folder (SageMaker's ``/opt/ml/model``), verified when it can be.
+
+    Args:
+        folder: The model folder; it must exist (a typo fails at start, not at the first request).
+        name: The served name; None takes the manifest's (or the folder's name without one).
+        version: The version to report without a manifest.
+
+    Raises:
+        ConfigurationError: The folder does not exist.
+        IntegrityError: Its ``manifest.json`` is not a valid manifest.
+    """
+
+    follows_alias = False
+
+    def __init__(
+        self, folder: Path, *, name: str | None = None, version: str | None = None
+    ) -> None:
+        if not folder.is_dir():
+            raise ConfigurationError(
+                [f"{ENV_MODEL_DIR}={folder} is not a folder; point it at a folder holding "
+                 f"{MODEL_FILE} (and, from `onnxkit models pull`, {MANIFEST_NAME})"]
+            )  # fmt: skip
+        self._folder = folder
+        self._manifest = read_manifest(folder)
+        self._version = version or UNVERSIONED
+        manifest_name = self._manifest.name if self._manifest else None
+        if name and manifest_name and name != manifest_name:
+            logger.warning(
+                "%s names model %r but this server is configured as %r; serving it as %r",
+                MANIFEST_NAME,
+                manifest_name,
+                name,
+                name,
+            )
+        self.name = name or manifest_name or folder.name
+
+    def resolve(self) -> Manifest | None:
+        return self._manifest
+
+    def fetch(self, manifest: Manifest | None) -> Path:
+        if manifest is None:
+            model_file = find_model_file(self._folder)
+            logger.warning(
+                "no %s in %s: the model files are not verified "
+                "(write one with `onnxkit models pull`)",
+                MANIFEST_NAME,
+                self._folder,
+            )
+            return model_file
+        verify_folder(self._folder, manifest, fix="the model folder is incomplete or was modified")
+        logger.info(
+            "model files verified",
+            extra={
+                "model": manifest.name,
+                "version": manifest.version,
+                "files": len(manifest.files),
+            },
+        )
+        return self._folder / manifest.model_file.path
+
+    def release(self, keep: Manifest) -> None:
+        pass  # the folder is not ours to clean
+
+    def describe(self, session: Any, model_file: Path) -> Manifest:
+        """A manifest for a folder without one, from what the session reports."""
+        return manifest_from_session(session, model_file, name=self.name, version=self._version)
 
 
 def read_manifest(folder: Path) -> Manifest | None:
@@ -44,38 +160,22 @@ def read_manifest(folder: Path) -> Manifest | None:
     return Manifest.from_json(raw)
 
 
-def verify_files(folder: Path, manifest: Manifest) -> None:
-    """Check every file the manifest lists against its size and sha256.
-
-    Sizes are checked first (cheap), so a truncated upload fails before any hashing.
+def find_model_file(folder: Path) -> Path:
+    """``model.onnx``, or the folder's only ``.onnx`` file.
 
     Raises:
-        IntegrityError: A file is missing, unreadable, or differs from the manifest.
+        ModelNotFoundError: No model, or several candidates.
     """
-    for entry in manifest.files:
-        path = folder / entry.path
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise IntegrityError(
-                f"{entry.path} is listed in {MANIFEST_NAME} but cannot be read in {folder} "
-                f"({exc.strerror}); repack the model folder"
-            ) from exc
-        if size != entry.size:
-            raise IntegrityError(
-                f"{entry.path} is {size} bytes but {MANIFEST_NAME} says {entry.size}; "
-                "the model folder is incomplete or was modified"
-            )
-    for entry in manifest.files:
-        try:
-            digest = sha256_file(folder / entry.path)
-        except OSError as exc:
-            raise IntegrityError(f"{entry.path} cannot be read: {exc.strerror}") from exc
-        if digest != entry.sha256:
-            raise IntegrityError(
-                f"{entry.path} does not match {MANIFEST_NAME} (expected sha256 "
-                f"{entry.sha256[:12]}…, got {digest[:12]}…); the model folder was modified"
-            )
+    preferred = folder / MODEL_FILE
+    if preferred.is_file():
+        return preferred
+    candidates = sorted(p for p in folder.glob("*.onnx") if p.is_file())
+    if len(candidates) == 1:
+        return candidates[0]
+    found = ", ".join(p.name for p in candidates) or "none"
+    raise ModelNotFoundError(
+        f"{folder} must hold {MODEL_FILE} (or exactly one .onnx file); found {found}"
+    )
 
 
 def signature_from_session(session: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
@@ -125,95 +225,3 @@ def manifest_from_session(
         backend="sagemaker",
         metadata={"source": str(model_file.parent), "verified": False},
     )
-
-
-def find_model_file(folder: Path) -> Path:
-    """``model.onnx``, or the folder's only ``.onnx`` file.
-
-    Raises:
-        ModelNotFoundError: No folder, no model, or several candidates.
-    """
-    if not folder.is_dir():
-        raise ModelNotFoundError(f"the model folder {folder} does not exist")
-    preferred = folder / MODEL_NAME
-    if preferred.is_file():
-        return preferred
-    candidates = sorted(p for p in folder.glob("*.onnx") if p.is_file())
-    if len(candidates) == 1:
-        return candidates[0]
-    found = ", ".join(p.name for p in candidates) or "none"
-    raise ModelNotFoundError(
-        f"{folder} must hold {MODEL_NAME} (or exactly one .onnx file); found {found}"
-    )
-
-
-def default_session_factory(model_file: Path, settings: Settings) -> Any:
-    """An onnxruntime session with the settings' providers and a logged CPU fallback."""
-    from onnxkit.session import create_session
-
-    return create_session(
-        model_file, providers=settings.providers, intra_op_threads=settings.intra_op_threads
-    )
-
-
-def load_model_dir(
-    folder: Path,
-    settings: Settings,
-    *,
-    session_factory: SessionFactory = default_session_factory,
-) -> Backend:
-    """Verify (when a manifest is present), load and warm up the model in ``folder``.
-
-    Args:
-        folder: The model folder (``Settings.model_dir``).
-        settings: Providers, threads and the served model name.
-        session_factory: Builds the session (tests pass a slow or failing one).
-
-    Returns:
-        A ready onnxruntime backend.
-
-    Raises:
-        ModelNotFoundError: No model file in the folder.
-        IntegrityError: A file differs from ``manifest.json``, or the manifest is invalid.
-        ModelLoadError: onnxruntime refused the model or its warm-up run failed.
-    """
-    from onnxkit.backends.onnxruntime import OnnxruntimeBackend
-    from onnxkit.session import warm_up
-
-    manifest = read_manifest(folder)
-    if manifest is not None:
-        model_file = folder / manifest.model_file.path
-        verify_files(folder, manifest)
-        if manifest.name != settings.model_name:
-            logger.warning(
-                "%s names model %r but this endpoint is configured as %r; serving it as %r",
-                MANIFEST_NAME,
-                manifest.name,
-                settings.model_name,
-                settings.model_name,
-            )
-        logger.info(
-            "model files verified",
-            extra={
-                "model": manifest.name,
-                "version": manifest.version,
-                "files": len(manifest.files),
-            },
-        )
-    else:
-        model_file = find_model_file(folder)
-        logger.warning(
-            "no %s in %s: the model files are not verified (write one with `onnxkit models pull`)",
-            MANIFEST_NAME,
-            folder,
-        )
-    session = session_factory(model_file, settings)
-    if manifest is None:
-        manifest = manifest_from_session(
-            session,
-            model_file,
-            name=settings.model_name,
-            version=settings.model_version or UNVERSIONED,
-        )
-    warm_up(session, manifest.inputs)
-    return OnnxruntimeBackend(manifest, session)

@@ -1,4 +1,7 @@
-"""The model store: publish versions, move aliases, download verified copies into a cache.
+"""The model store's read side: resolve aliases and versions, download verified copies.
+
+Publishing and moving aliases are tooling (``onnxkit_tools.registry``); a function or the
+endpoint container only reads.
 
 Layout under the store's root (``s3://bucket/prefix`` or ``file:///dir``)::
 
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -24,13 +26,11 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from onnxkit.errors import (
-    AliasConflictError,
     CacheFullError,
     IntegrityError,
     ModelNotFoundError,
@@ -38,15 +38,14 @@ from onnxkit.errors import (
     StoreUnavailableError,
     VersionConflictError,
 )
-from onnxkit.manifest import Manifest, sha256_file
+from onnxkit.manifest import FileEntry, Manifest, verify_file
 
 MANIFEST_NAME = "manifest.json"
 ALIASES_DIR = "_aliases"
 _COMPLETE_MARKER = ".complete"
 _CHUNK = 1024 * 1024
-_ALIAS_HISTORY = 50
 
-Progress = Callable[[int], None]
+Progress = Callable[[int], object]
 """Called with the number of bytes just moved (for progress bars)."""
 
 
@@ -67,20 +66,6 @@ class Blobs(Protocol):
         """The object in chunks. Raises ModelNotFoundError if absent."""
         ...
 
-    def write(
-        self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None
-    ) -> None:
-        """Store bytes, optionally only if absent or only if unchanged since ``read_versioned``.
-
-        Raises:
-            VersionConflictError: The condition did not hold.
-        """
-        ...
-
-    def upload(self, path: Path, key: str, progress: Progress | None = None) -> None:
-        """Store a local file."""
-        ...
-
     def exists(self, key: str) -> bool:
         """Whether the key exists."""
         ...
@@ -96,16 +81,10 @@ class Blobs(Protocol):
 class S3Blobs:
     """Blobs in an S3 bucket under a prefix. The boto3 client is passed in, never made here."""
 
-    def __init__(
-        self, client: Any, bucket: str, prefix: str, *, kms_key_id: str | None = None
-    ) -> None:
+    def __init__(self, client: Any, bucket: str, prefix: str) -> None:
         self._client = client
         self._bucket = bucket
         self._prefix = prefix.strip("/")
-        # Without a key the bucket's default encryption applies (the stack's bucket: SSE-KMS).
-        self._sse: dict[str, str] = (
-            {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id} if kms_key_id else {}
-        )
         self.uri = f"s3://{bucket}/{self._prefix}".rstrip("/")
 
     def _key(self, key: str) -> str:
@@ -126,49 +105,6 @@ class S3Blobs:
                 yield from body.iter_chunks(_CHUNK)
             finally:
                 body.close()
-
-    def write(
-        self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None
-    ) -> None:
-        # S3 conditional writes: IfNoneMatch="*" creates only; IfMatch=ETag replaces only the
-        # object we read. Either failing is a 412, mapped to VersionConflictError.
-        extra: dict[str, str] = dict(self._sse)
-        if if_absent:
-            extra["IfNoneMatch"] = "*"
-        if if_match is not None:
-            extra["IfMatch"] = if_match
-        with self._errors(key):
-            self._client.put_object(
-                Bucket=self._bucket,
-                Key=self._key(key),
-                Body=data,
-                ContentType="application/json",
-                **extra,
-            )
-
-    def upload(self, path: Path, key: str, progress: Progress | None = None) -> None:
-        # upload_file switches to multipart for large files and retries parts by itself; it
-        # wraps S3's answer in S3UploadFailedError, whose text carries the error code.
-        from boto3.exceptions import S3UploadFailedError
-
-        try:
-            with self._errors(key):
-                self._client.upload_file(
-                    str(path),
-                    self._bucket,
-                    self._key(key),
-                    ExtraArgs=self._sse or None,
-                    Callback=progress,
-                )
-        except S3UploadFailedError as exc:
-            if "NoSuchBucket" in str(exc):
-                raise StoreUnavailableError(
-                    f"bucket {self._bucket!r} does not exist; create it or fix the store URI",
-                    code="store_bucket_missing",
-                ) from exc
-            raise StoreUnavailableError(
-                f"upload to s3://{self._bucket}/{self._key(key)} failed: {exc}"
-            ) from exc
 
     def exists(self, key: str) -> bool:
         try:
@@ -259,59 +195,12 @@ class FileBlobs:
         data = self.read(key)
         return data, hashlib.sha256(data).hexdigest()
 
-    def write(
-        self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None
-    ) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if if_match is not None:
-            # The local twin of S3's IfMatch: compare and replace under an exclusive lock.
-            with (path.parent / ".lock").open("w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                try:
-                    current = hashlib.sha256(path.read_bytes()).hexdigest()
-                except FileNotFoundError:
-                    current = None
-                if current != if_match:
-                    raise VersionConflictError(f"{path} changed since it was read")
-                _atomic_write(path, data)
-            return
-        if if_absent:
-            try:
-                with path.open("xb") as handle:  # O_EXCL: the local twin of IfNoneMatch
-                    handle.write(data)
-            except FileExistsError as exc:
-                raise VersionConflictError(f"{path} already exists and is immutable") from exc
-            return
-        _atomic_write(path, data)
-
-    def upload(self, path: Path, key: str, progress: Progress | None = None) -> None:
-        dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("rb") as src, dest.open("wb") as out:
-            while chunk := src.read(_CHUNK):
-                out.write(chunk)
-                if progress:
-                    progress(len(chunk))
-
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
 
     def list_children(self, prefix: str) -> list[str]:
         folder = self._path(prefix)
         return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -341,31 +230,18 @@ class ModelStore:
         return self.blobs.uri
 
     @classmethod
-    def from_uri(
-        cls,
-        uri: str,
-        *,
-        cache_dir: Path | str,
-        s3_client: Any = None,
-        kms_key_id: str | None = None,
-    ) -> ModelStore:
+    def from_uri(cls, uri: str, *, cache_dir: Path | str, s3_client: Any = None) -> ModelStore:
         """Open ``s3://bucket/prefix`` (with a boto3 S3 client) or ``file:///dir``.
-
-        ``kms_key_id`` encrypts what this store writes to S3 with that KMS key (SSE-KMS);
-        without it the bucket's default encryption applies.
 
         Raises:
             ValueError: Unknown scheme, or an S3 URI without a client.
         """
-        parsed = urlparse(uri)
-        if parsed.scheme == "s3":
+        scheme, bucket_or_root, prefix = split_store_uri(uri)
+        if scheme == "s3":
             if s3_client is None:
                 raise ValueError("an s3:// store needs an S3 client")
-            blobs = S3Blobs(s3_client, parsed.netloc, parsed.path, kms_key_id=kms_key_id)
-            return cls(blobs, cache_dir)
-        if parsed.scheme == "file":
-            return cls(FileBlobs(Path(parsed.netloc + parsed.path)), cache_dir)
-        raise ValueError(f"model store must be s3://bucket/prefix or file:///dir, not {uri!r}")
+            return cls(S3Blobs(s3_client, bucket_or_root, prefix), cache_dir)
+        return cls(FileBlobs(Path(bucket_or_root)), cache_dir)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -402,6 +278,14 @@ class ModelStore:
                 f"publish a version with --alias {alias}"
             )
         return record
+
+    def _read_alias(self, name: str, alias: str) -> tuple[AliasRecord | None, str | None]:
+        """The alias and its ETag, or (None, None) when it is not set."""
+        try:
+            raw, etag = self.blobs.read_versioned(alias_key(name, alias))
+        except ModelNotFoundError:
+            return None, None
+        return _parse_alias(name, alias, raw), etag
 
     def resolve(self, name: str, *, version: str | None = None, alias: str = "prod") -> Manifest:
         """The manifest for an explicit version, else for the version an alias points to."""
@@ -454,7 +338,7 @@ class ModelStore:
             for entry in manifest.files:
                 dest = folder / entry.path
                 if not _has_size(dest, entry.size):
-                    self._download(manifest, entry.path, entry.sha256, entry.size, dest, progress)
+                    self._download(manifest, entry, dest, progress)
             (folder / _COMPLETE_MARKER).write_text(manifest.to_json().decode())
         except OnnxkitError:
             raise
@@ -477,37 +361,31 @@ class ModelStore:
         return all(_has_size(folder / f.path, f.size) for f in manifest.files)
 
     def _download(
-        self,
-        manifest: Manifest,
-        path: str,
-        sha256: str,
-        size: int,
-        dest: Path,
-        progress: Progress | None,
+        self, manifest: Manifest, entry: FileEntry, dest: Path, progress: Progress | None
     ) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".partial-")
         tmp = Path(tmp_name)
+        key = f"models/{manifest.name}/{manifest.version}/{entry.path}"
         try:
             digest = hashlib.sha256()
             written = 0
             with os.fdopen(fd, "wb") as out:
-                for chunk in self.blobs.stream(f"models/{manifest.name}/{manifest.version}/{path}"):
+                for chunk in self.blobs.stream(key):
                     written += len(chunk)
-                    if written > size:  # a bigger object can only be wrong: stop reading it
+                    if written > entry.size:  # a bigger object can only be wrong: stop reading
                         break
                     digest.update(chunk)
                     out.write(chunk)
                     if progress:
                         progress(len(chunk))
-            if written != size or digest.hexdigest() != sha256:
-                raise IntegrityError(
-                    f"{manifest.name}/{manifest.version}/{path} does not match its manifest "
-                    f"(expected {size} bytes sha256 {sha256[:12]}…, got "
-                    f"{'more than ' if written > size else ''}{written} bytes"
-                    f"{'' if written > size else ' sha256 ' + digest.hexdigest()[:12] + '…'}); "
-                    "republish the version or repair the object"
-                )
+            verify_file(
+                entry,
+                size=written,
+                sha256=digest.hexdigest() if written <= entry.size else None,
+                where=key,
+                fix="republish the version or repair the object",
+            )
             os.replace(tmp, dest)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -524,118 +402,6 @@ class ModelStore:
                     if keep is None or digest_dir.resolve() != keep.resolve():
                         shutil.rmtree(digest_dir, ignore_errors=True)
 
-    # -- writing ---------------------------------------------------------------------------
-
-    def publish(
-        self, manifest: Manifest, source_dir: Path, progress: Progress | None = None
-    ) -> None:
-        """Upload a version's files, then its manifest (refused if the version exists).
-
-        Every file is checked against the manifest before anything is uploaded.
-
-        Raises:
-            VersionConflictError: The version is already published.
-            IntegrityError: A local file does not match the manifest.
-        """
-        prefix = f"models/{manifest.name}/{manifest.version}"
-        if self.blobs.exists(f"{prefix}/{MANIFEST_NAME}"):
-            raise VersionConflictError(
-                f"{manifest.name} version {manifest.version} is already published in {self.uri}; "
-                "versions are immutable: publish a new version"
-            )
-        for entry in manifest.files:
-            local = source_dir / entry.path
-            if not _has_size(local, entry.size) or sha256_file(local) != entry.sha256:
-                raise IntegrityError(f"{local} changed since its manifest was made")
-        for entry in manifest.files:
-            self.blobs.upload(source_dir / entry.path, f"{prefix}/{entry.path}", progress)
-        self.blobs.write(f"{prefix}/{MANIFEST_NAME}", manifest.to_json(), if_absent=True)
-
-    def _read_alias(self, name: str, alias: str) -> tuple[AliasRecord | None, str | None]:
-        """The alias and its ETag, or (None, None) when it is not set."""
-        try:
-            raw, etag = self.blobs.read_versioned(f"models/{name}/{ALIASES_DIR}/{alias}.json")
-        except ModelNotFoundError:
-            return None, None
-        return _parse_alias(name, alias, raw), etag
-
-    def _write_alias(self, record: AliasRecord, etag: str | None) -> None:
-        body = {
-            "name": record.name,
-            "alias": record.alias,
-            "version": record.version,
-            "updated_at": record.updated_at,
-            "history": list(record.history),
-        }
-        try:
-            self.blobs.write(
-                f"models/{record.name}/{ALIASES_DIR}/{record.alias}.json",
-                json.dumps(body, indent=2).encode() + b"\n",
-                if_absent=etag is None,
-                if_match=etag,
-            )
-        except VersionConflictError as exc:
-            raise AliasConflictError(
-                f"alias {record.name}@{record.alias} was moved by someone else meanwhile; "
-                "look at `onnxkit models list` and retry"
-            ) from exc
-
-    def set_alias(self, name: str, alias: str, version: str) -> AliasRecord:
-        """Point an alias at a published version, keeping the previous targets as history.
-
-        The write is conditional on the alias being unchanged since it was read, so two
-        concurrent promotions cannot silently overwrite each other.
-
-        Raises:
-            ModelNotFoundError: The version is not published.
-            AliasConflictError: The alias moved concurrently.
-        """
-        self.get_manifest(name, version)  # refuse to point at nothing
-        previous, etag = self._read_alias(name, alias)
-        history: list[dict[str, str]] = []
-        if previous is not None:
-            history = [{"version": previous.version, "updated_at": previous.updated_at}]
-            history += list(previous.history)
-        record = AliasRecord(
-            name=name,
-            alias=alias,
-            version=version,
-            updated_at=_now(),
-            history=tuple(history[:_ALIAS_HISTORY]),
-        )
-        self._write_alias(record, etag)
-        return record
-
-    def rollback_alias(self, name: str, alias: str) -> AliasRecord:
-        """Point an alias back at the version it had before its last move.
-
-        The current target is dropped from the history, so rolling back twice walks further
-        back rather than toggling.
-
-        Raises:
-            ModelNotFoundError: The alias is not set or has no earlier version.
-            AliasConflictError: The alias moved concurrently.
-        """
-        current, etag = self._read_alias(name, alias)
-        if current is None:
-            raise ModelNotFoundError(f"model {name!r} has no alias {alias!r} in {self.uri}")
-        if not current.history:
-            raise ModelNotFoundError(
-                f"{name}@{alias} has no earlier version to roll back to (it has only pointed "
-                f"at {current.version})"
-            )
-        target = current.history[0]["version"]
-        self.get_manifest(name, target)
-        record = AliasRecord(
-            name=name,
-            alias=alias,
-            version=target,
-            updated_at=_now(),
-            history=current.history[1:],
-        )
-        self._write_alias(record, etag)
-        return record
-
     def list_aliases(self, name: str) -> dict[str, str]:
         """Alias -> version for one model."""
         return {
@@ -645,8 +411,23 @@ class ModelStore:
         }
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def split_store_uri(uri: str) -> tuple[str, str, str]:
+    """``s3://bucket/prefix`` -> ("s3", bucket, prefix); ``file:///dir`` -> ("file", dir, "").
+
+    Raises:
+        ValueError: Any other scheme.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        return "s3", parsed.netloc, parsed.path.strip("/")
+    if parsed.scheme == "file":
+        return "file", parsed.netloc + parsed.path, ""
+    raise ValueError(f"model store must be s3://bucket/prefix or file:///dir, not {uri!r}")
+
+
+def alias_key(name: str, alias: str) -> str:
+    """Where an alias document lives under the store's root."""
+    return f"models/{name}/{ALIASES_DIR}/{alias}.json"
 
 
 def _parse_alias(name: str, alias: str, raw: bytes) -> AliasRecord:

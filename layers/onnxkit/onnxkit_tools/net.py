@@ -11,8 +11,16 @@ import urllib.request
 LOOPBACK = "127.0.0.1"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (the OS picks it)."""
+def free_port(preferred: int | None = None) -> int:
+    """A free TCP port on 127.0.0.1: ``preferred`` when it is free, else one the OS picks."""
+    if preferred is not None:
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOOPBACK, preferred))
+            except OSError:
+                pass
+            else:
+                return preferred
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])

@@ -1,13 +1,426 @@
-"""Publishing a local ONNX model into a store as a new version, optionally moving an alias."""
+"""The registry's write side: describe a model, publish immutable versions, move aliases.
+
+Tooling only: functions and the endpoint container read the store (``onnxkit.store``) and
+never write it. Uploads verify every file against its manifest first; the manifest is written
+last with a create-only conditional write, and aliases move with a conditional write on the
+ETag that was read, so concurrent publishers and promoters cannot silently overwrite each
+other.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from onnxkit.manifest import Manifest, describe_model
-from onnxkit.store import ModelStore, Progress
+from onnxkit.datatypes import BY_ONNX
+from onnxkit.errors import (
+    AliasConflictError,
+    InvalidInputError,
+    ModelNotFoundError,
+    StoreUnavailableError,
+    VersionConflictError,
+)
+from onnxkit.manifest import (
+    BACKENDS,
+    FileEntry,
+    Manifest,
+    TensorSpec,
+    safe_relative,
+    sha256_file,
+    verify_folder,
+)
+from onnxkit.store import (
+    MANIFEST_NAME,
+    AliasRecord,
+    FileBlobs,
+    ModelStore,
+    Progress,
+    S3Blobs,
+    alias_key,
+    split_store_uri,
+)
+
+ALIAS_HISTORY = 50
+_CHUNK = 1024 * 1024
+
+
+# --- describing a model ---------------------------------------------------------------------
+
+
+def describe_model(
+    model_path: Path,
+    *,
+    name: str,
+    version: str,
+    extra_files: Iterable[Path] = (),
+    quantization: dict[str, Any] | None = None,
+    backend: str = "lambda",
+    metadata: dict[str, Any] | None = None,
+) -> Manifest:
+    """Build a manifest for a local ONNX model (publish-time only; needs the ``onnx`` package).
+
+    Files that the graph keeps as external data (``.onnx.data``) are found and listed
+    automatically.
+
+    Args:
+        model_path: The ``.onnx`` graph.
+        name: Model name.
+        version: Version to record.
+        extra_files: More files to ship beside the model (paths next to it).
+        quantization: The quantization report, if any.
+        backend: ``lambda`` or ``sagemaker``.
+        metadata: Free-form labels.
+
+    Returns:
+        The manifest (not yet stored).
+
+    Raises:
+        InvalidInputError: The file is not a loadable ONNX model or uses unsupported types.
+    """
+    import onnx
+
+    if backend not in BACKENDS:
+        raise InvalidInputError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:
+        raise InvalidInputError(f"{model_path} is not a readable ONNX model: {exc}") from exc
+
+    initializer_names = {init.name for init in proto.graph.initializer}
+    inputs = tuple(
+        _tensor_spec(value)
+        for value in proto.graph.input
+        if value.name not in initializer_names  # old exporters list weights as inputs
+    )
+    outputs = tuple(_tensor_spec(value) for value in proto.graph.output)
+
+    external = sorted(
+        {
+            entry.value
+            for tensor in _all_tensors(proto.graph)
+            if tensor.data_location == onnx.TensorProto.EXTERNAL
+            for entry in tensor.external_data
+            if entry.key == "location"
+        }
+    )
+    try:
+        external = [safe_relative(rel) for rel in external]
+    except ValueError as exc:
+        raise InvalidInputError(f"{model_path}: {exc}") from exc
+    paths = [model_path] + [model_path.parent / rel for rel in external] + list(extra_files)
+    files = tuple(
+        FileEntry(
+            path=safe_relative(path.relative_to(model_path.parent).as_posix()),
+            sha256=sha256_file(path),
+            size=path.stat().st_size,
+        )
+        for path in paths
+    )
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return Manifest(
+        name=name,
+        version=version,
+        files=files,
+        inputs=inputs,
+        outputs=outputs,
+        opset=opset,
+        producer={"name": proto.producer_name, "version": proto.producer_version},
+        quantization=quantization,
+        backend=backend,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        metadata=dict(metadata or {}),
+    )
+
+
+def _all_tensors(graph: Any) -> Iterable[Any]:
+    """Initializers and tensor attributes of a graph and of every subgraph (If, Loop, Scan)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _all_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _all_tensors(subgraph)
+
+
+def _tensor_spec(value: Any) -> TensorSpec:
+    tensor_type = value.type.tensor_type
+    datatype = BY_ONNX.get(tensor_type.elem_type)
+    if datatype is None:
+        raise InvalidInputError(
+            f"tensor {value.name!r} has ONNX element type {tensor_type.elem_type}, which the v2 "
+            "JSON protocol in onnxkit does not carry yet"
+        )
+    shape = tuple(
+        dim.dim_value if dim.HasField("dim_value") else -1 for dim in tensor_type.shape.dim
+    )
+    return TensorSpec(value.name, datatype.name, shape)
+
+
+# --- writable blobs -------------------------------------------------------------------------
+
+
+class S3WritableBlobs(S3Blobs):
+    """S3 blobs that can also be written, optionally encrypted with a KMS key (SSE-KMS).
+
+    Without a key the bucket's default encryption applies (the stack's bucket: SSE-KMS).
+    """
+
+    def __init__(
+        self, client: Any, bucket: str, prefix: str, *, kms_key_id: str | None = None
+    ) -> None:
+        super().__init__(client, bucket, prefix)
+        self.sse: dict[str, str] = (
+            {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id} if kms_key_id else {}
+        )
+
+    def write(
+        self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None
+    ) -> None:
+        # S3 conditional writes: IfNoneMatch="*" creates only; IfMatch=ETag replaces only the
+        # object we read. Either failing is a 412, mapped to VersionConflictError.
+        extra: dict[str, str] = dict(self.sse)
+        if if_absent:
+            extra["IfNoneMatch"] = "*"
+        if if_match is not None:
+            extra["IfMatch"] = if_match
+        with self._errors(key):
+            self._client.put_object(
+                Bucket=self._bucket,
+                Key=self._key(key),
+                Body=data,
+                ContentType="application/json",
+                **extra,
+            )
+
+    def upload(self, path: Path, key: str, progress: Progress | None = None) -> None:
+        # upload_file switches to multipart for large files and retries parts by itself; it
+        # wraps S3's answer in S3UploadFailedError, whose text carries the error code.
+        from boto3.exceptions import S3UploadFailedError
+
+        try:
+            with self._errors(key):
+                self._client.upload_file(
+                    str(path),
+                    self._bucket,
+                    self._key(key),
+                    ExtraArgs=self.sse or None,
+                    Callback=progress,
+                )
+        except S3UploadFailedError as exc:
+            if "NoSuchBucket" in str(exc):
+                raise StoreUnavailableError(
+                    f"bucket {self._bucket!r} does not exist; create it or fix the store URI",
+                    code="store_bucket_missing",
+                ) from exc
+            raise StoreUnavailableError(
+                f"upload to s3://{self._bucket}/{self._key(key)} failed: {exc}"
+            ) from exc
+
+
+class FileWritableBlobs(FileBlobs):
+    """Directory blobs that can also be written, with the local twins of S3's conditions."""
+
+    def write(
+        self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None
+    ) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if if_match is not None:
+            # The local twin of S3's IfMatch: compare and replace under an exclusive lock.
+            with (path.parent / ".lock").open("w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    current = hashlib.sha256(path.read_bytes()).hexdigest()
+                except FileNotFoundError:
+                    current = None
+                if current != if_match:
+                    raise VersionConflictError(f"{path} changed since it was read")
+                _atomic_write(path, data)
+            return
+        if if_absent:
+            try:
+                with path.open("xb") as handle:  # O_EXCL: the local twin of IfNoneMatch
+                    handle.write(data)
+            except FileExistsError as exc:
+                raise VersionConflictError(f"{path} already exists and is immutable") from exc
+            return
+        _atomic_write(path, data)
+
+    def upload(self, path: Path, key: str, progress: Progress | None = None) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("rb") as src, dest.open("wb") as out:
+            while chunk := src.read(_CHUNK):
+                out.write(chunk)
+                if progress:
+                    progress(len(chunk))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+# --- the registry ---------------------------------------------------------------------------
+
+
+class Registry(ModelStore):
+    """A model store that also publishes versions and moves aliases."""
+
+    blobs: S3WritableBlobs | FileWritableBlobs
+
+    @classmethod
+    def open(
+        cls,
+        uri: str,
+        *,
+        cache_dir: Path | str,
+        s3_client: Any = None,
+        kms_key_id: str | None = None,
+    ) -> Registry:
+        """Open ``s3://bucket/prefix`` (with a boto3 S3 client) or ``file:///dir`` for writing.
+
+        ``kms_key_id`` encrypts what is written to S3 with that KMS key (SSE-KMS).
+
+        Raises:
+            ValueError: Unknown scheme, or an S3 URI without a client.
+        """
+        scheme, bucket_or_root, prefix = split_store_uri(uri)
+        if scheme == "s3":
+            if s3_client is None:
+                raise ValueError("an s3:// store needs an S3 client")
+            blobs: S3WritableBlobs | FileWritableBlobs = S3WritableBlobs(
+                s3_client, bucket_or_root, prefix, kms_key_id=kms_key_id
+            )
+        else:
+            blobs = FileWritableBlobs(Path(bucket_or_root))
+        return cls(blobs, cache_dir)
+
+    def publish(
+        self, manifest: Manifest, source_dir: Path, progress: Progress | None = None
+    ) -> None:
+        """Upload a version's files, then its manifest (refused if the version exists).
+
+        Every file is checked against the manifest before anything is uploaded.
+
+        Raises:
+            VersionConflictError: The version is already published.
+            IntegrityError: A local file does not match the manifest.
+        """
+        prefix = f"models/{manifest.name}/{manifest.version}"
+        if self.blobs.exists(f"{prefix}/{MANIFEST_NAME}"):
+            raise VersionConflictError(
+                f"{manifest.name} version {manifest.version} is already published in {self.uri}; "
+                "versions are immutable: publish a new version"
+            )
+        verify_folder(source_dir, manifest, fix="describe the model again (it changed since)")
+        for entry in manifest.files:
+            self.blobs.upload(source_dir / entry.path, f"{prefix}/{entry.path}", progress)
+        self.blobs.write(f"{prefix}/{MANIFEST_NAME}", manifest.to_json(), if_absent=True)
+
+    def _write_alias(self, record: AliasRecord, etag: str | None) -> None:
+        body = {
+            "name": record.name,
+            "alias": record.alias,
+            "version": record.version,
+            "updated_at": record.updated_at,
+            "history": list(record.history),
+        }
+        try:
+            self.blobs.write(
+                alias_key(record.name, record.alias),
+                json.dumps(body, indent=2).encode() + b"\n",
+                if_absent=etag is None,
+                if_match=etag,
+            )
+        except VersionConflictError as exc:
+            raise AliasConflictError(
+                f"alias {record.name}@{record.alias} was moved by someone else meanwhile; "
+                "look at `onnxkit models list` and retry"
+            ) from exc
+
+    def set_alias(self, name: str, alias: str, version: str) -> AliasRecord:
+        """Point an alias at a published version, keeping the previous targets as history.
+
+        The write is conditional on the alias being unchanged since it was read, so two
+        concurrent promotions cannot silently overwrite each other.
+
+        Raises:
+            ModelNotFoundError: The version is not published.
+            AliasConflictError: The alias moved concurrently.
+        """
+        self.get_manifest(name, version)  # refuse to point at nothing
+        previous, etag = self._read_alias(name, alias)
+        history: list[dict[str, str]] = []
+        if previous is not None:
+            history = [{"version": previous.version, "updated_at": previous.updated_at}]
+            history += list(previous.history)
+        record = AliasRecord(
+            name=name,
+            alias=alias,
+            version=version,
+            updated_at=_now(),
+            history=tuple(history[:ALIAS_HISTORY]),
+        )
+        self._write_alias(record, etag)
+        return record
+
+    def rollback_alias(self, name: str, alias: str) -> AliasRecord:
+        """Point an alias back at the version it had before its last move.
+
+        The current target is dropped from the history, so rolling back twice walks further
+        back rather than toggling.
+
+        Raises:
+            ModelNotFoundError: The alias is not set or has no earlier version.
+            AliasConflictError: The alias moved concurrently.
+        """
+        current, etag = self._read_alias(name, alias)
+        if current is None:
+            raise ModelNotFoundError(f"model {name!r} has no alias {alias!r} in {self.uri}")
+        if not current.history:
+            raise ModelNotFoundError(
+                f"{name}@{alias} has no earlier version to roll back to (it has only pointed "
+                f"at {current.version})"
+            )
+        target = current.history[0]["version"]
+        self.get_manifest(name, target)
+        record = AliasRecord(
+            name=name,
+            alias=alias,
+            version=target,
+            updated_at=_now(),
+            history=current.history[1:],
+        )
+        self._write_alias(record, etag)
+        return record
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# --- publishing a model file ----------------------------------------------------------------
 
 
 def next_version(store: ModelStore, name: str) -> str:
@@ -17,7 +430,7 @@ def next_version(store: ModelStore, name: str) -> str:
 
 
 def publish_model(
-    store: ModelStore,
+    store: Registry,
     model_path: Path,
     *,
     name: str,
@@ -60,3 +473,42 @@ def publish_model(
     if alias:
         store.set_alias(name, alias, manifest.version)
     return manifest
+
+
+def resolve_ref(store: ModelStore, ref: str) -> Manifest:
+    """``NAME``, ``NAME@VERSION`` or ``NAME@ALIAS`` (default alias ``prod``) -> its manifest.
+
+    Raises:
+        ModelNotFoundError: No such model, version or alias.
+    """
+    name, _, target = ref.partition("@")
+    target = target or "prod"
+    if target in store.list_versions(name):
+        return store.get_manifest(name, target)
+    return store.resolve(name, alias=target)
+
+
+def pull(
+    store: ModelStore, manifest: Manifest, out: Path, progress: Progress | None = None
+) -> None:
+    """Download a version into ``out``, verified, with its ``manifest.json`` beside the files.
+
+    The files are fetched into a temporary folder beside ``out`` (same file system), checked
+    against the manifest while they stream, then moved into place: large models are written
+    once, and ``out`` never holds a half-downloaded version.
+
+    Raises:
+        IntegrityError: A file differs from the manifest.
+        StoreUnavailableError: The store cannot be read.
+    """
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as scratch:
+        staging = ModelStore(store.blobs, scratch)
+        folder = staging.fetch(manifest, progress)
+        if out.exists():
+            shutil.rmtree(out)
+        for entry in manifest.files:
+            (out / entry.path).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(folder / entry.path, out / entry.path)
+    (out / MANIFEST_NAME).write_bytes(manifest.to_json())

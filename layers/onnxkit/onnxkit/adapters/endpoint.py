@@ -1,737 +1,691 @@
-"""The SageMaker container edge: ``/ping`` and ``/invocations`` over HTTP, with a graceful drain.
+"""The SageMaker container edge: the route table as a Starlette app, served by uvicorn.
 
 SageMaker's contract for a real-time inference container: listen on port 8080 (or
 ``SAGEMAKER_BIND_TO_PORT``), answer ``GET /ping`` with 200 once the model can serve, answer
 ``POST /invocations`` within 60 s, and stop within 30 s of SIGTERM (then comes SIGKILL).
 
-The server is the standard library's: one thread per connection (capped), a pool of
-``server_threads`` slots that bounds concurrent inferences, bodies refused by their
-Content-Length before they are read. The model loads in a background thread once the socket
-is bound, so ``/ping`` answers 503 while it loads. On SIGTERM the server stops accepting,
-closes idle keep-alive connections, lets in-flight requests finish (bounded) and exits.
-
-``/invocations`` takes the same Open Inference Protocol v2 JSON as the Lambda function (the
-endpoint serves one model, so the name is implied). The v2 routes (``/v2/models/{name}/infer``
-and metadata) are served too, for local tools such as tritonclient.
+The HTTP server is uvicorn (httptools parser, uvloop), configured rather than written: worker
+processes (one per vCPU on CPU instances, one per GPU on GPU instances), keep-alive, a graceful
+drain on SIGTERM bounded by ``ONNXKIT_DRAIN_SECONDS``. :class:`HardenedHttpToolsProtocol` adds
+what uvicorn leaves out: a deadline for a request's headers (and between the chunks of its
+body), caps on the URL and on header count and size, and JSON bodies on its own refusals.
+Each worker loads the model in a background thread once it listens, so ``/ping`` answers 503
+until then; requests beyond ``ONNXKIT_MAX_CONCURRENCY`` in flight get 503 ``overloaded``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
 import json
 import logging
-import re
+import os
+import shutil
 import signal
-import socket
-import socketserver
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from onnxkit.codecs import check_content_type
+import anyio
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route as StarletteRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
 from onnxkit.errors import (
-    InvalidInputError,
-    MethodNotAllowedError,
+    ConfigurationError,
     ModelNotReadyError,
-    NotAcceptableError,
     OnnxkitError,
     PayloadTooLargeError,
-    RouteNotFoundError,
     error_body,
 )
 from onnxkit.predictor import Predictor
-from onnxkit.settings import Settings
+from onnxkit.routes import ENDPOINT, JSON, Route, RouteTable, negotiate
+from onnxkit.session import available_cpus
+from onnxkit.settings import EndpointSettings, Settings, unknown_variables
 
 logger = logging.getLogger(__name__)
 
-JSON = "application/json"
-DEFAULT_PORT = 8080
-# SageMaker sends SIGKILL 30 s after SIGTERM: finish in-flight work well before that.
-DRAIN_SECONDS = 25.0
-# Idle keep-alive connections are closed after this; generous, as the front end pools them.
-IDLE_TIMEOUT_SECONDS = 300.0
-MAX_CONNECTIONS = 256
+# Idle keep-alive connections are closed after this; generous, as SageMaker's front end
+# pools its connections to the container.
+KEEP_ALIVE_SECONDS = 300
 LOAD_RETRY_MAX_SECONDS = 30.0
-_CHUNK_LINE_LIMIT = 1024
-
-_JSON_RANGES = frozenset({"*/*", "application/*", "application/json"})
-
-
-class _Route:
-    def __init__(self, method: str, pattern: str, name: str) -> None:
-        self.method = method
-        self.pattern = re.compile(pattern)
-        self.name = name
+MAX_URL_BYTES = 8 * 1024
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 64 * 1024
+SAGEMAKER_MODEL_DIR = "/opt/ml/model"
+GPU_THREADS = 8  # per worker: CUDA runs release the GIL, so requests overlap on the device
 
 
-_MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
-_ROUTES = (
-    _Route("GET", r"^/ping/?$", "ping"),
-    _Route("POST", r"^/invocations/?$", "invocations"),
-    # What boto3's sagemaker-runtime sends when its endpoint_url points here (local runs).
-    _Route("POST", r"^/endpoints/[^/]+/invocations/?$", "invocations"),
-    _Route("GET", r"^/v2/?$", "server_metadata"),
-    _Route("GET", r"^/v2/health/live/?$", "live"),
-    _Route("GET", r"^/v2/health/ready/?$", "ready"),
-    _Route("GET", rf"^{_MODEL}/?$", "model_metadata"),
-    _Route("GET", rf"^{_MODEL}/ready/?$", "model_ready"),
-    _Route("POST", rf"^{_MODEL}/infer/?$", "infer"),
-)
+# --- planning the workers -------------------------------------------------------------------
 
 
-def accepts_json(accept: str | None) -> bool:
-    """Whether an ``Accept`` header admits ``application/json`` (absent: anything goes).
+@dataclass(frozen=True)
+class WorkerPlan:
+    """How many processes serve, and how each runs the model.
 
-    Args:
-        accept: The header's value, e.g. ``text/csv, application/*;q=0.5``.
+    Attributes:
+        workers: Server processes.
+        threads: Threads per worker that run the model (0: on the event loop).
+        intra_op_threads: onnxruntime threads per session.
+        gpus: GPUs visible (0 on a CPU instance).
     """
-    if accept is None or not accept.strip():
-        return True
-    for media_range in accept.split(","):
-        media, *params = (part.strip() for part in media_range.split(";"))
-        if media.lower() not in _JSON_RANGES:
-            continue
-        quality = 1.0
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        if quality > 0:
-            return True
-    return False
+
+    workers: int
+    threads: int
+    intra_op_threads: int
+    gpus: int
 
 
-class EndpointServer:
-    """The container's HTTP server around one :class:`Predictor`.
+def plan_workers(settings: Settings, *, cpus: int, gpus: int) -> WorkerPlan:
+    """Resolve the endpoint's "auto" settings for this machine.
 
-    The socket is bound when the object is created; :meth:`start` serves in background
-    threads and starts loading the model; :meth:`drain` stops it gracefully.
+    One worker per GPU when a GPU provider is asked for and a GPU is visible, else one per
+    vCPU; each CPU worker's session gets its share of the CPUs, so workers do not fight over
+    cores.
 
     Args:
-        predictor: Serves the model; it is loaded by a background thread after :meth:`start`.
-        host: Address to bind (``0.0.0.0`` in the container, ``127.0.0.1`` locally).
-        port: TCP port; 0 picks a free one.
-        threads: Requests that run the model at once; more wait for a slot.
-        max_request_bytes: Larger bodies are refused (413) before they are read.
-        idle_timeout_s: Idle keep-alive connections (and stalled reads) are closed after this.
-        max_connections: Open connections beyond this are answered 503 and closed.
+        settings: The endpoint's settings.
+        cpus: CPUs this process may use.
+        gpus: GPUs visible.
+    """
+    gpus = gpus if settings.session.wants_gpu else 0
+    configured = settings.endpoint
+    workers = configured.workers or (gpus or cpus)
+    threads = configured.threads
+    if threads is None:
+        threads = GPU_THREADS if gpus else 0
+    if configured.batching:
+        threads = max(threads, configured.batch_rows)  # a batch needs that many waiting requests
+    intra = settings.session.intra_op_threads or max(1, cpus // workers)
+    return WorkerPlan(workers=workers, threads=threads, intra_op_threads=intra, gpus=gpus)
+
+
+def count_gpus(environ: Mapping[str, str], proc: Path = Path("/proc/driver/nvidia/gpus")) -> int:
+    """GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else the driver's list."""
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        return sum(1 for _ in proc.iterdir())
+    except OSError:
+        return 0
+
+
+def claim_gpu(gpus: int, lock_dir: Path | None = None) -> int:
+    """The index of a GPU no other worker of this machine holds (held until the process ends).
+
+    Workers are started alike and do not know their index, so each takes the first free
+    device lock. With one GPU every worker uses device 0.
+    """
+    if gpus <= 1:
+        return 0
+    lock_dir = lock_dir or Path(tempfile.gettempdir())
+    for index in range(gpus):
+        handle = (lock_dir / f"onnxkit-gpu-{index}.lock").open("w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _HELD.append(handle)  # the lock lives as long as the process
+        return index
+    return os.getpid() % gpus  # more workers than GPUs: share
+
+
+_HELD: list[Any] = []
+
+
+class SiblingReadiness:
+    """Whether every worker process of the server has loaded the model.
+
+    ``/ping`` answers 200 only then: SageMaker sends traffic once a ping succeeds, and a
+    request landing on a worker still loading would get 503. Each worker leaves a marker named
+    after its pid in a folder its parent made; markers of dead workers do not count.
+
+    Args:
+        folder: The shared folder (:func:`readiness_folder` of the supervisor's pid).
+        expected: How many workers the server runs.
+    """
+
+    def __init__(self, folder: Path, expected: int) -> None:
+        self.folder = folder
+        self.expected = expected
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def mark_ready(self) -> None:
+        """This worker has loaded the model."""
+        (self.folder / str(os.getpid())).touch()
+
+    def ready(self) -> int:
+        """Workers alive that have loaded the model."""
+        return sum(1 for marker in self.folder.iterdir() if _alive(marker.name))
+
+    def check(self) -> None:
+        """Raise unless every worker is ready.
+
+        Raises:
+            ModelNotReadyError: Some workers are still loading.
+        """
+        ready = self.ready()
+        if ready < self.expected:
+            raise ModelNotReadyError(
+                f"{ready} of {self.expected} workers have loaded the model; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+
+
+def readiness_folder(supervisor_pid: int) -> Path:
+    """Where the workers of one server leave their readiness markers."""
+    return Path(tempfile.gettempdir()) / f"onnxkit-workers-{supervisor_pid}"
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def resolve_settings(settings: Settings, environ: Mapping[str, str]) -> tuple[Settings, WorkerPlan]:
+    """The endpoint's settings with the plan applied (threads per session) and the plan."""
+    plan = plan_workers(settings, cpus=available_cpus(dict(environ)), gpus=count_gpus(environ))
+    session = replace(settings.session, intra_op_threads=plan.intra_op_threads)
+    if plan.gpus:
+        session = replace(session, gpu_device=claim_gpu(plan.gpus))
+    return replace(settings, session=session), plan
+
+
+# --- the app --------------------------------------------------------------------------------
+
+
+def json_body(payload: Any) -> bytes:
+    """Compact JSON bytes."""
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def error_response(error: BaseException) -> Response:
+    """The JSON error response for any exception."""
+    status, payload, headers = error_body(error)
+    return Response(json_body(payload), int(status), headers, media_type=JSON)
+
+
+class EndpointApp:
+    """The container's routes around one :class:`Predictor`.
+
+    Args:
+        predictor: Serves the model (built with ``background=True``: requests never load it).
+        table: The endpoint's routes.
+        endpoint: Limits and timing of the server.
+        threads: Threads that run the model (0: on the event loop).
     """
 
     def __init__(
         self,
         predictor: Predictor,
-        host: str = "127.0.0.1",
-        port: int = 0,
+        table: RouteTable,
+        endpoint: EndpointSettings,
         *,
-        threads: int = 8,
-        max_request_bytes: int = 6 * 1024 * 1024,
-        idle_timeout_s: float = IDLE_TIMEOUT_SECONDS,
-        max_connections: int = MAX_CONNECTIONS,
+        threads: int,
+        siblings: SiblingReadiness | None = None,
     ) -> None:
         self.predictor = predictor
-        self.max_request_bytes = max_request_bytes
-        self._slots = threading.BoundedSemaphore(threads)
-        self._max_connections = max_connections
-        self._state = threading.Condition()
-        self._connections: dict[_Handler, bool] = {}  # handler -> busy with a request
-        self._active = 0
-        self._draining = False
+        self.table = table
+        self.endpoint = endpoint
+        self.siblings = siblings
+        self.max_request_bytes = predictor.limits.max_request_bytes
+        self._limiter = anyio.CapacityLimiter(threads) if threads else None
         self._stopping = threading.Event()
-        self._serve_thread: threading.Thread | None = None
-        self._load_thread: threading.Thread | None = None
-        handler = type("Handler", (_Handler,), {"endpoint": self, "timeout": idle_timeout_s})
-        self._server = _Server((host, port), handler, self)
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    @property
-    def host(self) -> str:
-        """The bound address."""
-        return str(self._server.server_address[0])
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        return int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        """Base URL (loopback when bound to every interface)."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host  # noqa: S104
-        return f"http://{host}:{self.port}"
-
-    @property
-    def draining(self) -> bool:
-        """True once :meth:`drain` has begun."""
-        return self._draining
-
-    @property
-    def loading(self) -> bool:
-        """True while the background load (or its retries) is still going on."""
-        return self._load_thread is not None and self._load_thread.is_alive()
-
-    def start(self) -> EndpointServer:
-        """Serve in a background thread and load the model in another."""
-        self._serve_thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True,
-            name="onnxkit-http",
-        )  # fmt: skip
-        self._serve_thread.start()
-        self._load_thread = threading.Thread(target=self._load, daemon=True, name="onnxkit-load")
-        self._load_thread.start()
-        return self
-
-    def _load(self) -> None:
-        """Load now; on failure retry with backoff, so a transient fault heals by itself."""
-        delay = 1.0
-        while not self._stopping.is_set():
-            if self.predictor.try_load():
-                return
-            self._stopping.wait(delay)
-            delay = min(delay * 2, LOAD_RETRY_MAX_SECONDS)
-
-    def drain(self, timeout_s: float = DRAIN_SECONDS) -> bool:
-        """Stop accepting, close idle connections, wait for in-flight requests to finish.
-
-        Args:
-            timeout_s: The longest to wait for in-flight requests.
-
-        Returns:
-            True when every connection finished within the bound.
-        """
-        deadline = time.monotonic() + timeout_s
-        with self._state:
-            self._draining = True
-        self._stopping.set()
-        if self._serve_thread is not None and self._serve_thread.is_alive():
-            self._server.shutdown()  # the accept loop ends...
-        self._server.socket.close()  # ...and new connections are refused from here on
-        with self._state:
-            idle = [handler for handler, busy in self._connections.items() if not busy]
-            in_flight = len(self._connections) - len(idle)
-        for handler in idle:
-            handler.stop_reading()
-        logger.info("draining", extra={"in_flight": in_flight, "idle_closed": len(idle)})
-        with self._state:
-            while self._active and (remaining := deadline - time.monotonic()) > 0:
-                self._state.wait(remaining)
-            left = self._active
-        if left:
-            logger.warning(
-                "drain bound reached with requests still in flight",
-                extra={"left": left, "bound_s": timeout_s},
-            )
-            return False
-        logger.info("drained")
-        return True
-
-    def close(self, timeout_s: float = 1.0) -> None:
-        """Drain (briefly, unless already drained) and release the socket (idempotent)."""
-        if not self._draining:
-            self.drain(timeout_s)
-        self._server.server_close()
-
-    def __enter__(self) -> EndpointServer:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    # -- connection bookkeeping (called by the server and handlers) ------------------------
-
-    def _admit(self) -> bool:
-        with self._state:
-            if self._active >= self._max_connections:
-                return False
-            self._active += 1
-            return True
-
-    def _release(self) -> None:
-        with self._state:
-            self._active -= 1
-            self._state.notify_all()
-
-    def _track(self, handler: _Handler, *, busy: bool | None) -> None:
-        """Record a connection as busy, idle (waiting for a request) or gone (None)."""
-        with self._state:
-            if busy is None:
-                self._connections.pop(handler, None)
-                return
-            self._connections[handler] = busy
-            if not busy and self._draining:
-                # Between requests while draining: read only what has already arrived.
-                handler.stop_reading()
+        self._maintainer: threading.Thread | None = None
 
     # -- requests --------------------------------------------------------------------------
 
-    def ping(self) -> tuple[int, bytes]:
-        """``GET /ping``: 200 with an empty body once the model is loaded, else 503.
+    def handler(self, route: Route) -> Callable[[Request], Awaitable[Response]]:
+        """The Starlette endpoint for one route of the table."""
 
-        Raises:
-            ModelNotReadyError: Loading, failed to load (the reason is in the message), or
-                shutting down.
-        """
-        if self._draining:
-            raise ModelNotReadyError("the endpoint is shutting down")
-        if not self.predictor.ready:
-            raise self._not_ready()
-        return HTTPStatus.OK, b""
+        async def handle(request: Request) -> Response:
+            return await self.serve(route, request, request.path_params)
 
-    def _not_ready(self) -> ModelNotReadyError:
-        cause = self.predictor.last_error
-        if cause is None:
-            return ModelNotReadyError(
-                "the model is still loading; GET /ping answers 200 once it is ready",
-                headers={"Retry-After": "1"},
-            )
-        return ModelNotReadyError(
-            f"the model is not loaded: {cause.message} ({cause.code}); retrying in the background",
-            headers={"Retry-After": "5"},
-        )
+        return handle
 
-    def route(
-        self, method: str, path: str, headers: Any, read_body: Callable[[], bytes]
-    ) -> tuple[int, bytes]:
-        """One request -> (status, JSON body). Raises OnnxkitError for the error responses."""
-        route, match = _match(method, path)
-        if route.name == "ping":
-            return self.ping()
-        if route.name == "live":
-            return _json(HTTPStatus.OK, {"live": True})
-        if not accepts_json(headers.get("Accept")):
-            raise NotAcceptableError(
-                f"Accept {headers.get('Accept')!r} admits no JSON; this endpoint answers "
-                f"{JSON} only"
-            )
-        takes_body = route.name in ("invocations", "infer")
-        if takes_body:
-            check_content_type(headers.get("Content-Type"))
-        if not self.predictor.ready:
-            raise self._not_ready()  # never hold a request thread on a load in progress
-        predictor = self.predictor
-        params = match.groupdict()
-        name = unquote(params.get("model") or predictor.model_name)
-        version = unquote(params["version"]) if params.get("version") else None
-        if takes_body:
-            body = read_body()
-            with self._slots:
-                result = predictor.infer(name, version, body, headers.get("Content-Type"))
-            return _json(HTTPStatus.OK, result)
-        if route.name == "server_metadata":
-            return _json(HTTPStatus.OK, predictor.server_metadata())
-        if route.name == "ready":
-            return _json(HTTPStatus.OK, predictor.server_ready())
-        if route.name == "model_ready":
-            return _json(HTTPStatus.OK, predictor.model_ready(name, version))
-        return _json(HTTPStatus.OK, predictor.model_metadata(name, version))
-
-
-def _match(method: str, path: str) -> tuple[_Route, re.Match[str]]:
-    allowed = []
-    for route in _ROUTES:
-        match = route.pattern.match(path)
-        if match is None:
-            continue
-        if route.method == method or (method == "HEAD" and route.method == "GET"):
-            return route, match
-        allowed.append(route.method)
-    if allowed:
-        raise MethodNotAllowedError(
-            f"{method} is not allowed on {path}; use {', '.join(sorted(set(allowed)))}",
-            headers={"Allow": ", ".join(sorted(set(allowed)))},
-        )
-    raise RouteNotFoundError(
-        f"no route for {method} {path}; this endpoint serves GET /ping and POST /invocations "
-        "(and the v2 routes under /v2)"
-    )
-
-
-def _json(status: int, body: Any) -> tuple[int, bytes]:
-    return status, json.dumps(body, separators=(",", ":")).encode()
-
-
-class _Server(ThreadingHTTPServer):
-    """Thread per connection, with a cap, and no reverse DNS at bind time."""
-
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 128
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        handler: type[BaseHTTPRequestHandler],
-        endpoint: EndpointServer,
-    ) -> None:
-        self.endpoint = endpoint
-        super().__init__(address, handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind calls getfqdn(), which can stall for seconds without DNS
-        # (SageMaker's network isolation); the name is never used here.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.endpoint._admit():
-            logger.warning("connection refused: too many open connections")
-            threading.Thread(target=_refuse, args=(request,), daemon=True).start()
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.endpoint._release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.endpoint._release()
-
-
-def _overloaded_response() -> bytes:
-    _, payload, _ = error_body(
-        ModelNotReadyError("too many open connections; retry shortly", code="overloaded")
-    )
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    head = (
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-_OVERLOADED = _overloaded_response()
-
-
-def _refuse(request: socket.socket) -> None:
-    """Answer 503 on a connection over the cap, then close it gently.
-
-    The request is read first (briefly): closing a socket with unread data resets it, and the
-    client would see a reset instead of the 503.
-    """
-    with contextlib.suppress(OSError):
-        request.settimeout(1.0)
-        request.recv(65536)
-        request.sendall(_OVERLOADED)
-        request.shutdown(socket.SHUT_WR)
-        request.recv(65536)
-    request.close()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Translates HTTP to :meth:`EndpointServer.route` and its errors to JSON bodies."""
-
-    endpoint: EndpointServer
-    protocol_version = "HTTP/1.1"
-    server_version = "onnxkit-endpoint"
-
-    def version_string(self) -> str:
-        """The Server header: no Python version for the world to read."""
-        return self.server_version
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body go out as separate writes: with Nagle's algorithm on, a reused
-        # (keep-alive) connection then waits ~40 ms for the client's delayed ACK per reply.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._unread_body = False
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.endpoint._track(self, busy=None)
-
-    def stop_reading(self) -> None:
-        """End the wait for another request: queued bytes are still read, then EOF."""
-        with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_RD)
-
-    def handle_one_request(self) -> None:
-        self.endpoint._track(self, busy=False)
-        super().handle_one_request()
-
-    def parse_request(self) -> bool:
-        self.endpoint._track(self, busy=True)  # the request line has arrived
-        return super().parse_request()
-
-    def _serve(self) -> None:
+    async def serve(self, route: Route, request: Request, params: dict[str, str]) -> Response:
+        """Read the body (bounded), dispatch through the table, answer JSON or the error."""
         started = time.perf_counter()
-        path = urlsplit(self.path).path
-        self._unread_body = self.command not in ("GET", "HEAD") and (
-            self.headers.get("Content-Length", "0").strip() not in ("", "0")
-            or "Transfer-Encoding" in self.headers
-        )
         try:
-            status, body = self.endpoint.route(self.command, path, self.headers, self._read_body)
-            headers: dict[str, str] = {}
+            headers = request.headers
+            negotiate(route, content_type=headers.get("content-type"), accept=headers.get("accept"))
+            body = await self._read_body(request) if route.takes_body else None
+            if route.operation == "ping" and self.siblings is not None and self.predictor.ready:
+                self.siblings.check()
+            perform = partial(self.table.perform, self.predictor, route, params, body)
+            if self._limiter is None or not route.takes_body:
+                answer = perform()  # on the event loop: no hand-off for a small CPU model
+            else:  # only inference goes to the threads: /ping never waits behind the model
+                answer = await anyio.to_thread.run_sync(perform, limiter=self._limiter)
+            response = (
+                Response(json_body(answer), media_type=JSON)
+                if route.answers_json
+                else Response(b"")
+            )
+        except ClientDisconnect:
+            return Response(b"", HTTPStatus.BAD_REQUEST)  # nobody is left to read it
         except Exception as exc:
-            status, payload, headers = error_body(exc)
-            body = json.dumps(payload, separators=(",", ":")).encode()
-            if status >= 500:
-                if isinstance(exc, OnnxkitError):
-                    logger.error("%s %s failed: %s (%s)", self.command, path, exc.message, exc.code)
-                else:
-                    logger.exception("%s %s failed", self.command, path)
-        self._respond(int(status), body, headers)
-        level = logging.DEBUG if path.startswith("/ping") and status == 200 else logging.INFO
+            response = self.failure(request, exc)
+        _log_request(request, response.status_code, started)
+        return response
+
+    async def fallback(self, request: Request, _: Exception | None = None) -> Response:
+        """No Starlette route matched: the table decides 404 or 405 (or serves HEAD/trailing /)."""
+        try:
+            route, params = self.table.match(request.method, request.url.path)
+        except OnnxkitError as exc:
+            return self.failure(request, exc)
+        return await self.serve(route, request, params)
+
+    def failure(self, request: Request, error: Exception) -> Response:
+        """Log a failure (5xx with its cause) and answer its JSON error body."""
+        status, _, _ = error_body(error)
+        if status >= 500:
+            if isinstance(error, OnnxkitError):
+                logger.error(
+                    "%s %s failed: %s (%s)",
+                    request.method,
+                    request.url.path,
+                    error.message,
+                    error.code,
+                )
+            else:
+                logger.exception("%s %s failed", request.method, request.url.path)
+        return error_response(error)
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, refused (413) by its declared size before it is read, or once it grows past."""
+        limit = self.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(int(declared), limit)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit, more=True)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # -- the model, in the background -------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
+        """Load (and follow the alias) in a background thread; stop it on shutdown."""
+        self._maintainer = threading.Thread(
+            target=self._maintain, name="onnxkit-model", daemon=True
+        )
+        self._maintainer.start()
+        yield
+        self._stopping.set()
+        close = getattr(self.predictor.current_backend, "close", None)
+        if callable(close):  # a batching wrapper's dispatcher thread
+            close(timeout_s=1.0)
+        logger.info("stopped")
+
+    def _maintain(self) -> None:
+        """Load now, retrying with backoff so a transient fault heals; then follow the alias."""
+        delay = 1.0
+        while not self._stopping.is_set() and not self.predictor.try_load():
+            self._stopping.wait(delay)
+            delay = min(delay * 2, LOAD_RETRY_MAX_SECONDS)
+        if self.siblings is not None and self.predictor.ready:
+            self.siblings.mark_ready()
+        interval = self.predictor.refresh_interval
+        while interval and not self._stopping.wait(interval):
+            self.predictor.refresh()
+
+
+class ConcurrencyLimit:
+    """ASGI middleware: at most ``limit`` requests in flight; more get 503 ``overloaded``.
+
+    ``/ping`` is never refused: SageMaker would take a busy instance for a dead one.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, exempt: tuple[str, ...] = ("/ping",)) -> None:
+        self.app = app
+        self.limit = limit
+        self.exempt = exempt
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            response = error_response(
+                ModelNotReadyError(
+                    f"this worker has {self.in_flight} requests in flight (the limit is "
+                    f"{self.limit}); retry shortly",
+                    code="overloaded",
+                    headers={"Retry-After": "1"},
+                )
+            )
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+def create_app(
+    predictor: Predictor,
+    settings: Settings,
+    *,
+    threads: int = 0,
+    siblings: SiblingReadiness | None = None,
+) -> tuple[ConcurrencyLimit, EndpointApp]:
+    """The ASGI app of one worker: Starlette routes generated from the route table.
+
+    Args:
+        predictor: The model (built for the endpoint role).
+        settings: The endpoint's settings (limits, OpenAPI, concurrency).
+        threads: Threads that run the model (0: on the event loop).
+        siblings: With several workers, their shared readiness (``/ping`` waits for all).
+
+    Returns:
+        The ASGI app to serve, and the :class:`EndpointApp` behind it (for tests).
+    """
+    table = RouteTable(ENDPOINT, openapi=settings.api.serve_openapi)
+    endpoint = EndpointApp(predictor, table, settings.endpoint, threads=threads, siblings=siblings)
+    routes = [
+        StarletteRoute(route.path, endpoint.handler(route), methods=[route.method])
+        for route in table.routes
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=endpoint.lifespan,
+        exception_handlers={HTTPException: endpoint.fallback},
+    )
+    app.router.redirect_slashes = False  # the table tolerates a trailing slash itself
+    app.router.default = _asgi(endpoint.fallback)
+    return ConcurrencyLimit(app, settings.endpoint.max_concurrency), endpoint
+
+
+def _asgi(view: Callable[[Request], Awaitable[Response]]) -> ASGIApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        response = await view(Request(scope, receive))
+        await response(scope, receive, send)
+
+    return app
+
+
+def app_from_env() -> ASGIApp:
+    """The app factory each uvicorn worker calls: settings from the environment, model loaded
+    in the background."""
+    from onnxkit.compose import build_predictor
+
+    configure_logging()
+    settings, plan = resolve_settings(_endpoint_settings(os.environ), os.environ)
+    predictor = build_predictor(settings, role=ENDPOINT)
+    siblings = None
+    if plan.workers > 1:  # spawned by uvicorn's supervisor, whose pid names the shared folder
+        siblings = SiblingReadiness(readiness_folder(os.getppid()), plan.workers)
+    app, _ = create_app(predictor, settings, threads=plan.threads, siblings=siblings)
+    return app
+
+
+# --- the server -----------------------------------------------------------------------------
+
+
+class HardenedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits it lacks, and JSON on its own refusals.
+
+    - A client must send a request's headers within ``header_timeout`` seconds of connecting
+      (or of its first byte, on a kept-alive connection), and may not pause longer than that
+      between the chunks of a body; then it gets 408 and the connection is closed.
+    - The URL is capped at :data:`MAX_URL_BYTES`, headers at :data:`MAX_HEADERS` and
+      :data:`MAX_HEADER_BYTES` in all; beyond, 400 and close.
+
+    The parsing itself (framing, Content-Length and chunk checks) is httptools'.
+    """
+
+    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._header_timeout = float(getattr(config, "header_timeout", 10.0))
+        self._url_bytes = self._header_count = self._header_bytes = 0
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self._header_timeout, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self._refuse(
+                HTTPStatus.REQUEST_TIMEOUT, "request_timeout", "the request did not arrive in time"
+            )
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._url_bytes = self._header_count = self._header_bytes = 0
+        self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._url_bytes += len(url)
+        if self._url_bytes > MAX_URL_BYTES:
+            raise ValueError("URL too long")  # httptools turns it into a parser error: 400
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._header_bytes += len(name) + len(value)
+        if self._header_count > MAX_HEADERS or self._header_bytes > MAX_HEADER_BYTES:
+            raise ValueError("too many or too large headers")
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+        if not self.parser.should_upgrade() and self.cycle is not None and self.cycle.more_body:
+            self._arm()  # a body follows: it may not stall either
+
+    def on_body(self, body: bytes) -> None:
+        self._arm()
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(HTTPStatus.BAD_REQUEST, "bad_request", f"malformed HTTP request: {msg}")
+
+    def _refuse(self, status: HTTPStatus, code: str, message: str) -> None:
+        body = json_body({"error": {"code": code, "message": message}})
+        head = (
+            f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: {JSON}\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode("ascii") + body)
+        self.transport.close()
+
+
+def _endpoint_settings(environ: Mapping[str, str]) -> Settings:
+    """Settings for the container: without a store or folder, SageMaker's /opt/ml/model."""
+    environ = dict(environ)
+    if (
+        not environ.get("ONNXKIT_MODEL_DIR", "").strip()
+        and not environ.get("ONNXKIT_MODEL_STORE", "").strip()
+    ):
+        environ["ONNXKIT_MODEL_DIR"] = SAGEMAKER_MODEL_DIR
+    return Settings.from_env(environ)
+
+
+def main(environ: Mapping[str, str] | None = None) -> int:
+    """The container's entry point (``serve``): validate, then serve until SIGTERM and drain.
+
+    Configuration errors, and a model folder that does not exist, fail here at once (exit 2)
+    rather than in every worker.
+
+    Returns:
+        The exit code: 0 after a graceful stop, 2 for bad configuration, 1 when the server
+        could not start.
+    """
+    from onnxkit.aws import AwsClients
+    from onnxkit.compose import open_source
+
+    environ = os.environ if environ is None else environ
+    configure_logging()
+    for name in unknown_variables(environ):
+        logger.warning("ignoring unknown variable %s (a typo?)", name)
+    try:
+        settings = _endpoint_settings(environ)
+        for old, new in settings.deprecated_variables:
+            logger.warning("%s is deprecated; set %s instead", old, new)
+        if settings.model.model_dir is not None:
+            open_source(settings, AwsClients())  # a missing folder fails now, not per worker
+        plan = plan_workers(settings, cpus=available_cpus(dict(environ)), gpus=count_gpus(environ))
+    except ConfigurationError as exc:
+        logger.error("%s", exc.message)
+        return 2
+    logger.info(
+        "starting",
+        extra={
+            "host": settings.endpoint.host,
+            "port": settings.endpoint.port,
+            "workers": plan.workers,
+            "threads": plan.threads,
+            "intra_op_threads": plan.intra_op_threads,
+            "gpus": plan.gpus,
+            "batch_rows": settings.endpoint.batch_rows,
+        },
+    )
+    config = EndpointConfig(
+        "onnxkit.adapters.endpoint:app_from_env",
+        factory=True,
+        host=settings.endpoint.host,
+        port=settings.endpoint.port,
+        workers=plan.workers,
+        http=HardenedHttpToolsProtocol,
+        loop="uvloop" if _has("uvloop") else "asyncio",
+        lifespan="on",
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        timeout_graceful_shutdown=int(settings.endpoint.drain_seconds),
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        header_timeout=settings.endpoint.header_timeout,
+    )
+    server = uvicorn.Server(config)
+    # uvicorn drains on SIGTERM/SIGINT, then raises the signal again for whoever handled it
+    # before: handle it here, so a drained server exits 0 rather than dying by the signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(
+            sig, lambda signum, _: logger.info("stopped by %s", signal.Signals(signum).name)
+        )
+    folder = readiness_folder(os.getpid())
+    try:
+        if plan.workers > 1:  # uvicorn's supervisor: spawns, watches and restarts the workers
+            from uvicorn.supervisors import Multiprocess
+
+            folder.mkdir(exist_ok=True)
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+        else:
+            server.run()
+    except OSError as exc:
+        logger.error(
+            "cannot listen on %s:%d: %s",
+            settings.endpoint.host,
+            settings.endpoint.port,
+            exc.strerror or exc,
+        )
+        return 1
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if plan.workers == 1 and not server.started:
+        return 1
+    return 0
+
+
+class EndpointConfig(uvicorn.Config):
+    """uvicorn's config plus what :class:`HardenedHttpToolsProtocol` reads (pickled to workers)."""
+
+    def __init__(self, app: Any, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.header_timeout = header_timeout
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _too_large(size: int, limit: int, *, more: bool = False) -> PayloadTooLargeError:
+    # The rest of the body is not read: close the connection rather than wait for it.
+    return PayloadTooLargeError(
+        f"the body is {'over ' if more else ''}{size} bytes; the limit is {limit} "
+        "(for larger payloads split the batch)",
+        headers={"Connection": "close"},
+    )
+
+
+def _log_request(request: Request, status: int, started: float) -> None:
+    # Successful requests at DEBUG: one line each would cost CPU and log volume at scale.
+    level = logging.DEBUG if status < 400 else logging.INFO
+    if logger.isEnabledFor(level):
         logger.log(
             level,
             "request",
             extra={
-                "method": self.command,
-                "path": path,
-                "status": int(status),
+                "method": request.method,
+                "path": request.url.path,
+                "status": status,
                 "ms": round((time.perf_counter() - started) * 1000, 2),
-                "bytes": len(body),
             },
         )
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
 
-    def _respond(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        if self._unread_body or self.endpoint.draining:
-            self.close_connection = True  # a body we did not read would be taken as a request
-        try:
-            self.send_response(status)
-            for key, value in headers.items():
-                self.send_header(key, value)
-            if body:
-                self.send_header("Content-Type", JSON)
-            self.send_header("Content-Length", str(len(body)))
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-        except OSError as exc:  # the client went away; nothing left to tell it
-            logger.info("client disconnected before the response: %s", exc)
-            self.close_connection = True
-
-    def _read_body(self) -> bytes:
-        """The request body, refused (413) by its declared size before it is read.
-
-        Raises:
-            PayloadTooLargeError: Larger than ``max_request_bytes``.
-            InvalidInputError: A malformed length or chunk, or a body cut short.
-        """
-        limit = self.endpoint.max_request_bytes
-        encoding = self.headers.get("Transfer-Encoding", "").strip().lower()
-        if encoding:
-            if encoding != "chunked":
-                raise InvalidInputError(f"Transfer-Encoding {encoding!r} is not supported")
-            body = self._read_chunked(limit)
-        else:
-            raw = self.headers.get("Content-Length", "").strip()
-            if not raw:
-                return b""
-            if not raw.isdigit():
-                raise InvalidInputError(f"Content-Length {raw!r} is not a number of bytes")
-            length = int(raw)
-            if length > limit:
-                raise PayloadTooLargeError(
-                    f"the body is {length} bytes; the limit is {limit} "
-                    "(for larger payloads split the batch)"
-                )
-            body = self.rfile.read(length)
-            if len(body) != length:
-                raise InvalidInputError(
-                    f"the body ended after {len(body)} of {length} bytes (Content-Length)"
-                )
-        self._unread_body = False
-        return body
-
-    def _read_chunked(self, limit: int) -> bytes:
-        chunks: list[bytes] = []
-        size_so_far = 0
-        while True:
-            line = self.rfile.readline(_CHUNK_LINE_LIMIT)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise InvalidInputError("the chunked body is malformed") from None
-            if size == 0:
-                break
-            size_so_far += size
-            if size_so_far > limit:
-                raise PayloadTooLargeError(
-                    f"the body is over the limit of {limit} bytes "
-                    "(for larger payloads split the batch)"
-                )
-            chunk = self.rfile.read(size)
-            if len(chunk) != size or self.rfile.readline(_CHUNK_LINE_LIMIT) != b"\r\n":
-                raise InvalidInputError("the chunked body ended early or is malformed")
-            chunks.append(chunk)
-        while self.rfile.readline(_CHUNK_LINE_LIMIT) not in (b"\r\n", b"\n", b""):
-            pass  # trailers: ignored
-        return b"".join(chunks)
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """The standard library's own refusals (bad request line, huge headers), as JSON."""
-        status = HTTPStatus(code)
-        payload = {
-            "error": {
-                "code": status.phrase.lower().replace(" ", "_").replace("-", "_"),
-                "message": message or status.description or status.phrase,
-            }
-        }
-        self.close_connection = True
-        if self.request_version == "HTTP/0.9":  # an unparsable request line: answer as 1.1
-            self.request_version = self.protocol_version
-        self._respond(code, json.dumps(payload, separators=(",", ":")).encode(), {})
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass  # _serve writes one structured line per request
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.info("http: " + format, *args)
-
-
-# --- composition and the entry point --------------------------------------------------------
-
-
-def build_endpoint_predictor(settings: Settings) -> Predictor:
-    """The predictor the container serves: a model folder, or the registry when none is set.
-
-    With ``model_dir`` the folder is verified against its ``manifest.json`` (when present),
-    loaded on ``settings.providers`` and, with ``batch_max_size`` > 0, wrapped in dynamic
-    batching. Without it the registry (S3 store and alias) is used, as the Lambda function
-    does, and the model always runs in this process.
-    """
-    from dataclasses import replace
-
-    from onnxkit.backends import Backend
-    from onnxkit.predictor import Limits
-
-    limits = Limits(
-        max_request_bytes=settings.max_request_bytes, max_batch_size=settings.max_batch_size
-    )
-    from onnxkit.backends.batching import BatchingBackend
-
-    def batched(backend: Backend) -> Backend:
-        if settings.batch_max_size > 1:
-            return BatchingBackend(
-                backend,
-                max_size=settings.batch_max_size,
-                max_wait_ms=settings.batch_max_wait_ms,
-            )
-        return backend
-
-    if settings.model_dir is None:
-        from onnxkit.compose import build_predictor
-
-        # The endpoint is where "sagemaker" models run: never forward to an endpoint from here.
-        return build_predictor(replace(settings, backend="lambda"), wrap_backend=batched)
-
-    from onnxkit.sources import load_model_dir
-
-    folder = Path(settings.model_dir)
-    return Predictor(settings.model_name, lambda: batched(load_model_dir(folder, settings)), limits)
-
-
-def run_endpoint(
-    settings: Settings,
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_PORT,
-    *,
-    drain_s: float = DRAIN_SECONDS,
-    predictor: Predictor | None = None,
-    stop: threading.Event | None = None,
-    on_ready: Callable[[EndpointServer], None] | None = None,
-) -> int:
-    """Serve until SIGTERM or SIGINT (or ``stop``), then drain and return the exit code.
-
-    Args:
-        settings: Threads, limits and (unless ``predictor`` is given) the model to serve.
-        host: Address to bind.
-        port: TCP port (0: a free one; ``on_ready`` is told which).
-        drain_s: Bound on waiting for in-flight requests after the signal.
-        predictor: Serve this instead of building one from ``settings``.
-        stop: Set it to stop as a signal would (signals are only handled on the main thread).
-        on_ready: Called with the server once it listens.
-
-    Returns:
-        0 after a complete drain; 1 if requests were still running at the bound, or the
-        address could not be bound.
-    """
-    stop = stop or threading.Event()
-    received: list[str] = []
-
-    def on_signal(signum: int, _: FrameType | None) -> None:
-        received.append(signal.Signals(signum).name)
-        stop.set()
-
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, on_signal)
-    try:
-        if predictor is None:
-            predictor = build_endpoint_predictor(settings)
-        try:
-            server = EndpointServer(
-                predictor,
-                host,
-                port,
-                threads=settings.server_threads,
-                max_request_bytes=settings.max_request_bytes,
-            )
-        except OSError as exc:
-            logger.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
-            return 1
-        server.start()
-        logger.info(
-            "listening",
-            extra={
-                "host": server.host,
-                "port": server.port,
-                "model": predictor.model_name,
-                "threads": settings.server_threads,
-                "batch_max_size": settings.batch_max_size,
-            },
-        )
-        if on_ready is not None:
-            on_ready(server)
-        while not stop.wait(0.5):
-            pass
-        logger.info("stopping", extra={"signal": received[0] if received else "stop event"})
-        drained = server.drain(drain_s)
-        server.close()
-        _close_backend(predictor)
-        return 0 if drained else 1
-    finally:
-        for restored, handler in previous.items():
-            signal.signal(restored, handler)
-
-
-def _close_backend(predictor: Predictor) -> None:
-    """Stop a batching thread, if the served backend has one (nothing is in flight now)."""
-    if not predictor.ready:
-        return
-    close = getattr(predictor.load(), "close", None)
-    if callable(close):
-        close(timeout_s=1.0)
+# --- logging --------------------------------------------------------------------------------
 
 
 class JsonLinesFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any ``extra`` fields."""
 
-    _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+    _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {
+        "message",
+        "asctime",
+        "color_message",
+    }
 
     def format(self, record: logging.LogRecord) -> str:
         """Format a record as a JSON line."""
@@ -756,3 +710,22 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []  # propagate to the root's JSON handler
+
+
+def exit_after() -> None:
+    """Run :func:`main` and exit with its code, skipping interpreter teardown.
+
+    A model load still going in a daemon thread (SIGTERM during loading) must not turn a
+    clean stop into a crash at teardown.
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    exit_after()

@@ -1,8 +1,9 @@
-"""The Lambda edge: API Gateway REST proxy events -> Predictor -> proxy responses.
+"""The Lambda edge: API Gateway REST proxy events -> route table -> Predictor -> proxy responses.
 
-Routes follow the Open Inference Protocol v2 REST paths. The handler only translates: it
-decodes the body, calls the predictor, encodes the result and maps every error to
-``{"error": {"code", "message"}}``. Logger, Metrics and Tracer come from Powertools.
+The Powertools resolver is generated from the route table (``onnxkit.routes``); the handler
+only translates: it decodes the body, dispatches through the table, encodes the answer and
+maps every error to ``{"error": {"code", "message"}}``, counting it in ``ClientErrors`` or
+``ServerErrors``. Logger, Metrics and Tracer come from Powertools.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -22,24 +22,12 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
 
-from onnxkit.errors import InvalidInputError, MethodNotAllowedError, RouteNotFoundError, error_body
+from onnxkit.aws import AwsClients
+from onnxkit.errors import InvalidInputError, error_body
 from onnxkit.manifest import Manifest
 from onnxkit.predictor import Predictor
+from onnxkit.routes import FUNCTION, JSON, Route, RouteTable
 from onnxkit.settings import Settings
-
-JSON = "application/json"
-
-# (pattern, allowed methods) for every route: unmatched methods on a known path get 405.
-_ROUTES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), methods)
-    for pattern, methods in (
-        (r"^/v2/?$", "GET"),
-        (r"^/v2/health/(live|ready)/?$", "GET"),
-        (r"^/v2/models/[^/]+(/versions/[^/]+)?/?$", "GET"),
-        (r"^/v2/models/[^/]+(/versions/[^/]+)?/ready/?$", "GET"),
-        (r"^/v2/models/[^/]+(/versions/[^/]+)?/infer/?$", "POST"),
-    )
-)
 
 
 class MetricsObserver:
@@ -85,14 +73,16 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
 def create_app(
     predictor: Predictor,
     logger: Logger,
+    table: RouteTable,
     route_prefix: str = "",
     metrics: Metrics | None = None,
 ) -> APIGatewayRestResolver:
-    """The REST resolver with the v2 routes bound to ``predictor``.
+    """The REST resolver, generated from the route table and bound to ``predictor``.
 
     Args:
         predictor: The core that serves the model.
-        logger: Where unexpected errors are logged with their traceback.
+        logger: Where refusals and unexpected errors are logged.
+        table: The function's routes.
         route_prefix: A path prefix to strip before routing (``/zip`` for the zip variant).
         metrics: Where ClientErrors/ServerErrors counts go (for alarms).
     """
@@ -109,66 +99,20 @@ def create_app(
                 "the body is marked base64-encoded but is not valid base64"
             ) from exc
 
-    def content_type() -> str | None:
-        return app.current_event.headers.get("content-type")
+    def respond(route: Route, params: dict[str, str]) -> Response:
+        headers = app.current_event.headers
+        answer = table.dispatch(
+            predictor,
+            route,
+            params,
+            body=body() if route.takes_body else None,
+            content_type=headers.get("content-type"),
+            accept=headers.get("accept"),
+        )
+        return json_response(HTTPStatus.OK, answer)
 
-    @app.get("/v2")
-    def server_metadata() -> Response:
-        return json_response(HTTPStatus.OK, predictor.server_metadata())
-
-    @app.get("/v2/health/live")
-    def live() -> Response:
-        return json_response(HTTPStatus.OK, {"live": True})
-
-    @app.get("/v2/health/ready")
-    def ready() -> Response:
-        return json_response(HTTPStatus.OK, predictor.server_ready())
-
-    @app.get("/v2/models/<name>")
-    def model_metadata(name: str) -> Response:
-        return json_response(HTTPStatus.OK, predictor.model_metadata(name))
-
-    @app.get("/v2/models/<name>/versions/<version>")
-    def model_version_metadata(name: str, version: str) -> Response:
-        return json_response(HTTPStatus.OK, predictor.model_metadata(name, version))
-
-    @app.get("/v2/models/<name>/ready")
-    def model_ready(name: str) -> Response:
-        return json_response(HTTPStatus.OK, predictor.model_ready(name))
-
-    @app.get("/v2/models/<name>/versions/<version>/ready")
-    def model_version_ready(name: str, version: str) -> Response:
-        return json_response(HTTPStatus.OK, predictor.model_ready(name, version))
-
-    @app.post("/v2/models/<name>/infer")
-    def infer(name: str) -> Response:
-        return json_response(HTTPStatus.OK, predictor.infer(name, None, body(), content_type()))
-
-    @app.post("/v2/models/<name>/versions/<version>/infer")
-    def infer_version(name: str, version: str) -> Response:
-        return json_response(HTTPStatus.OK, predictor.infer(name, version, body(), content_type()))
-
-    @app.not_found
-    def not_found(_: NotFoundError) -> Response:
-        path = app.current_event.path
-        if route_prefix and path.startswith(route_prefix):
-            path = path[len(route_prefix) :]
-        method = app.current_event.http_method
-        allowed = sorted({methods for pattern, methods in _ROUTES if pattern.match(path)})
-        if allowed:
-            error: Exception = MethodNotAllowedError(
-                f"{method} is not allowed on {path}; use {', '.join(allowed)}",
-                headers={"Allow": ", ".join(allowed)},
-            )
-        else:
-            error = RouteNotFoundError(
-                f"no route for {method} {path}; see /v2, /v2/health/ready, /v2/models/{{name}}"
-            )
-        return error_response(error)
-
-    @app.exception_handler(Exception)
-    def handle(error: Exception) -> Response:
-        status, payload, _ = error_body(error)
+    def fail(error: Exception) -> Response:
+        status, payload, headers = error_body(error)
         if status >= 500:
             logger.exception("request failed", extra={"status": int(status)})
         else:
@@ -184,24 +128,46 @@ def create_app(
         if metrics is not None:
             name = "ServerErrors" if status >= 500 else "ClientErrors"
             metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
-        return error_response(error)
+        return json_response(status, payload, headers)
 
+    def view_of(route: Route) -> Callable[..., Response]:
+        def view(**params: str) -> Response:
+            return respond(route, params)
+
+        view.__name__ = route.operation  # Powertools names routes after their functions
+        return view
+
+    for route in table.routes:
+        rule = route.path.replace("{", "<").replace("}", ">")
+        app.route(rule, method=route.method)(view_of(route))
+
+    @app.not_found
+    def not_found(_: NotFoundError) -> Response:
+        # Not one of the resolver's routes: the table says 404 or 405 (or serves HEAD as GET).
+        path = app.current_event.path
+        if route_prefix and path.startswith(route_prefix):
+            path = path[len(route_prefix) :]
+        try:
+            route, params = table.match(app.current_event.http_method, path)
+            return respond(route, params)
+        except Exception as exc:  # the exception handlers do not cover this hook
+            return fail(exc)
+
+    app.exception_handler(Exception)(fail)
     return app
 
 
-def error_response(error: BaseException) -> Response:
-    """The JSON error response for any exception."""
-    status, payload, headers = error_body(error)
-    return json_response(status, payload, headers)
-
-
 def build_handler(
-    settings: Settings, *, s3_client: Any = None, sagemaker_client: Any = None
+    settings: Settings, *, clients: AwsClients | None = None
 ) -> Callable[[dict, Any], dict]:
     """The Lambda handler: loads the model now (init phase), then serves requests.
 
     A failed load does not fail init: the error is logged and each request retries the load
     until it succeeds, so a transient fault heals without a new execution environment.
+
+    Args:
+        settings: The function's settings (``Settings.from_env(os.environ)`` in ``app.py``).
+        clients: AWS clients to use (tests: moto); default made from the settings.
     """
     from onnxkit.compose import build_predictor  # the composition root owns boto3/onnxruntime
 
@@ -213,16 +179,16 @@ def build_handler(
             "ignoring unknown settings (typos?)",
             extra={"variables": list(settings.ignored_variables)},
         )
-    metrics = Metrics(namespace=settings.metrics_namespace)
+    for old, new in settings.deprecated_variables:
+        logger.warning(f"{old} is deprecated; set {new} instead", extra={"variable": old})
+    metrics = Metrics(namespace=settings.function.metrics_namespace)
     tracer = Tracer()
     predictor = build_predictor(
-        settings,
-        s3_client=s3_client,
-        sagemaker_client=sagemaker_client,
-        observer=MetricsObserver(metrics),
+        settings, role=FUNCTION, clients=clients, observer=MetricsObserver(metrics)
     )
     predictor.try_load()
-    app = create_app(predictor, logger, settings.route_prefix, metrics)
+    table = RouteTable(FUNCTION, openapi=settings.api.serve_openapi)
+    app = create_app(predictor, logger, table, settings.function.route_prefix, metrics)
 
     @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
     @tracer.capture_lambda_handler(capture_response=False)

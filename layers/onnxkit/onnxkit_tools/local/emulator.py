@@ -22,19 +22,14 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
+from onnxkit_tools.net import free_port
+
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 HANDLER = "app.lambda_handler"
 
 
 class EmulatorError(RuntimeError):
     """The emulator could not be found, started, or reached."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def find_rie(repo_root: Path | None = None) -> Path:

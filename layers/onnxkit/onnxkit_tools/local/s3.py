@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-from onnxkit_tools.local.emulator import free_port
+from onnxkit_tools.net import free_port
 
 LOCAL_BUCKET = "onnxkit-local"
 LOCAL_STORE = f"s3://{LOCAL_BUCKET}/onnxkit"
@@ -69,14 +68,10 @@ def cache_home() -> Path:
 
 
 def default_model_dir() -> Path:
-    """The embedded default model (digits, int8), built on first use and cached."""
-    from onnxkit_tools.examples.digits import build_digits
+    """The embedded default model (digits, int8), rebuilt whenever its code or packages change."""
+    from onnxkit_tools.examples.digits import cached_digits
 
-    out = cache_home() / "examples" / DEFAULT_MODEL
-    if not (out / "int8" / "model.onnx").is_file() or not (out / "report.json").is_file():
-        print(f"building the default example model into {out} ...", file=sys.stderr)
-        build_digits(out)
-    return out
+    return cached_digits(cache_home() / "examples" / DEFAULT_MODEL)
 
 
 def seed_default_model(client: Any, store_uri: str = LOCAL_STORE) -> None:
@@ -84,12 +79,11 @@ def seed_default_model(client: Any, store_uri: str = LOCAL_STORE) -> None:
     import tempfile
     from urllib.parse import urlparse
 
-    from onnxkit.store import ModelStore
-    from onnxkit_tools.registry import publish_model
+    from onnxkit_tools.registry import Registry, publish_model
 
     ensure_bucket(client, urlparse(store_uri).netloc)
     with tempfile.TemporaryDirectory() as cache:
-        store = ModelStore.from_uri(store_uri, cache_dir=cache, s3_client=client)
+        store = Registry.open(store_uri, cache_dir=cache, s3_client=client)
         if "1" in store.list_versions(DEFAULT_MODEL):
             return
         folder = default_model_dir()

@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 
 from onnxkit.errors import error_body
-from onnxkit.manifest import describe_model
-from onnxkit.predictor import Limits, Predictor
+from onnxkit.predictor import Predictor
+from onnxkit.routes import FUNCTION, RouteTable
+from onnxkit.settings import ApiSettings
 from onnxkit_tools.local import api_gateway as local_api
 from onnxkit_tools.local.api_gateway import LocalApi, build_event
-
-from .conftest import BuiltModel
+from onnxkit_tools.registry import describe_model
+from tests.unit.conftest import BuiltModel
 
 Event = dict[str, Any]
 
@@ -235,16 +236,20 @@ def test_body_over_the_event_limit_is_413_without_invoking(
 
 
 def predictor_function(predictor: Predictor) -> Callable[[Event], dict[str, Any]]:
-    """A minimal function: REST proxy event -> Predictor.infer -> proxy response or v2 error."""
+    """A minimal function: REST proxy event -> route table -> proxy response or v2 error."""
+    table = RouteTable(FUNCTION)
 
     def invoke(event: Event) -> dict[str, Any]:
-        match = re.fullmatch(r"/v2/models/([^/]+)/infer", event["path"])
         try:
-            if match is None or event["httpMethod"] != "POST":
-                return ok_response({"error": {"code": "route_not_found"}}, status=404)
+            route, params = table.match(event["httpMethod"], event["path"])
             headers = {k.lower(): v for k, v in event["headers"].items()}
-            result = predictor.infer(
-                match.group(1), None, event["body"], headers.get("content-type")
+            result = table.dispatch(
+                predictor,
+                route,
+                params,
+                body=event["body"],
+                content_type=headers.get("content-type"),
+                accept=headers.get("accept"),
             )
             return ok_response(result)
         except Exception as exc:
@@ -266,7 +271,7 @@ def served(tiny_model: BuiltModel) -> Iterator[LocalApi]:
     predictor = Predictor(
         "tiny",
         lambda: OnnxruntimeBackend(manifest, load_session(tiny_model.path, intra_op_threads=1)),
-        Limits(max_request_bytes=10_000, max_batch_size=8),
+        ApiSettings(max_request_bytes=10_000, max_batch_size=8),
     )
     api = LocalApi(predictor_function(predictor), port=0, api_key="k-123").start()
     try:
@@ -276,13 +281,15 @@ def served(tiny_model: BuiltModel) -> Iterator[LocalApi]:
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
-    """POST over HTTP; returns status, headers and the JSON body, also for 4xx/5xx."""
+    """POST over HTTP; returns status, headers (lower-case names) and the JSON body."""
     req = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=10) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
+            headers = {k.lower(): v for k, v in response.headers.items()}
+            return response.status, headers, json.loads(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), json.loads(error.read())
+        headers = {k.lower(): v for k, v in error.headers.items()}
+        return error.code, headers, json.loads(error.read())
 
 
 def test_http_round_trip_runs_the_model(served: LocalApi, tiny_model: BuiltModel) -> None:
@@ -303,8 +310,8 @@ def test_http_round_trip_runs_the_model(served: LocalApi, tiny_model: BuiltModel
 
     # THEN the HTTP response carries the model's output
     assert status == 200
-    assert headers["Content-Type"] == "application/json"
-    assert int(headers["Content-Length"]) > 0
+    assert headers["content-type"] == "application/json"  # HTTP header names: any case
+    assert int(headers["content-length"]) > 0
     expected = tiny_model.compute(np.array(rows, dtype=np.float32))["y"]
     assert result["model_name"] == "tiny"
     assert result["outputs"][0]["shape"] == [2, 2]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import replace
 from typing import Any
 
 import boto3
@@ -15,10 +14,8 @@ from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
 from onnxkit.backends.sagemaker import SageMakerBackend
-from onnxkit.compose import choose_backend
 from onnxkit.errors import OnnxkitError
 from onnxkit.manifest import FileEntry, Manifest, TensorSpec
-from onnxkit.settings import Settings
 
 MANIFEST = Manifest(
     name="minilm",
@@ -178,29 +175,3 @@ def test_unknown_output_is_refused_before_any_call(client) -> None:
     with Stubber(client), pytest.raises(OnnxkitError) as raised:  # no response queued
         SageMakerBackend(MANIFEST, client, "e").run({"ids": IDS}, ["logits"])
     assert raised.value.status == 400
-
-
-@pytest.mark.parametrize(
-    ("backend", "manifest_backend", "size", "gpu", "expected"),
-    [
-        ("auto", "lambda", 1_000, False, "lambda"),
-        ("auto", "sagemaker", 1_000, False, "sagemaker"),
-        ("auto", "lambda", 300_000_000, False, "sagemaker"),
-        ("auto", "lambda", 1_000, True, "sagemaker"),
-        ("lambda", "sagemaker", 300_000_000, True, "lambda"),
-        ("sagemaker", "lambda", 1_000, False, "sagemaker"),
-    ],
-)
-def test_backend_choice(
-    backend: str, manifest_backend: str, size: int, gpu: bool, expected: str
-) -> None:
-    settings = Settings(
-        model_store="s3://b/p", model_name="minilm", backend=backend, sagemaker_endpoint="e"
-    )
-    manifest = replace(
-        MANIFEST,
-        backend=manifest_backend,
-        files=(FileEntry("model.onnx", "0" * 64, size),),
-        metadata={"gpu": gpu},
-    )
-    assert choose_backend(settings, manifest) == expected

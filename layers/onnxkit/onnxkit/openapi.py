@@ -1,0 +1,201 @@
+"""The OpenAPI 3 document of an edge, generated from its route table.
+
+Schemas are those of the Open Inference Protocol v2 REST API (request, response, metadata)
+and of onnxkit's error body. Every 4xx and 5xx carries ``{"error": {"code", "message"}}``;
+behind API Gateway a refusal it makes itself (a missing API key, a body over its limit) has
+API Gateway's own ``{"message"}`` body, and the function's document says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from onnxkit import __version__
+from onnxkit.datatypes import SUPPORTED_NAMES
+from onnxkit.routes import FUNCTION, Route, RouteTable
+
+OPENAPI_VERSION = "3.0.3"
+_REF = "#/components/schemas/"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF + name}
+
+
+def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required}
+
+
+_STRING = {"type": "string"}
+_PARAMETERS = {"type": "object", "additionalProperties": True}
+# v2 tensor data: flat in row-major order, or nested lists of the same values.
+_DATA = {
+    "type": "array",
+    "items": {"anyOf": [{"type": "number"}, {"type": "boolean"}, {"type": "array"}]},
+}
+_SHAPE = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+_DATATYPE = {"type": "string", "enum": list(SUPPORTED_NAMES)}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _object(
+        {
+            "error": _object(
+                {
+                    "code": {**_STRING, "description": "Short, stable, machine-readable."},
+                    "message": {**_STRING, "description": "For a person: what to do instead."},
+                },
+                ["code", "message"],
+            )
+        },
+        ["error"],
+    ),
+    "GatewayError": _object({"message": _STRING}, ["message"]),
+    "RequestInput": _object(
+        {
+            "name": _STRING,
+            "shape": _SHAPE,
+            "datatype": _DATATYPE,
+            "parameters": _PARAMETERS,
+            "data": _DATA,
+        },
+        ["name", "shape", "datatype", "data"],
+    ),
+    "RequestOutput": _object({"name": _STRING, "parameters": _PARAMETERS}, ["name"]),
+    "InferenceRequest": _object(
+        {
+            "id": _STRING,
+            "parameters": _PARAMETERS,
+            "inputs": {"type": "array", "items": _ref("RequestInput"), "minItems": 1},
+            "outputs": {"type": "array", "items": _ref("RequestOutput")},
+        },
+        ["inputs"],
+    ),
+    "ResponseOutput": _object(
+        {"name": _STRING, "shape": _SHAPE, "datatype": _DATATYPE, "data": _DATA},
+        ["name", "shape", "datatype", "data"],
+    ),
+    "InferenceResponse": _object(
+        {
+            "model_name": _STRING,
+            "model_version": _STRING,
+            "id": _STRING,
+            "parameters": _PARAMETERS,
+            "outputs": {"type": "array", "items": _ref("ResponseOutput")},
+        },
+        ["model_name", "outputs"],
+    ),
+    "ServerMetadata": _object(
+        {"name": _STRING, "version": _STRING, "extensions": {"type": "array", "items": _STRING}},
+        ["name", "version", "extensions"],
+    ),
+    "Live": _object({"live": {"type": "boolean"}}, ["live"]),
+    "Ready": _object({"ready": {"type": "boolean"}}, ["ready"]),
+    "ModelReady": _object(
+        {"name": _STRING, "version": _STRING, "ready": {"type": "boolean"}}, ["name", "ready"]
+    ),
+    "TensorMetadata": _object(
+        {
+            "name": _STRING,
+            "datatype": _DATATYPE,
+            "shape": {"type": "array", "items": {"type": "integer"}},
+        },
+        ["name", "datatype", "shape"],
+    ),
+    "ModelMetadata": _object(
+        {
+            "name": _STRING,
+            "versions": {"type": "array", "items": _STRING},
+            "platform": _STRING,
+            "inputs": {"type": "array", "items": _ref("TensorMetadata")},
+            "outputs": {"type": "array", "items": _ref("TensorMetadata")},
+            "parameters": _PARAMETERS,
+        },
+        ["name", "platform", "inputs", "outputs"],
+    ),
+    "OpenApi": {"type": "object"},
+}
+
+# What each operation answers with 200.
+_ANSWERS = {
+    "server_metadata": "ServerMetadata",
+    "live": "Live",
+    "ready": "Ready",
+    "model_metadata": "ModelMetadata",
+    "model_ready": "ModelReady",
+    "infer": "InferenceResponse",
+    "openapi": "OpenApi",
+}
+
+
+def build_document(table: RouteTable) -> dict[str, Any]:
+    """The OpenAPI 3 document for the routes one edge serves.
+
+    Args:
+        table: The edge's route table.
+
+    Returns:
+        A JSON-able OpenAPI 3.0 document.
+    """
+    behind_gateway = table.edge == FUNCTION
+    paths: dict[str, dict[str, Any]] = {}
+    for route in table.routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, behind_gateway)
+    title = "onnxkit function API" if behind_gateway else "onnxkit endpoint container API"
+    document: dict[str, Any] = {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": title,
+            "version": __version__,
+            "description": "The Open Inference Protocol v2 REST API, as onnxkit serves it. "
+            'Every error is JSON: {"error": {"code", "message"}}.',
+        },
+        "paths": paths,
+        "components": {"schemas": SCHEMAS},
+    }
+    if behind_gateway:
+        document["components"]["securitySchemes"] = {
+            "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}
+        }
+        document["info"]["description"] += (
+            " Deployed behind API Gateway, with an API key (x-api-key) or IAM (SigV4) auth; "
+            'API Gateway\'s own refusals carry {"message"}.'
+        )
+    return document
+
+
+def _operation(route: Route, behind_gateway: bool) -> dict[str, Any]:
+    error = {"anyOf": [_ref("Error"), _ref("GatewayError")]} if behind_gateway else _ref("Error")
+    failure = {"application/json": {"schema": error}}
+    responses: dict[str, Any] = {
+        "4XX": {"description": "The request is wrong", "content": failure},
+        "5XX": {"description": "A fault on our side or a dependency's", "content": failure},
+    }
+    if route.answers_json:
+        answer = _ref(_ANSWERS[route.operation])
+        responses["200"] = {
+            "description": "OK",
+            "content": {"application/json": {"schema": answer}},
+        }
+    else:
+        responses["200"] = {"description": "OK (empty body)"}
+    operation: dict[str, Any] = {
+        "operationId": _operation_id(route),
+        "summary": route.summary,
+        "responses": responses,
+    }
+    if route.params:
+        operation["parameters"] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in route.params
+        ]
+    if route.takes_body:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref("InferenceRequest")}},
+        }
+    return operation
+
+
+def _operation_id(route: Route) -> str:
+    words = [part.strip("{}") for part in route.path.split("/") if part]
+    return route.method.lower() + "_" + "_".join(w.replace(".", "_") for w in words)

@@ -1,0 +1,248 @@
+"""The one route table: every HTTP route of both edges, what it calls, and how it negotiates.
+
+The Lambda function's Powertools resolver, the endpoint container's Starlette app and the
+OpenAPI document are all generated from :data:`ROUTES`. Which routes an edge serves, 404
+versus 405, and what a request may send (``Content-Type``) and accept (``Accept``) are decided
+here, once, so the edges cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import mimeparse
+
+from onnxkit.codecs import check_content_type
+from onnxkit.errors import MethodNotAllowedError, NotAcceptableError, RouteNotFoundError
+from onnxkit.predictor import Predictor
+
+JSON = "application/json"
+Edge = Literal["function", "endpoint"]
+FUNCTION: Edge = "function"
+ENDPOINT: Edge = "endpoint"
+BOTH = frozenset({FUNCTION, ENDPOINT})
+OPENAPI_PATH = "/v2/openapi.json"
+_PARAM = re.compile(r"\{([a-z_]+)\}")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One method on one path template, and the operation it performs.
+
+    Attributes:
+        method: ``GET`` or ``POST`` (``HEAD`` is answered like ``GET``).
+        path: A template such as ``/v2/models/{name}/infer``.
+        operation: The key of the operation in :data:`OPERATIONS`.
+        summary: One line for the OpenAPI document.
+        edges: Which edges serve it: the function, the endpoint, or both.
+        takes_body: Whether it takes a v2 inference request (JSON).
+        answers_json: Whether it answers with a JSON body (``/ping`` answers an empty one).
+    """
+
+    method: str
+    path: str
+    operation: str
+    summary: str
+    edges: frozenset[str] = BOTH
+    takes_body: bool = False
+    answers_json: bool = True
+    pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parts = re.split(r"(\{[a-z_]+\})", self.path)
+        regex = "".join(
+            f"(?P<{part[1:-1]}>[^/]+)" if part.startswith("{") else re.escape(part)
+            for part in parts
+        )
+        object.__setattr__(self, "pattern", re.compile(f"^{regex}/*$"))  # trailing / tolerated
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """The path parameters, in order."""
+        return tuple(_PARAM.findall(self.path))
+
+
+_MODEL = "/v2/models/{name}"
+_VERSION = "/v2/models/{name}/versions/{version}"
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/v2", "server_metadata", "Server metadata (name, version, extensions)"),
+    Route("GET", "/v2/health/live", "live", "Liveness: the server answers"),
+    Route("GET", "/v2/health/ready", "ready", "Readiness: 200 once the model is loaded"),
+    Route("GET", _MODEL, "model_metadata", "Model metadata: signature, versions, checksum"),
+    Route("GET", _VERSION, "model_metadata", "Metadata of one version of the model"),
+    Route("GET", f"{_MODEL}/ready", "model_ready", "Whether the model serves"),
+    Route("GET", f"{_VERSION}/ready", "model_ready", "Whether this version of the model serves"),
+    Route("POST", f"{_MODEL}/infer", "infer", "Run the model (v2 inference)", takes_body=True),
+    Route(
+        "POST", f"{_VERSION}/infer", "infer", "Run this version of the model", takes_body=True
+    ),
+    Route("GET", OPENAPI_PATH, "openapi", "This document (OpenAPI 3)"),
+    # SageMaker's container contract: the endpoint serves one model, so no name in the path.
+    Route(
+        "GET", "/ping", "ping", "SageMaker health check: 200 (empty) once the model is loaded",
+        edges=frozenset({ENDPOINT}), answers_json=False,
+    ),
+    Route(
+        "POST", "/invocations", "infer", "SageMaker invocation (v2 inference)",
+        edges=frozenset({ENDPOINT}), takes_body=True,
+    ),
+    # What boto3's sagemaker-runtime sends when its endpoint URL points here (local runs).
+    Route(
+        "POST", "/endpoints/{endpoint}/invocations", "infer",
+        "InvokeEndpoint's path, for boto3 pointed at a local endpoint server",
+        edges=frozenset({ENDPOINT}), takes_body=True,
+    ),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as an operation sees it.
+
+    Attributes:
+        params: The path parameters, decoded.
+        body: The request body (already base64-decoded where the edge had to).
+    """
+
+    params: dict[str, str]
+    body: bytes | str | None = None
+
+
+Operation = Callable[[Predictor, Call, "RouteTable"], Any]
+
+
+def _infer(predictor: Predictor, call: Call, _: RouteTable) -> Any:
+    name = call.params.get("name", predictor.model_name)
+    return predictor.infer(name, call.params.get("version"), call.body)
+
+
+def _ping(predictor: Predictor, _: Call, __: RouteTable) -> None:
+    predictor.check_ready()
+
+
+def _openapi(_: Predictor, __: Call, table: RouteTable) -> Any:
+    from onnxkit.openapi import build_document
+
+    return build_document(table)
+
+
+OPERATIONS: dict[str, Operation] = {
+    "server_metadata": lambda p, c, t: p.server_metadata(),
+    "live": lambda p, c, t: {"live": True},
+    "ready": lambda p, c, t: p.server_ready(),
+    "model_metadata": lambda p, c, t: p.model_metadata(c.params["name"], c.params.get("version")),
+    "model_ready": lambda p, c, t: p.model_ready(c.params["name"], c.params.get("version")),
+    "infer": _infer,
+    "ping": _ping,
+    "openapi": _openapi,
+}
+
+
+class RouteTable:
+    """The routes one edge serves, with matching, negotiation and dispatch.
+
+    Args:
+        edge: ``function`` or ``endpoint``.
+        openapi: Serve ``GET /v2/openapi.json`` (behind API Gateway only when asked for).
+        routes: The table (default :data:`ROUTES`).
+    """
+
+    def __init__(
+        self, edge: Edge, *, openapi: bool = False, routes: tuple[Route, ...] = ROUTES
+    ) -> None:
+        self.edge = edge
+        self.routes = tuple(
+            route
+            for route in routes
+            if edge in route.edges and (openapi or route.operation != "openapi")
+        )
+
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        """The route for a method and path, and its path parameters.
+
+        Raises:
+            MethodNotAllowedError: The path exists, not for this method (``Allow`` names them).
+            RouteNotFoundError: No route has this path.
+        """
+        wanted = "GET" if method == "HEAD" else method
+        allowed: list[str] = []
+        for route in self.routes:
+            found = route.pattern.match(path)
+            if found is None:
+                continue
+            if route.method == wanted:
+                return route, found.groupdict()
+            allowed.append(route.method)
+        if allowed:
+            methods = ", ".join(sorted(set(allowed)))
+            raise MethodNotAllowedError(
+                f"{method} is not allowed on {path}; use {methods}", headers={"Allow": methods}
+            )
+        served = (
+            "GET /ping and POST /invocations (and the v2 routes)"
+            if self.edge == ENDPOINT
+            else ("/v2, /v2/health/ready and /v2/models/{name}")
+        )
+        raise RouteNotFoundError(f"no route for {method} {path}; this server serves {served}")
+
+    def dispatch(
+        self,
+        predictor: Predictor,
+        route: Route,
+        params: dict[str, str],
+        *,
+        body: bytes | str | None = None,
+        content_type: str | None = None,
+        accept: str | None = None,
+    ) -> Any:
+        """Negotiate, then perform the route's operation.
+
+        Returns:
+            The JSON-able answer (None for ``/ping``).
+
+        Raises:
+            OnnxkitError: 4xx for what the caller sent wrong, 5xx for our faults.
+        """
+        negotiate(route, content_type=content_type, accept=accept)
+        return self.perform(predictor, route, params, body)
+
+    def perform(
+        self,
+        predictor: Predictor,
+        route: Route,
+        params: dict[str, str],
+        body: bytes | str | None = None,
+    ) -> Any:
+        """Perform the route's operation on a request already negotiated (:func:`negotiate`).
+
+        Raises:
+            OnnxkitError: 4xx for what the caller sent wrong, 5xx for our faults.
+        """
+        return OPERATIONS[route.operation](predictor, Call(params, body), self)
+
+
+def negotiate(route: Route, *, content_type: str | None, accept: str | None) -> None:
+    """Check what the request sends and what it accepts against what the route speaks.
+
+    Raises:
+        UnsupportedMediaTypeError: A body route got a body that is not JSON (415).
+        NotAcceptableError: The client accepts no JSON from a route that answers JSON (406).
+    """
+    if route.answers_json and not accepts_json(accept):
+        raise NotAcceptableError(f"Accept {accept!r} admits no JSON; this API answers {JSON} only")
+    if route.takes_body:
+        check_content_type(content_type)
+
+
+def accepts_json(accept: str | None) -> bool:
+    """Whether an ``Accept`` header admits JSON (absent or unparsable: anything goes)."""
+    if accept is None or not accept.strip():
+        return True
+    try:  # media types are case-insensitive; mimeparse compares them as given
+        return bool(mimeparse.best_match([JSON], accept.lower()))
+    except (mimeparse.MimeTypeParseException, ValueError):
+        return True  # RFC 9110 lets a server ignore a malformed Accept

@@ -1,0 +1,60 @@
+"""What the commands share: the store option, opening the registry, progress bars."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from onnxkit.aws import AwsClients
+from onnxkit.settings import ENV_MODEL_STORE, STORE_PATTERN, read_aws_settings
+from onnxkit_tools.registry import Registry
+
+
+def store_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--store URI``, defaulting to ``$ONNXKIT_MODEL_STORE``."""
+    return click.option(
+        "--store",
+        envvar=ENV_MODEL_STORE,
+        show_envvar=True,
+        metavar="URI",
+        help="model store: s3://bucket/prefix or file:///dir",
+    )(function)
+
+
+def open_registry(
+    uri: str | None, *, cache_dir: Path | None = None, kms_key_id: str | None = None
+) -> Registry:
+    """The registry at ``uri``, S3 through the client made with ``ONNXKIT_S3_*`` retries.
+
+    Raises:
+        click.UsageError: No store, or not one onnxkit can open.
+    """
+    if not uri:
+        raise click.UsageError(
+            f"no model store: pass --store s3://bucket/prefix or set {ENV_MODEL_STORE}"
+        )
+    if not STORE_PATTERN.match(uri):
+        raise click.UsageError(f"--store {uri!r} is not s3://bucket/prefix or file:///dir")
+    s3 = AwsClients(read_aws_settings(os.environ)).s3() if uri.startswith("s3://") else None
+    return Registry.open(
+        uri,
+        cache_dir=cache_dir or tempfile.gettempdir(),
+        s3_client=s3,
+        kms_key_id=kms_key_id,
+    )
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, description: str) -> Iterator[Callable[[int], object]]:
+    """A byte-count progress bar on stderr (tqdm); yields its update function."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="B", unit_scale=True, desc=description, file=sys.stderr) as bar:
+        yield bar.update

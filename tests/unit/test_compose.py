@@ -1,0 +1,220 @@
+"""The composition root: which source, which backend, what each role builds."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from onnxkit.aws import AwsClients
+from onnxkit.backends.batching import BatchingBackend
+from onnxkit.backends.onnxruntime import OnnxruntimeBackend
+from onnxkit.backends.sagemaker import SageMakerBackend
+from onnxkit.compose import build_predictor, choose_backend, open_source
+from onnxkit.errors import ConfigurationError, ModelNotReadyError
+from onnxkit.manifest import FileEntry, Manifest, TensorSpec
+from onnxkit.settings import ForwardSettings, Settings
+from onnxkit.sources import FolderSource, StoreSource
+from onnxkit_tools.registry import describe_model
+from tests.unit.conftest import BuiltModel, StoreHarness
+
+MANIFEST = Manifest(
+    name="minilm",
+    version="1",
+    files=(FileEntry("model.onnx", "0" * 64, 1),),
+    inputs=(TensorSpec("ids", "INT64", (-1, 8)),),
+    outputs=(TensorSpec("embedding", "FP32", (-1, 4)),),
+    opset=17,
+)
+
+
+@pytest.mark.parametrize(
+    ("backend", "manifest_backend", "size", "gpu", "expected"),
+    [
+        ("auto", "lambda", 1_000, False, "lambda"),
+        ("auto", "sagemaker", 1_000, False, "sagemaker"),
+        ("auto", "lambda", 300_000_000, False, "sagemaker"),
+        ("auto", "lambda", 1_000, True, "sagemaker"),
+        ("lambda", "sagemaker", 300_000_000, True, "lambda"),
+        ("sagemaker", "lambda", 1_000, False, "sagemaker"),
+    ],
+)
+def test_backend_choice(
+    backend: str, manifest_backend: str, size: int, gpu: bool, expected: str
+) -> None:
+    forward = ForwardSettings(backend=backend, endpoint="e")
+    manifest = replace(
+        MANIFEST,
+        backend=manifest_backend,
+        files=(FileEntry("model.onnx", "0" * 64, size),),
+        metadata={"gpu": gpu},
+    )
+    assert choose_backend(forward, manifest) == expected
+
+
+def store_settings(harness: StoreHarness, **environ: str) -> Settings:
+    """Settings serving model ``tiny`` from the harness's store."""
+    return Settings.from_env(
+        {
+            "ONNXKIT_MODEL_STORE": harness.store.uri,
+            "ONNXKIT_MODEL_NAME": "tiny",
+            "ONNXKIT_CACHE_DIR": str(harness.cache_dir),
+            "ONNXKIT_INTRA_OP_THREADS": "1",
+            **environ,
+        }
+    )
+
+
+def clients_for(harness: StoreHarness, sagemaker_runtime: Any = None) -> AwsClients:
+    """Clients reusing the harness's S3 client (moto) when it has one."""
+    blobs = harness.store.blobs
+    return AwsClients(s3=getattr(blobs, "_client", None), sagemaker_runtime=sagemaker_runtime)
+
+
+def publish_tiny(harness: StoreHarness, model: BuiltModel, backend: str = "lambda") -> Manifest:
+    manifest = describe_model(model.path, name="tiny", version="1", backend=backend)
+    harness.store.publish(manifest, model.folder)
+    harness.store.set_alias("tiny", "prod", "1")
+    return manifest
+
+
+def test_a_folder_is_the_source_when_model_dir_is_set(tiny_model: BuiltModel) -> None:
+    settings = Settings.from_env({"ONNXKIT_MODEL_DIR": str(tiny_model.folder)})
+
+    assert isinstance(open_source(settings, AwsClients()), FolderSource)
+
+
+def test_the_store_is_the_source_otherwise(store: StoreHarness) -> None:
+    source = open_source(store_settings(store), clients_for(store))
+
+    assert isinstance(source, StoreSource)
+    assert source.name == "tiny"
+
+
+def test_a_missing_model_folder_fails_when_the_predictor_is_built(tmp_path: Path) -> None:
+    settings = Settings.from_env({"ONNXKIT_MODEL_DIR": str(tmp_path / "missing")})
+
+    with pytest.raises(ConfigurationError):
+        build_predictor(settings, role="endpoint")
+
+
+def test_the_function_runs_a_lambda_model_in_process(
+    store: StoreHarness, tiny_model: BuiltModel
+) -> None:
+    publish_tiny(store, tiny_model)
+
+    predictor = build_predictor(store_settings(store), role="function", clients=clients_for(store))
+
+    backend = predictor.load()
+    assert isinstance(backend, OnnxruntimeBackend)
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(backend.run({"x": x})["y"], tiny_model.compute(x)["y"], rtol=1e-6)
+    assert predictor.refresh_interval == 60.0  # serving the prod alias: it follows it
+
+
+def test_the_function_forwards_a_sagemaker_model_without_downloading_it(
+    store: StoreHarness, tiny_model: BuiltModel
+) -> None:
+    publish_tiny(store, tiny_model, backend="sagemaker")
+    runtime = object()  # never called here
+    settings = store_settings(store, ONNXKIT_SAGEMAKER_ENDPOINT="gpu-endpoint")
+
+    predictor = build_predictor(settings, role="function", clients=clients_for(store, runtime))
+
+    assert isinstance(predictor.load(), SageMakerBackend)
+    assert store.streamed == []  # only the manifest was read
+
+
+def test_the_function_says_what_to_set_for_a_sagemaker_model_without_an_endpoint(
+    store: StoreHarness, tiny_model: BuiltModel
+) -> None:
+    publish_tiny(store, tiny_model, backend="sagemaker")
+    predictor = build_predictor(store_settings(store), role="function", clients=clients_for(store))
+
+    with pytest.raises(ModelNotReadyError, match="set ONNXKIT_SAGEMAKER_ENDPOINT"):
+        predictor.load()
+
+
+def test_the_endpoint_runs_every_model_in_process_behind_batching_when_asked(
+    store: StoreHarness, tiny_model: BuiltModel
+) -> None:
+    # GIVEN a model published for SageMaker, and an endpoint with dynamic batching on
+    publish_tiny(store, tiny_model, backend="sagemaker")
+    settings = store_settings(store, ONNXKIT_DYNAMIC_BATCH_ROWS="4")
+
+    # WHEN the endpoint builds its predictor
+    predictor = build_predictor(settings, role="endpoint", clients=clients_for(store))
+
+    # THEN it loads only in the background, runs the model itself, and batches
+    with pytest.raises(ModelNotReadyError):
+        predictor.check_ready()
+    assert predictor.try_load()
+    backend = predictor.load()
+    assert isinstance(backend, BatchingBackend)
+    x = np.ones((1, 4), np.float32)
+    np.testing.assert_allclose(backend.run({"x": x})["y"], tiny_model.compute(x)["y"], rtol=1e-6)
+    backend.close()
+
+
+def test_a_pinned_version_or_zero_interval_does_not_follow_the_alias(
+    store: StoreHarness, tiny_model: BuiltModel
+) -> None:
+    publish_tiny(store, tiny_model)
+    clients = clients_for(store)
+
+    pinned = build_predictor(
+        store_settings(store, ONNXKIT_MODEL_VERSION="1"), role="function", clients=clients
+    )
+    never = build_predictor(
+        store_settings(store, ONNXKIT_REFRESH_SECONDS="0"), role="function", clients=clients
+    )
+
+    assert pinned.refresh_interval == 0.0
+    assert never.refresh_interval == 0.0
+
+
+def test_a_swap_frees_the_old_versions_files(store: StoreHarness, tiny_model: BuiltModel) -> None:
+    # GIVEN the function serving prod = 1
+    publish_tiny(store, tiny_model)
+    predictor = build_predictor(store_settings(store), role="function", clients=clients_for(store))
+    predictor.load()
+    old_files = [p for p in store.cached_files() if p.name == "model.onnx"]
+
+    # WHEN prod moves to 2 and the predictor refreshes
+    store.store.publish(
+        describe_model(tiny_model.path, name="tiny", version="2"), tiny_model.folder
+    )
+    store.store.set_alias("tiny", "prod", "2")
+    assert predictor.refresh(force=True)
+
+    # THEN version 2 serves and version 1's cached files are gone
+    assert predictor.load().manifest.version == "2"
+    assert old_files
+    assert not any(p.exists() for p in old_files)
+    assert [p.parts[-3] for p in store.cached_files() if p.name == "model.onnx"] == ["2"]
+
+
+def test_resolved_settings_reach_the_session(
+    tiny_model: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onnxkit import compose
+
+    seen: dict[str, Any] = {}
+    real = compose.create_session
+
+    def spy(path: Path, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return real(path, **{**kwargs, "gpu_device": 0})
+
+    monkeypatch.setattr(compose, "create_session", spy)
+    settings = Settings.from_env(
+        {"ONNXKIT_MODEL_DIR": str(tiny_model.folder), "ONNXKIT_INTRA_OP_THREADS": "3"}
+    )
+    settings = replace(settings, session=replace(settings.session, gpu_device=1))
+
+    build_predictor(settings, role="endpoint").try_load()
+
+    assert seen == {"providers": ("CPUExecutionProvider",), "intra_op_threads": 3, "gpu_device": 1}

@@ -1,0 +1,209 @@
+"""The ``onnxkit`` command line: help, exit codes, errors in our words, registry commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from openapi_spec_validator import validate
+
+from onnxkit.manifest import sha256_file
+from onnxkit_tools.cli import cli, main
+from onnxkit_tools.cli.build import EXIT_NONE_PASSED
+from onnxkit_tools.quantize.report import REPORT_SCHEMA
+from tests.unit.conftest import BuiltModel
+from tests.unit.tools.quantize.helpers import embedding_model, token_ids
+
+COMMANDS = [
+    [],
+    ["examples", "build"],
+    ["quantize"],
+    ["publish"],
+    ["models"],
+    ["models", "list"],
+    ["models", "show"],
+    ["models", "promote"],
+    ["models", "rollback"],
+    ["models", "pull"],
+    ["local"],
+    ["local", "s3"],
+    ["local", "invoke"],
+    ["local", "start-api"],
+    ["local", "start-endpoint"],
+    ["openapi"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "onnxkit")
+def test_every_command_explains_itself(command: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*command, "--help"])
+
+    assert result.exit_code == 0, result.output
+    assert "Usage: " in result.output
+    assert len(result.output.splitlines()) > 4
+
+
+def test_the_version_is_printed() -> None:
+    from onnxkit import __version__
+
+    result = CliRunner().invoke(cli, ["--version"])
+
+    assert result.output.strip() == f"onnxkit, version {__version__}"
+
+
+def test_quantize_help_documents_the_budget_defaults() -> None:
+    text = " ".join(CliRunner().invoke(cli, ["quantize", "--help"]).output.split())
+
+    for phrase in ("--prefer", "min cosine >= 0.99", "min cosine >= 0.97", "1.05x", "exit status"):
+        assert phrase in text
+
+
+def test_quantize_writes_the_model_and_report_and_prints_every_candidate(tmp_path: Path) -> None:
+    source = tmp_path / "model.onnx"
+    embedding_model(source)
+    np.savez(tmp_path / "cal.npz", **token_ids(16, seed=1))
+    np.savez(tmp_path / "val.npz", **token_ids(16, seed=2))
+    common = [
+        "quantize",
+        str(source),
+        "--calibration",
+        str(tmp_path / "cal.npz"),
+        "--validation",
+        str(tmp_path / "val.npz"),
+        "--candidates",
+        "dynamic-qint8-*",
+        "--max-latency-ratio",
+        "10",
+    ]
+    runner = CliRunner()
+
+    # WHEN a budget can be met
+    met = runner.invoke(
+        cli,
+        [*common, "--out", str(tmp_path / "q.onnx"), "--report", str(tmp_path / "r.json")],
+        standalone_mode=False,
+    )
+
+    # THEN the model and the report are written and every candidate is in the table
+    assert met.exit_code == 0, met.output
+    assert met.return_value == 0
+    assert "dynamic-qint8-tensor" in met.stdout
+    assert "dynamic-qint8-channel" in met.stdout
+    assert "<- chosen" in met.stdout
+    assert (tmp_path / "q.onnx").is_file()
+    assert json.loads((tmp_path / "r.json").read_text())["schema"] == REPORT_SCHEMA
+
+    # WHEN no candidate can meet it: exit 3, nothing written, the limit named
+    missed = runner.invoke(
+        cli,
+        [*common, "--out", str(tmp_path / "none.onnx"), "--max-size-ratio", "0.01"],
+        standalone_mode=False,
+    )
+    assert missed.return_value == EXIT_NONE_PASSED
+    assert "size 0." in missed.stderr
+    assert "> 0.01x" in missed.stderr
+    assert "--max-size-ratio" in missed.stderr
+    assert not (tmp_path / "none.onnx").exists()
+    assert "fail: size" in missed.stdout
+
+
+def test_a_missing_input_file_is_a_usage_error_before_any_work(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.onnx")
+    args = ["quantize", missing, "--out", "x", "--calibration", "c", "--validation", "v"]
+
+    code = main(args)
+
+    assert code == 2
+
+
+def test_the_registry_commands_round_trip_a_model(
+    tiny_model: BuiltModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = f"file://{tmp_path / 'store'}"
+
+    # GIVEN two published versions, prod on the second
+    publish = ["publish", str(tiny_model.path), "--name", "tiny", "--store", store]
+    assert main([*publish, "--alias", "prod"]) == 0
+    assert main(publish) == 0
+    assert main(["models", "promote", "tiny", "2", "--store", store]) == 0
+    published = capsys.readouterr().out
+    assert "published tiny version 1" in published
+    assert "tiny@prod: 1 -> 2" in published
+
+    # WHEN they are listed, shown, rolled back and pulled
+    assert main(["models", "list", "--store", store]) == 0
+    assert capsys.readouterr().out == "tiny: versions 1, 2; aliases prod->2\n"
+    assert main(["models", "show", "tiny@1", "--store", store]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert main(["models", "rollback", "tiny", "--store", store]) == 0
+    assert "tiny@prod: 2 -> 1 (rolled back)" in capsys.readouterr().out
+    out = tmp_path / "pulled"
+    assert main(["models", "pull", "tiny", "--out", str(out), "--store", store]) == 0
+
+    # THEN the manifest is version 1's, and the pulled folder holds the verified files
+    assert shown["version"] == "1"
+    assert shown["files"][0]["sha256"] == sha256_file(tiny_model.path)
+    assert sha256_file(out / "model.onnx") == sha256_file(tiny_model.path)
+    assert json.loads((out / "manifest.json").read_text())["version"] == "1"
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pulled-")]  # no leftovers
+
+
+def test_registry_errors_are_in_our_words_with_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = f"file://{tmp_path / 'empty'}"
+
+    code = main(["models", "show", "nothing", "--store", store])
+
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error [model_not_found]: model 'nothing' has no alias 'prod'")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["models", "list"], "no model store: pass --store"),
+        (["models", "list", "--store", "http://bucket/x"], "is not s3://bucket/prefix"),
+    ],
+)
+def test_a_missing_or_bad_store_is_a_usage_error(
+    args: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ONNXKIT_MODEL_STORE", raising=False)
+
+    result = CliRunner().invoke(cli, args)
+
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_the_store_defaults_to_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: BuiltModel
+) -> None:
+    monkeypatch.setenv("ONNXKIT_MODEL_STORE", f"file://{tmp_path / 'env-store'}")
+
+    assert main(["publish", str(tiny_model.path), "--name", "tiny"]) == 0
+    assert (tmp_path / "env-store" / "models" / "tiny" / "1" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("edge", ["function", "endpoint"])
+def test_openapi_prints_a_valid_document(edge: str) -> None:
+    result = CliRunner().invoke(cli, ["openapi", "--edge", edge])
+
+    document = json.loads(result.stdout)
+    validate(document)
+    assert ("/ping" in document["paths"]) is (edge == "endpoint")
+
+
+def test_start_endpoint_refuses_a_mistyped_model_dir_at_once(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["local", "start-endpoint", "--model-dir", str(tmp_path / "typo")]
+    )
+
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
