@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -250,12 +249,10 @@ def test_second_build_comes_from_the_cache(minilm_dir: Path) -> None:
     model = minilm_dir / "fp32" / "model.onnx"
     before = model.stat().st_mtime_ns
 
-    started = time.perf_counter()
     report = build_minilm(minilm_dir)
-    elapsed = time.perf_counter() - started
 
+    # the cached report, and the model file untouched: nothing was built again
     assert report["cached"] is True
-    assert elapsed < 2.0
     assert model.stat().st_mtime_ns == before
 
 

@@ -131,31 +131,36 @@ def test_endpoint_is_created_in_service_and_its_config_round_trips(
     assert described["EndpointStatus"] == "InService"
     assert described["EndpointConfigName"] == config_name
 
-    # AND the config reads back as the template wrote it: one GPU variant of the model
+    # AND the config is what the parameters ask for: one GPU variant of the model, all traffic
     read_config = sagemaker.describe_endpoint_config(EndpointConfigName=config_name)
     (variant,) = read_config["ProductionVariants"]
-    (written,) = config["ProductionVariants"]
-    assert {key: variant[key] for key in written} == written
-    assert variant["InstanceType"] == MOTO_INSTANCE_TYPE
-    assert variant["InitialInstanceCount"] == 2
-    assert variant["ModelName"] == model_name
+    expected_variant = {
+        "VariantName": "AllTraffic",
+        "ModelName": model_name,
+        "InstanceType": MOTO_INSTANCE_TYPE,
+        "InitialInstanceCount": 2,
+        "InitialVariantWeight": 1.0,
+    }
+    assert {key: variant[key] for key in expected_variant} == expected_variant
 
-    # AND so does the model: the image, the registry settings, the role, model data if given
+    # AND so is the model: the image, the role, the registry settings (SageMakerModelName
+    # empty: ModelName), the GPU provider first, and the model data when given
     read_model = sagemaker.describe_model(ModelName=model_name)
     assert read_model["ExecutionRoleArn"] == role_arn
     container = read_model["PrimaryContainer"]
     assert container["Image"] == IMAGE
-    assert container["Environment"] == model["PrimaryContainer"]["Environment"]
-    assert container["Environment"]["ONNXKIT_MODEL_STORE"] == f"s3://{BUCKET}/onnxkit"
-    assert (
-        container["Environment"]["ONNXKIT_MODEL_NAME"] == "digits"
-    )  # SageMakerModelName empty: ModelName
+    expected_environment = {
+        "ONNXKIT_MODEL_STORE": f"s3://{BUCKET}/onnxkit",
+        "ONNXKIT_MODEL_NAME": "digits",
+        "ONNXKIT_MODEL_ALIAS": "prod",
+        "ONNXKIT_PROVIDERS": "CUDAExecutionProvider,CPUExecutionProvider",
+    }
     if model_data:
+        expected_environment["ONNXKIT_MODEL_DIR"] = "/opt/ml/model"
         assert container["ModelDataUrl"] == model_data
-        assert container["Environment"]["ONNXKIT_MODEL_DIR"] == "/opt/ml/model"
     else:
         assert "ModelDataUrl" not in container
-        assert "ONNXKIT_MODEL_DIR" not in container["Environment"]
+    assert container["Environment"] == expected_environment
     # moto stores no EnableNetworkIsolation (it reads back False): check what was sent, which
     # botocore validated as the boolean the API wants.
     assert model["EnableNetworkIsolation"] is bool(model_data)

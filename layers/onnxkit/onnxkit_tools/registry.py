@@ -475,6 +475,23 @@ def publish_model(
     return manifest
 
 
+def write_manifest(
+    model_path: Path,
+    *,
+    name: str,
+    version: str = "local",
+    quantization: dict[str, Any] | None = None,
+) -> Manifest:
+    """Describe a local model and write its ``manifest.json`` beside it.
+
+    The folder can then be served as is, verified and under ``name``
+    (``onnxkit local start-endpoint --model-dir``, or SageMaker's /opt/ml/model).
+    """
+    manifest = describe_model(model_path, name=name, version=version, quantization=quantization)
+    (model_path.parent / MANIFEST_NAME).write_bytes(manifest.to_json())
+    return manifest
+
+
 def resolve_ref(store: ModelStore, ref: str) -> Manifest:
     """``NAME``, ``NAME@VERSION`` or ``NAME@ALIAS`` (default alias ``prod``) -> its manifest.
 

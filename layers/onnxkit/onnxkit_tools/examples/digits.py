@@ -18,6 +18,7 @@ from onnxkit_tools.examples.cache import (
     write_key,
 )
 from onnxkit_tools.quantize import Budget, GateOptions, quantize_with_gate
+from onnxkit_tools.registry import write_manifest
 
 DIGITS_INPUT = "input"
 DIGITS_OUTPUTS = ("label", "probabilities")
@@ -42,6 +43,7 @@ BUILD_SOURCES = (
     "onnxkit.session",
     "onnxkit.manifest",
     "onnxkit.datatypes",
+    "onnxkit_tools.registry",
 )
 BUILD_PACKAGES = ("scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy")
 _OUTPUTS = (
@@ -98,8 +100,10 @@ def build_digits(out: Path, *, seed: int = DIGITS_SEED) -> dict[str, Any]:
     """Train an MLP on scikit-learn's bundled digits, export fp32 ONNX, quantize behind the gate.
 
     Writes ``out/fp32/model.onnx``, ``out/int8/model.onnx`` (the candidate the quality gate
-    chose), ``out/validation.npz`` (the held-out split: ``input``, ``label``),
-    ``out/calibration.npz`` (rows of the training split) and ``out/report.json``. A cache key
+    chose), each with a ``manifest.json`` (model ``digits``: the folder can be served as is,
+    verified, with ``onnxkit local start-endpoint --model-dir``), ``out/validation.npz`` (the
+    held-out split: ``input``, ``label``), ``out/calibration.npz`` (rows of the training split)
+    and ``out/report.json``. A cache key
     in ``out`` is removed first: only :func:`cached_digits` marks a folder complete.
 
     Returns:
@@ -191,4 +195,6 @@ def build_digits(out: Path, *, seed: int = DIGITS_SEED) -> dict[str, Any]:
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     if chosen is None:
         raise QualityGateError(gate.failure_message())
+    write_manifest(fp32, name="digits")
+    write_manifest(int8, name="digits", quantization=chosen.quantization)
     return report

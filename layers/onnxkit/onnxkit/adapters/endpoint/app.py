@@ -1,0 +1,298 @@
+"""The endpoint app of one worker: the route table as Starlette routes, a concurrency limit,
+and the model loaded (and its alias followed) in a background thread."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from http import HTTPStatus
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route as StarletteRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from onnxkit.adapters.endpoint.logs import configure_logging
+from onnxkit.adapters.endpoint.workers import (
+    SiblingReadiness,
+    endpoint_settings,
+    readiness_folder,
+    resolve_settings,
+)
+from onnxkit.errors import ModelNotReadyError, OnnxkitError, PayloadTooLargeError, error_body
+from onnxkit.predictor import Predictor
+from onnxkit.routes import ENDPOINT, JSON, Route, RouteTable, negotiate
+from onnxkit.settings import EndpointSettings, Settings
+
+logger = logging.getLogger(__name__)
+
+LOAD_RETRY_MAX_SECONDS = 30.0
+
+
+def json_body(payload: Any) -> bytes:
+    """Compact JSON bytes."""
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def error_response(error: BaseException) -> Response:
+    """The JSON error response for any exception."""
+    status, payload, headers = error_body(error)
+    return Response(json_body(payload), int(status), headers, media_type=JSON)
+
+
+class EndpointApp:
+    """The container's routes around one :class:`Predictor`.
+
+    Args:
+        predictor: Serves the model (built with ``background=True``: requests never load it).
+        table: The endpoint's routes.
+        endpoint: Limits and timing of the server.
+        threads: Threads that run the model (0: on the event loop).
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        table: RouteTable,
+        endpoint: EndpointSettings,
+        *,
+        threads: int,
+        siblings: SiblingReadiness | None = None,
+    ) -> None:
+        self.predictor = predictor
+        self.table = table
+        self.endpoint = endpoint
+        self.siblings = siblings
+        self.max_request_bytes = predictor.limits.max_request_bytes
+        self._limiter = anyio.CapacityLimiter(threads) if threads else None
+        self._stopping = threading.Event()
+        self._maintainer: threading.Thread | None = None
+
+    # -- requests --------------------------------------------------------------------------
+
+    def handler(self, route: Route) -> Callable[[Request], Awaitable[Response]]:
+        """The Starlette endpoint for one route of the table."""
+
+        async def handle(request: Request) -> Response:
+            return await self.serve(route, request, request.path_params)
+
+        return handle
+
+    async def serve(self, route: Route, request: Request, params: dict[str, str]) -> Response:
+        """Read the body (bounded), dispatch through the table, answer JSON or the error."""
+        started = time.perf_counter()
+        try:
+            headers = request.headers
+            negotiate(route, content_type=headers.get("content-type"), accept=headers.get("accept"))
+            body = await self._read_body(request) if route.takes_body else None
+            if route.operation == "ping" and self.siblings is not None and self.predictor.ready:
+                self.siblings.check()
+            perform = partial(self.table.perform, self.predictor, route, params, body)
+            if self._limiter is None or not route.takes_body:
+                answer = perform()  # on the event loop: no hand-off for a small CPU model
+            else:  # only inference goes to the threads: /ping never waits behind the model
+                answer = await anyio.to_thread.run_sync(perform, limiter=self._limiter)
+            response = (
+                Response(json_body(answer), media_type=JSON)
+                if route.answers_json
+                else Response(b"")
+            )
+        except ClientDisconnect:
+            return Response(b"", HTTPStatus.BAD_REQUEST)  # nobody is left to read it
+        except Exception as exc:
+            response = self.failure(request, exc)
+        _log_request(request, response.status_code, started)
+        return response
+
+    async def fallback(self, request: Request, _: Exception | None = None) -> Response:
+        """No Starlette route matched: the table decides 404 or 405 (or serves HEAD/trailing /)."""
+        try:
+            route, params = self.table.match(request.method, request.url.path)
+        except OnnxkitError as exc:
+            return self.failure(request, exc)
+        return await self.serve(route, request, params)
+
+    def failure(self, request: Request, error: Exception) -> Response:
+        """Log a failure (5xx with its cause) and answer its JSON error body."""
+        status, _, _ = error_body(error)
+        if status >= 500:
+            if isinstance(error, OnnxkitError):
+                logger.error(
+                    "%s %s failed: %s (%s)",
+                    request.method,
+                    request.url.path,
+                    error.message,
+                    error.code,
+                )
+            else:
+                logger.exception("%s %s failed", request.method, request.url.path)
+        return error_response(error)
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, refused (413) by its declared size before it is read, or once it grows past."""
+        limit = self.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(int(declared), limit)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit, more=True)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # -- the model, in the background -------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
+        """Load (and follow the alias) in a background thread; stop it on shutdown."""
+        self._maintainer = threading.Thread(
+            target=self._maintain, name="onnxkit-model", daemon=True
+        )
+        self._maintainer.start()
+        yield
+        self._stopping.set()
+        close = getattr(self.predictor.current_backend, "close", None)
+        if callable(close):  # a batching wrapper's dispatcher thread
+            close(timeout_s=1.0)
+        logger.info("stopped")
+
+    def _maintain(self) -> None:
+        """Load now, retrying with backoff so a transient fault heals; then follow the alias."""
+        delay = 1.0
+        while not self._stopping.is_set() and not self.predictor.try_load():
+            self._stopping.wait(delay)
+            delay = min(delay * 2, LOAD_RETRY_MAX_SECONDS)
+        if self.siblings is not None and self.predictor.ready:
+            self.siblings.mark_ready()
+        interval = self.predictor.refresh_interval
+        while interval and not self._stopping.wait(interval):
+            self.predictor.refresh()
+
+
+class ConcurrencyLimit:
+    """ASGI middleware: at most ``limit`` requests in flight; more get 503 ``overloaded``.
+
+    ``/ping`` is never refused: SageMaker would take a busy instance for a dead one.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, exempt: tuple[str, ...] = ("/ping",)) -> None:
+        self.app = app
+        self.limit = limit
+        self.exempt = exempt
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            response = error_response(
+                ModelNotReadyError(
+                    f"this worker has {self.in_flight} requests in flight (the limit is "
+                    f"{self.limit}); retry shortly",
+                    code="overloaded",
+                    headers={"Retry-After": "1"},
+                )
+            )
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+def create_app(
+    predictor: Predictor,
+    settings: Settings,
+    *,
+    threads: int = 0,
+    siblings: SiblingReadiness | None = None,
+) -> tuple[ConcurrencyLimit, EndpointApp]:
+    """The ASGI app of one worker: Starlette routes generated from the route table.
+
+    Args:
+        predictor: The model (built for the endpoint role).
+        settings: The endpoint's settings (limits, OpenAPI, concurrency).
+        threads: Threads that run the model (0: on the event loop).
+        siblings: With several workers, their shared readiness (``/ping`` waits for all).
+
+    Returns:
+        The ASGI app to serve, and the :class:`EndpointApp` behind it (for tests).
+    """
+    table = RouteTable(ENDPOINT, openapi=settings.api.serve_openapi)
+    endpoint = EndpointApp(predictor, table, settings.endpoint, threads=threads, siblings=siblings)
+    routes = [
+        StarletteRoute(route.path, endpoint.handler(route), methods=[route.method])
+        for route in table.routes
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=endpoint.lifespan,
+        exception_handlers={HTTPException: endpoint.fallback},
+    )
+    app.router.redirect_slashes = False  # the table tolerates a trailing slash itself
+    app.router.default = _asgi(endpoint.fallback)
+    return ConcurrencyLimit(app, settings.endpoint.max_concurrency), endpoint
+
+
+def _asgi(view: Callable[[Request], Awaitable[Response]]) -> ASGIApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        response = await view(Request(scope, receive))
+        await response(scope, receive, send)
+
+    return app
+
+
+def app_from_env() -> ASGIApp:
+    """The app factory each uvicorn worker calls: settings from the environment, model loaded
+    in the background."""
+    from onnxkit.compose import build_predictor
+
+    configure_logging()
+    settings, plan = resolve_settings(endpoint_settings(os.environ), os.environ)
+    predictor = build_predictor(settings, role=ENDPOINT)
+    siblings = None
+    if plan.workers > 1:  # spawned by uvicorn's supervisor, whose pid names the shared folder
+        siblings = SiblingReadiness(readiness_folder(os.getppid()), plan.workers)
+    app, _ = create_app(predictor, settings, threads=plan.threads, siblings=siblings)
+    return app
+
+
+def _too_large(size: int, limit: int, *, more: bool = False) -> PayloadTooLargeError:
+    # The rest of the body is not read: close the connection rather than wait for it.
+    return PayloadTooLargeError(
+        f"the body is {'over ' if more else ''}{size} bytes; the limit is {limit} "
+        "(for larger payloads split the batch)",
+        headers={"Connection": "close"},
+    )
+
+
+def _log_request(request: Request, status: int, started: float) -> None:
+    # Successful requests at DEBUG: one line each would cost CPU and log volume at scale.
+    level = logging.DEBUG if status < 400 else logging.INFO
+    if logger.isEnabledFor(level):
+        logger.log(
+            level,
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.url.path,
+                "status": status,
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
