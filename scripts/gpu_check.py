@@ -2,10 +2,11 @@
 
 The GPU machine this project borrows has PyTorch with CUDA 13 libraries (cuDNN included) and a
 CPU-only onnxruntime, no network, and takes at most 64 MiB of files per call. onnxruntime-gpu
-(255 MB) and the fp32 MiniLM model (90 MB) therefore travel as parts of one archive, one part
-per call, and the last call runs the check.
+(255 MB), the endpoint server's packages (the `server` extra of pyproject.toml: uvicorn,
+Starlette, httptools...) and the fp32 MiniLM model (90 MB) therefore travel as parts of one
+archive, one part per call, and the last call runs the check.
 
-  here:   python scripts/gpu_check.py prepare          # wheel + model -> .gpu/part-NN (<= 60 MiB)
+  here:   python scripts/gpu_check.py prepare          # wheels + model -> .gpu/part-NN (<= 60 MiB)
           then, per part, a device call that carries it (the plan is printed and saved)
   device: python3 scripts/gpu_check.py run --stage .gpu-stage --out "$OUT"
 
@@ -21,12 +22,10 @@ still measures CPU and says exactly why CUDA is missing. Results: a table on std
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,8 +33,12 @@ import tarfile
 import tempfile
 import threading
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
+
+from onnxkit.manifest import sha256_file as sha256
+from onnxkit_tools.net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 WHEEL = "onnxruntime-gpu==1.31.1"  # built for CUDA 13 (libcudart.so.13), cuDNN 9, cp312
@@ -48,12 +51,18 @@ def log(message: str) -> None:
     print(f"[gpu_check {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+# The device already has these, and its torch stack is built against its own numpy.
+ON_THE_DEVICE = ("numpy",)
+TARGET = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
+          "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
+          "--platform", "manylinux2014_x86_64"]  # fmt: skip
+
+
+def server_requirements() -> list[str]:
+    """What the endpoint server needs beside onnxruntime, from pyproject.toml's one list."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["server"]]
+    return [r for r in wanted if not r.startswith(("boto3", *ON_THE_DEVICE))]
 
 
 # --- prepare (here) -------------------------------------------------------------------------
@@ -70,14 +79,20 @@ def prepare(out: Path, part_mib: int, wheel_dir: Path | None) -> int:
         payload = Path(tmp) / "payload"
         (payload / "wheel").mkdir(parents=True)
         if wheel_dir is None:
-            log(f"downloading {WHEEL} for cp312 manylinux x86_64")
+            log(f"downloading {WHEEL} and the server's packages for cp312 manylinux x86_64")
             subprocess.run(
-                [sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                 "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
-                 "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
+                [sys.executable, "-m", "pip", "download", "-q", "--no-deps", *TARGET,
                  "-d", str(payload / "wheel"), WHEEL],
                 check=True,
             )  # fmt: skip
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "-q", *TARGET,
+                 "-d", str(payload / "wheel"), *server_requirements()],
+                check=True,
+            )  # fmt: skip
+            for wheel in (payload / "wheel").glob("*.whl"):
+                if wheel.name.lower().startswith(tuple(f"{n}-" for n in ON_THE_DEVICE)):
+                    wheel.unlink()
         else:
             for wheel in wheel_dir.glob("*.whl"):
                 shutil.copy2(wheel, payload / "wheel")
@@ -223,12 +238,6 @@ def request_body(ids: Any, mask: Any) -> bytes:
     ).encode()  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def post(port: int, body: bytes, connection: http.client.HTTPConnection | None = None) -> Any:
     conn = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     conn.request("POST", "/invocations", body, {"Content-Type": "application/json"})
@@ -317,6 +326,7 @@ def serve_and_measure(
         "ONNXKIT_BIND_HOST": "127.0.0.1",
         "SAGEMAKER_BIND_TO_PORT": str(port),
         "ONNXKIT_SERVER_THREADS": "8",
+        "ONNXKIT_WORKERS": "1",  # one process for either provider: the same server, compared
     }
     server = subprocess.Popen(
         [sys.executable, str(REPO / "functions" / "sagemaker_endpoint" / "serve")],

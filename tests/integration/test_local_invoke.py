@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EVENT_FILES, REPO, expected_status
+from tests.conftest import EVENT_FILES, REPO, expected_code, expected_status
 from tests.integration.conftest import ONNXKIT, cli_env
 
 pytestmark = pytest.mark.integration
@@ -37,6 +37,7 @@ def test_local_invoke_returns_the_status_in_the_name(
     body = json.loads(response["body"])
     if status >= 400:
         assert set(body["error"]) == {"code", "message"}
+        assert body["error"]["code"] == expected_code(event_file)
 
 
 def test_local_invoke_starts_its_own_s3_when_none_is_configured(rie: Path, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import EVENTS, REPO, expected_status
+from tests.conftest import EVENTS, REPO, expected_code, expected_status
 from tests.integration.conftest import ONNXKIT, cli_env, function_env, wait_http
 
 pytestmark = pytest.mark.integration
@@ -162,3 +162,6 @@ def test_sagemaker_events_over_curl(servers: dict[str, str], event_file: Path) -
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert int(result.stdout) == expected_status(event_file), result.stderr
+    code = expected_code(event_file)
+    if code is not None:  # curl wrote the body to stderr
+        assert json.loads(result.stderr)["error"]["code"] == code

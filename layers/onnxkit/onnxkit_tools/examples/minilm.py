@@ -653,3 +653,31 @@ def _build(out: Path, seq_len: int, key: dict[str, Any]) -> dict[str, Any]:
     write_json(out / REPORT_FILE, report)
     _log("every file written", started)
     return report
+
+
+def quick_int8(out: Path) -> Path:
+    """A dynamic int8 copy (QInt8 per-channel weights) of the fp32 build, for benchmarks.
+
+    Not the gate's choice (``onnxkit quantize`` picks what is published): one onnxruntime call,
+    cached beside the build, keyed by the fp32 file's sha256 and onnxruntime's version.
+
+    Returns:
+        ``out/int8-dynamic/model.onnx``.
+    """
+    import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    build_minilm(out)
+    source = out / MODEL_FILE
+    target = out / "int8-dynamic" / "model.onnx"
+    key = f"{sha256_file(source)} onnxruntime {onnxruntime.__version__}\n"
+    key_file = target.parent / "source.key"
+    if target.is_file() and key_file.is_file() and key_file.read_text() == key:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    key_file.unlink(missing_ok=True)
+    partial = target.with_suffix(".partial.onnx")
+    quantize_dynamic(source, partial, per_channel=True, weight_type=QuantType.QInt8)
+    os.replace(partial, target)
+    key_file.write_text(key)  # last: a half-written copy is never taken
+    return target

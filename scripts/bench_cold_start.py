@@ -1,0 +1,202 @@
+"""Cold start of the function in a fresh process, against a naive script, in the same run.
+
+Each round starts two fresh Python processes, alternately, with an empty /tmp cache:
+
+  function   `functions/predict/app.py` as Lambda's init runs it: imports, Settings from the
+             environment, alias -> manifest -> download -> sha256 -> session -> warm-up, then
+             the first invoke of events/predict_infer_200.json (or a MiniLM request)
+  naive      the floor: the same imports (boto3, numpy, onnxruntime), one S3 GET of the model,
+             InferenceSession from the bytes, one run
+
+S3 is a moto server on 127.0.0.1 (its own process), with the model published as version 1,
+alias prod. Both are timed from process start to the first answer; the function also reports
+its import, init and first-invoke times. Prints the median and the spread (min-max) of each,
+and the ratio of the medians. `--package-dir` runs another checkout's runtime package instead
+(its `layers/onnxkit`), to compare two versions of the code on the same floor.
+
+    .venv/bin/python scripts/bench_cold_start.py [--model digits|minilm] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from onnxkit_tools.local.s3 import ensure_bucket, s3_client
+from onnxkit_tools.net import free_port, wait_http
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "bench-cold"
+STORE = f"s3://{BUCKET}/onnxkit"
+
+FUNCTION = r"""
+import json, os, sys, time
+started = time.perf_counter()
+import boto3, numpy, onnxruntime  # noqa: F401 - the heavy imports, timed on their own
+imported = time.perf_counter()
+sys.path.insert(0, os.environ["APP_DIR"])
+import app
+initialised = time.perf_counter()
+
+class Context:
+    function_name = "PredictFunction"
+    memory_limit_in_mb = 2048
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:PredictFunction"
+    aws_request_id = "cold"
+    def get_remaining_time_in_millis(self): return 30000
+
+response = app.lambda_handler(json.loads(os.environ["EVENT"]), Context())
+done = time.perf_counter()
+assert response["statusCode"] == 200, response
+print(json.dumps({"imports_ms": (imported - started) * 1000,
+                  "init_ms": (initialised - imported) * 1000,
+                  "first_invoke_ms": (done - initialised) * 1000}))
+"""
+
+NAIVE = r"""
+import json, os, time
+import boto3, numpy as np, onnxruntime as ort
+s3 = boto3.client("s3")
+data = s3.get_object(Bucket=os.environ["BUCKET"], Key=os.environ["KEY"])["Body"].read()
+session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+feed = {k: np.asarray(v["data"], v["dtype"]).reshape(v["shape"])
+        for k, v in json.loads(os.environ["FEED"]).items()}
+session.run(None, feed)
+print("{}")
+"""
+
+
+def model_and_request(model: str) -> tuple[Path, str, dict]:
+    """The model file, the model name, and one request (event body + the naive script's feed)."""
+    if model == "digits":
+        from onnxkit_tools.local.s3 import default_model_dir
+
+        event = json.loads((REPO / "events" / "predict_infer_200.json").read_text())
+        body = json.loads(event["body"])
+        tensor = body["inputs"][0]
+        feed = {
+            tensor["name"]: {"data": tensor["data"], "shape": tensor["shape"], "dtype": "float32"}
+        }
+        return default_model_dir() / "int8" / "model.onnx", "digits", {"event": event, "feed": feed}
+    from onnxkit_tools.examples.minilm import default_minilm_dir, quick_int8
+
+    int8 = quick_int8(default_minilm_dir())
+    event = json.loads((REPO / "events" / "sagemaker_minilm_infer_200.json").read_text())
+    body = json.loads(event["body"])
+    feed = {
+        t["name"]: {"data": t["data"], "shape": t["shape"], "dtype": "int64"}
+        for t in body["inputs"]
+    }
+    return int8, "minilm", {"event": event, "feed": feed}
+
+
+def one_run(script: str, env: dict[str, str]) -> dict[str, float]:
+    """A fresh interpreter running ``script``; its wall time from start to exit, and its report."""
+    import time
+
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+    )
+    wall = (time.perf_counter() - started) * 1000
+    if done.returncode != 0:
+        raise SystemExit(f"a run failed:\n{done.stderr[-3000:]}")
+    return {"wall_ms": wall, **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):7.0f} ms  ({min(values):.0f}-{max(values):.0f})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", choices=("digits", "minilm"), default="digits")
+    parser.add_argument("--rounds", type=int, default=7, help="fresh processes of each kind")
+    parser.add_argument(
+        "--package-dir",
+        type=Path,
+        help="a checkout's layers/onnxkit to import the runtime from (default: the installed one)",
+    )
+    args = parser.parse_args()
+
+    from onnxkit_tools.registry import Registry, publish_model
+
+    model_file, name, request = model_and_request(args.model)
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ONNXKIT_"))}
+    base.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_S3": endpoint,
+        }
+    )
+    moto = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"{endpoint}/moto-api/", process=moto)
+        client = s3_client(endpoint)
+        ensure_bucket(client, BUCKET)
+        with tempfile.TemporaryDirectory() as tmp:
+            registry = Registry.open(STORE, cache_dir=tmp, s3_client=client)
+            manifest = publish_model(registry, model_file, name=name, version="1", alias="prod")
+        key = f"onnxkit/models/{name}/1/{manifest.model_file.path}"
+        function_env = {
+            **base,
+            "APP_DIR": str(REPO / "functions" / "predict"),
+            "EVENT": json.dumps(request["event"]),
+            "ONNXKIT_MODEL_STORE": STORE,
+            "ONNXKIT_MODEL_NAME": name,
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_METRICS_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": "WARNING",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048",
+        }
+        if args.package_dir is not None:
+            function_env["PYTHONPATH"] = str(args.package_dir.resolve())
+        naive_env = {**base, "BUCKET": BUCKET, "KEY": key, "FEED": json.dumps(request["feed"])}
+        runs: dict[str, list[dict[str, float]]] = {"function": [], "naive": []}
+        for _ in range(args.rounds):
+            with tempfile.TemporaryDirectory() as cache:  # a cold /tmp every time
+                runs["function"].append(
+                    one_run(FUNCTION, {**function_env, "ONNXKIT_CACHE_DIR": cache})
+                )
+            runs["naive"].append(one_run(NAIVE, naive_env))
+    finally:
+        moto.terminate()
+        moto.wait(15)
+
+    size = model_file.stat().st_size / 1e6
+    code = args.package_dir or "the installed onnxkit"
+    print(f"{name} ({size:.1f} MB), {args.rounds} rounds, {os.cpu_count()} CPUs, code: {code}")
+    function = runs["function"]
+    naive = runs["naive"]
+    print(f"function, start to first answer {spread([r['wall_ms'] for r in function])}")
+    print(f"  imports (boto3, numpy, onnxruntime)  {spread([r['imports_ms'] for r in function])}")
+    print(f"  init (app.py: Settings ... warm-up)  {spread([r['init_ms'] for r in function])}")
+    print(
+        f"  first invoke                         {spread([r['first_invoke_ms'] for r in function])}"
+    )
+    print(f"naive script                       {spread([r['wall_ms'] for r in naive])}")
+    ratio = statistics.median(r["wall_ms"] for r in function) / statistics.median(
+        r["wall_ms"] for r in naive
+    )
+    print(f"function / naive (medians): {ratio:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
