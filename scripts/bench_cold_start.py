@@ -151,7 +151,7 @@ def main() -> int:
         client = s3_client(endpoint)
         ensure_bucket(client, BUCKET)
         with tempfile.TemporaryDirectory() as tmp:
-            registry = Registry.open(STORE, cache_dir=tmp, s3_client=client)
+            registry = Registry.from_uri(STORE, cache_dir=tmp, s3_client=client)
             manifest = publish_model(registry, model_file, name=name, version="1", alias="prod")
         key = f"onnxkit/models/{name}/1/{manifest.model_file.path}"
         function_env = {

@@ -63,7 +63,7 @@ def published(s3: Any, digits_dir: Path, tmp_path: Path) -> Any:
     """digits int8 published as version 1 with alias prod; returns the manifest."""
     from onnxkit_tools.registry import Registry, publish_model
 
-    store = Registry.open(STORE, cache_dir=tmp_path / "publisher-cache", s3_client=s3)
+    store = Registry.from_uri(STORE, cache_dir=tmp_path / "publisher-cache", s3_client=s3)
     return publish_model(
         store,
         digits_dir / "int8" / "model.onnx",

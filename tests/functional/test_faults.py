@@ -64,7 +64,7 @@ def test_model_published_after_init_is_picked_up(s3, make_handler, digits_dir, t
 
     handler = make_handler()
     assert handler(READY)["statusCode"] == 503
-    store = Registry.open(f"s3://{BUCKET}/onnxkit", cache_dir=tmp_path / "pub", s3_client=s3)
+    store = Registry.from_uri(f"s3://{BUCKET}/onnxkit", cache_dir=tmp_path / "pub", s3_client=s3)
     publish_model(store, digits_dir / "int8" / "model.onnx", name="digits", alias="prod")
     assert handler(READY)["statusCode"] == 200
 

@@ -17,7 +17,7 @@ INTERVAL = 0.2
 
 @pytest.fixture
 def store(s3, tmp_path: Path) -> Registry:
-    return Registry.open(STORE, cache_dir=tmp_path / "publisher", s3_client=s3)
+    return Registry.from_uri(STORE, cache_dir=tmp_path / "publisher", s3_client=s3)
 
 
 def served_version(handler) -> str:

@@ -49,7 +49,7 @@ class OnnxruntimeEndpoint:
 
 @pytest.fixture
 def endpoint(s3, digits_dir: Path, tmp_path: Path) -> OnnxruntimeEndpoint:
-    store = Registry.open(STORE, cache_dir=tmp_path / "pub", s3_client=s3)
+    store = Registry.from_uri(STORE, cache_dir=tmp_path / "pub", s3_client=s3)
     model = digits_dir / "int8" / "model.onnx"
     publish_model(store, model, name="digits", version="1", alias="prod", backend="sagemaker")
     return OnnxruntimeEndpoint(model)

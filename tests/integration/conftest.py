@@ -73,7 +73,7 @@ def local_s3(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     try:
         client = s3.client()
         ensure_bucket(client, "onnxkit-it")
-        store = Registry.open(STORE, cache_dir=tmp_path_factory.mktemp("pub"), s3_client=client)
+        store = Registry.from_uri(STORE, cache_dir=tmp_path_factory.mktemp("pub"), s3_client=client)
         publish_model(
             store,
             digits_dir / "int8" / "model.onnx",

@@ -57,7 +57,7 @@ def test_s3_down_at_cold_start_then_back(digits_dir: Path, tmp_path: Path, monke
     # WHEN S3 comes back on the same endpoint with the model published
     with LocalS3(port) as s3:
         ensure_bucket(s3.client(), "outage")
-        store = Registry.open(settings.model.store, cache_dir=tmp_path / "p", s3_client=client)
+        store = Registry.from_uri(settings.model.store, cache_dir=tmp_path / "p", s3_client=client)
         publish_model(store, digits_dir / "int8" / "model.onnx", name="digits", alias="prod")
 
         # THEN the next request loads the model and predicts, with no restart

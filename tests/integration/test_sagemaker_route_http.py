@@ -30,7 +30,7 @@ def minilm(local_s3: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     folder = default_minilm_dir()
     build_minilm(folder)
-    store = Registry.open(
+    store = Registry.from_uri(
         STORE, cache_dir=tmp_path_factory.mktemp("pub"), s3_client=local_s3.client()
     )
     if "1" not in store.list_versions("minilm"):

@@ -8,7 +8,6 @@ its schema, documented headers. At least 1,000 cases go to each server.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,7 @@ from schemathesis import checks
 from schemathesis.core.failures import FailureGroup
 from schemathesis.generation import GenerationMode
 
-from tests.conftest import REPO
-from tests.integration.conftest import ONNXKIT, cli_env, wait_http
+from tests.integration.test_start_endpoint import start_endpoint
 
 pytestmark = pytest.mark.integration
 
@@ -110,29 +108,14 @@ def test_the_function_behind_start_api_keeps_its_document(start_api: str) -> Non
 
 
 @pytest.fixture(scope="module")
-def start_endpoint(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def endpoint(digits_dir: Path) -> Iterator[str]:
     """`onnxkit local start-endpoint --model-dir` on the digits model, one worker."""
-    from onnxkit_tools.net import free_port
-
-    port = free_port()
-    log = tmp_path_factory.mktemp("endpoint") / "endpoint.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [ONNXKIT, "local", "start-endpoint", "--port", str(port), "--workers", "1",
-             "--model-dir", str(digits_dir / "int8")],
-            cwd=REPO, env=cli_env(), stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/ping", process=process, timeout=60)
+    with start_endpoint("--model-dir", str(digits_dir / "int8")) as base:
         yield base
-    finally:
-        process.terminate()
-        assert process.wait(timeout=30) == 0, log.read_text()[-3000:]
 
 
-def test_the_endpoint_keeps_its_document(start_endpoint: str) -> None:
-    sent, failures = fuzz(start_endpoint)
+def test_the_endpoint_keeps_its_document(endpoint: str) -> None:
+    sent, failures = fuzz(endpoint)
 
     assert sent >= CASES_PER_SERVER
     assert failures == [], "\n".join(failures[:20])

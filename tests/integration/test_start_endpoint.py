@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,17 +27,20 @@ def start_endpoint(*args: str) -> Iterator[str]:
     from onnxkit_tools.net import free_port
 
     port = free_port()
-    process = subprocess.Popen(
-        [ONNXKIT, "local", "start-endpoint", "--port", str(port), "--workers", "1", *args],
-        cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/ping", process=process, timeout=120)
-        yield base
-    finally:
-        process.send_signal(signal.SIGINT)  # Ctrl-C: drained, and the local S3 stopped
-        assert process.wait(timeout=30) == 0
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: nobody reads while it serves
+        process = subprocess.Popen(
+            [ONNXKIT, "local", "start-endpoint", "--port", str(port), "--workers", "1", *args],
+            cwd=REPO, env=cli_env(), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(f"{base}/ping", process=process, timeout=120)
+            yield base
+        finally:
+            process.send_signal(signal.SIGINT)  # Ctrl-C: drained, and the local S3 stopped
+            code = process.wait(timeout=30)
+            log.seek(0)
+            assert code == 0, log.read()[-3000:]
 
 
 def test_with_no_arguments_it_serves_the_default_model_from_its_own_s3() -> None:

@@ -191,7 +191,7 @@ def _file_harness(tmp_path: Path) -> StoreHarness:
 
     root = tmp_path / "store-root"
     root.mkdir()
-    store = Registry.open(f"file://{root}", cache_dir=tmp_path / "cache")
+    store = Registry.from_uri(f"file://{root}", cache_dir=tmp_path / "cache")
 
     def put_raw(key: str, data: bytes) -> None:
         (root / key).parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +209,7 @@ def _file_harness(tmp_path: Path) -> StoreHarness:
 def _s3_harness(tmp_path: Path, client: Any) -> StoreHarness:
     from onnxkit_tools.registry import Registry
 
-    store = Registry.open(
+    store = Registry.from_uri(
         f"s3://{BUCKET}/{S3_PREFIX}", cache_dir=tmp_path / "cache", s3_client=client
     )
 

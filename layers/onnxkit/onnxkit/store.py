@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol, Self
 from urllib.parse import urlparse
 
 from onnxkit.errors import (
@@ -220,6 +220,10 @@ class AliasRecord:
 class ModelStore:
     """Versions, aliases and a verified local cache over :class:`Blobs`."""
 
+    # The blob types :meth:`from_uri` opens (the registry's write side opens writable ones).
+    s3_blobs: ClassVar[type[S3Blobs]] = S3Blobs
+    file_blobs: ClassVar[type[FileBlobs]] = FileBlobs
+
     def __init__(self, blobs: Blobs, cache_dir: Path | str) -> None:
         self.blobs = blobs
         self.cache_dir = Path(cache_dir)
@@ -230,8 +234,16 @@ class ModelStore:
         return self.blobs.uri
 
     @classmethod
-    def from_uri(cls, uri: str, *, cache_dir: Path | str, s3_client: Any = None) -> ModelStore:
+    def from_uri(
+        cls, uri: str, *, cache_dir: Path | str, s3_client: Any = None, **s3_options: Any
+    ) -> Self:
         """Open ``s3://bucket/prefix`` (with a boto3 S3 client) or ``file:///dir``.
+
+        Args:
+            uri: Where the store lives.
+            cache_dir: Where verified copies are kept.
+            s3_client: A boto3 S3 client (needed for ``s3://``).
+            s3_options: Passed to the S3 blob type (the registry's ``kms_key_id``).
 
         Raises:
             ValueError: Unknown scheme, or an S3 URI without a client.
@@ -240,8 +252,8 @@ class ModelStore:
         if scheme == "s3":
             if s3_client is None:
                 raise ValueError("an s3:// store needs an S3 client")
-            return cls(S3Blobs(s3_client, bucket_or_root, prefix), cache_dir)
-        return cls(FileBlobs(Path(bucket_or_root)), cache_dir)
+            return cls(cls.s3_blobs(s3_client, bucket_or_root, prefix, **s3_options), cache_dir)
+        return cls(cls.file_blobs(Path(bucket_or_root)), cache_dir)
 
     # -- reading ---------------------------------------------------------------------------
 

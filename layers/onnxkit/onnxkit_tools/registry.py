@@ -46,7 +46,6 @@ from onnxkit.store import (
     Progress,
     S3Blobs,
     alias_key,
-    split_store_uri,
 )
 
 ALIAS_HISTORY = 50
@@ -285,36 +284,15 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 class Registry(ModelStore):
-    """A model store that also publishes versions and moves aliases."""
+    """A model store that also publishes versions and moves aliases.
 
+    ``Registry.from_uri(uri, cache_dir=..., s3_client=..., kms_key_id=...)`` opens one; with
+    ``kms_key_id`` what it writes to S3 is encrypted with that KMS key (SSE-KMS).
+    """
+
+    s3_blobs = S3WritableBlobs
+    file_blobs = FileWritableBlobs
     blobs: S3WritableBlobs | FileWritableBlobs
-
-    @classmethod
-    def open(
-        cls,
-        uri: str,
-        *,
-        cache_dir: Path | str,
-        s3_client: Any = None,
-        kms_key_id: str | None = None,
-    ) -> Registry:
-        """Open ``s3://bucket/prefix`` (with a boto3 S3 client) or ``file:///dir`` for writing.
-
-        ``kms_key_id`` encrypts what is written to S3 with that KMS key (SSE-KMS).
-
-        Raises:
-            ValueError: Unknown scheme, or an S3 URI without a client.
-        """
-        scheme, bucket_or_root, prefix = split_store_uri(uri)
-        if scheme == "s3":
-            if s3_client is None:
-                raise ValueError("an s3:// store needs an S3 client")
-            blobs: S3WritableBlobs | FileWritableBlobs = S3WritableBlobs(
-                s3_client, bucket_or_root, prefix, kms_key_id=kms_key_id
-            )
-        else:
-            blobs = FileWritableBlobs(Path(bucket_or_root))
-        return cls(blobs, cache_dir)
 
     def publish(
         self, manifest: Manifest, source_dir: Path, progress: Progress | None = None

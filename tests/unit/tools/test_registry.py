@@ -245,7 +245,7 @@ def test_upload_to_a_missing_bucket_is_store_bucket_missing(
 def test_s3_keys_live_under_the_prefix(
     s3_client: Any, tiny_model: BuiltModel, tmp_path: Path
 ) -> None:
-    deep_store = Registry.open(
+    deep_store = Registry.from_uri(
         f"s3://{BUCKET}/deep/prefix/", cache_dir=tmp_path / "cache", s3_client=s3_client
     )
 
@@ -318,7 +318,7 @@ def test_kms_key_is_applied_to_every_write(
     import boto3
 
     key_id = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
-    store = Registry.open(
+    store = Registry.from_uri(
         f"s3://{BUCKET}/enc", cache_dir=tmp_path / "c", s3_client=s3_client, kms_key_id=key_id
     )
     publish_model(store, tiny_model.path, name="tiny", version="1", alias="prod")

@@ -43,7 +43,7 @@ def open_registry(
     if not STORE_PATTERN.match(uri):
         raise click.UsageError(f"--store {uri!r} is not s3://bucket/prefix or file:///dir")
     s3 = AwsClients(read_aws_settings(os.environ)).s3() if uri.startswith("s3://") else None
-    return Registry.open(
+    return Registry.from_uri(
         uri,
         cache_dir=cache_dir or tempfile.gettempdir(),
         s3_client=s3,

@@ -83,7 +83,7 @@ def seed_default_model(client: Any, store_uri: str = LOCAL_STORE) -> None:
 
     ensure_bucket(client, urlparse(store_uri).netloc)
     with tempfile.TemporaryDirectory() as cache:
-        store = Registry.open(store_uri, cache_dir=cache, s3_client=client)
+        store = Registry.from_uri(store_uri, cache_dir=cache, s3_client=client)
         if "1" in store.list_versions(DEFAULT_MODEL):
             return
         folder = default_model_dir()

@@ -64,6 +64,15 @@ def tiny_server(tiny_model: BuiltModel) -> Any:
         yield served
 
 
+def invoke_in_background(pool: ThreadPoolExecutor, url: str, count: int) -> list[Any]:
+    """``count`` POST /invocations from the pool's threads; their futures."""
+    body = infer_body(np.ones((1, 3)))
+    return [
+        pool.submit(requests.post, f"{url}/invocations", data=body, headers=JSON, timeout=10)
+        for _ in range(count)
+    ]
+
+
 # --- /ping and /invocations -----------------------------------------------------------------
 
 
@@ -305,16 +314,7 @@ def test_concurrent_inferences_are_bounded_by_the_threads(fake: FakeBackend) -> 
     fake.gate = threading.Event()
     with serving(fake_predictor(fake), threads=2) as served, ThreadPoolExecutor(5) as pool:
         # WHEN five requests arrive at once
-        futures = [
-            pool.submit(
-                requests.post,
-                f"{served.url}/invocations",
-                data=infer_body(np.ones((1, 3))),
-                headers=JSON,
-                timeout=10,
-            )
-            for _ in range(5)
-        ]
+        futures = invoke_in_background(pool, served.url, 5)
         assert fake.entered.acquire(timeout=5)
         assert fake.entered.acquire(timeout=5)
         time.sleep(0.2)
@@ -335,16 +335,7 @@ def test_requests_over_the_concurrency_limit_get_503_but_ping_is_answered(
         serving(fake_predictor(fake), threads=4, max_concurrency=2) as served,
         ThreadPoolExecutor(2) as pool,
     ):
-        held = [
-            pool.submit(
-                requests.post,
-                f"{served.url}/invocations",
-                data=infer_body(np.ones((1, 3))),
-                headers=JSON,
-                timeout=10,
-            )
-            for _ in range(2)
-        ]
+        held = invoke_in_background(pool, served.url, 2)
         assert fake.entered.acquire(timeout=5)
         assert fake.entered.acquire(timeout=5)
 
