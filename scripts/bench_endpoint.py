@@ -1,43 +1,42 @@
-"""Requests per second of onnxkit's endpoint server against BentoML and a tutorial Flask app.
+"""Requests per second of onnxkit's SageMaker endpoint server against Flask, gunicorn and BentoML.
 
-Every server serves the same ONNX model on 127.0.0.1, one at a time, and is measured by the
-same load generator at the same concurrency:
+Each server serves the same ONNX model on 127.0.0.1, one at a time, under the same load:
 
-  onnxkit         `onnxkit local start-endpoint --model-dir DIR`, POST /invocations (the
-                  SageMaker container's server, as shipped: 8 request threads)
-  flask           scripts/peers/flask_app.py under `flask run` (threaded dev server, the way
-                  most tutorials serve a model), POST /predict
-  flask-gunicorn  the same app under `gunicorn -w 2 --threads 4` (gthread: keeps connections
-                  alive), POST /predict
-  bentoml         scripts/peers/bento_service.py under `bentoml serve` (1.x @bentoml.service,
-                  onnxruntime inside, defaults: one worker), POST /predict
+  onnxkit   python -m onnxkit.adapters.endpoint (uvicorn + Starlette), POST /invocations,
+            ONNXKIT_WORKERS=<--workers>, ONNXKIT_INTRA_OP_THREADS=1
+  flask     scripts/peers/flask_app.py under `flask run`, the tutorial way, POST /predict
+  gunicorn  the same app under `gunicorn -w <--workers> --threads 4`, POST /predict
+  bentoml   scripts/peers/bento_service.py under `bentoml serve`, its defaults, POST /predict
 
-Request bodies are byte-identical for every server: Open Inference Protocol v2 JSON,
-{"inputs": [{"name", "shape", "datatype", "data"}]}; the peers answer in the same
-{"outputs": [...]} form as onnxkit. A pool of distinct requests (rows of the model's
-validation set) is cycled, and every response is checked against onnxruntime run in this
-process on the same rows: only 200s with the right predictions count; anything else is an
-error, broken down by kind.
+The load is wrk: one run per measurement, --concurrency keep-alive connections, a generated
+Lua script that cycles through 32 pre-encoded Open Inference Protocol v2 bodies and
+prints its summary as JSON. Before a server's timed load, every distinct body is sent once
+with a plain Python client and the outputs are compared with onnxruntime run here (labels
+exactly, floats rtol 1e-3 / atol 1e-4): a server that answers wrongly fails, unmeasured.
+Each server's CPU is read with psutil over its process tree (processes that start or exit
+inside the window count), wrk's beside it: servers and wrk share the machine's CPUs. The
+rest of the machine's CPU use in each window is shown too ("others"): on a shared machine,
+--wait-quiet waits for other work to pause before each measurement.
 
-The client: one Python process, --concurrency threads, each with its own keep-alive
-http.client.HTTPConnection, looping for --warmup seconds (not counted) then --seconds
-(counted). It shares the machine's CPUs with the server unless --client-cpus says otherwise,
-so its own CPU time per request is printed too: at a few hundred microseconds per request it
-caps what any server can show, and the ratios are only meaningful well below that cap.
+Servers are interleaved round by round, so drift on a shared machine hits them all. Per
+server: the median req/s and its min-max, median p50/p99 and CPU cores; then onnxkit's ratio
+of medians against each peer with its target (1.5x gunicorn at the same worker count, 3x
+tutorial Flask, 3x BentoML). The floor row is bare InferenceSession.run here, one thread.
 
-The floor: bare InferenceSession.run in this process, one thread, same batch, no HTTP.
+--model minilm serves MiniLM-L6 int8 (quantize_dynamic, per-channel QInt8, cached under
+.onnxkit/bench-models by the fp32 file's sha256) and adds the latency check: one connection,
+sequential requests, onnxkit's p50 and p95 against bare InferenceSession.run with the
+worker's session options, for 1 worker x all CPUs and for --workers workers x 1 thread each.
+The two alternate in 2 s blocks (a small VM's CPUs change speed for tens of seconds at a
+time); the median over pairs of server over floor within 1.15x passes.
 
-The peers are installed with pip into their own venvs under --venv-dir (git-ignored; made
-with --python -m venv, reused on later runs; the install time is printed). A peer that
-cannot be installed or does not come up is skipped with the reason; the others are still
-measured, and the exit status is then 1. Server logs go to --log-dir. Everything started is
-stopped on exit (SIGTERM to the process tree, SIGKILL after a grace period).
+Peers run from their own venvs under .onnxkit/bench-venvs (made with --python, then reused);
+server logs go to .onnxkit/bench-logs. Everything started is stopped on exit. Needs wrk
+(`apt-get install wrk`, `brew install wrk`) and psutil.
 
-Examples:
-
-    .venv/bin/python scripts/bench_endpoint.py
-    .venv/bin/python scripts/bench_endpoint.py --model minilm --batch 4 --seconds 20
-    .venv/bin/python scripts/bench_endpoint.py --servers onnxkit,flask --json out.json
+    .venv/bin/python scripts/bench_endpoint.py --json .onnxkit/bench-endpoint.json
+    .venv/bin/python scripts/bench_endpoint.py --model minilm --servers onnxkit
+    .venv/bin/python scripts/bench_endpoint.py --servers onnxkit,gunicorn --rounds 5
 """
 
 from __future__ import annotations
@@ -46,46 +45,50 @@ import argparse
 import contextlib
 import http.client
 import json
-import math
 import os
+import resource
 import shutil
 import signal
-import socket
+import statistics
 import subprocess
 import sys
-import threading
+import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
+import psutil
+
+from onnxkit_tools.net import LOOPBACK, free_port, wait_http
 
 REPO = Path(__file__).resolve().parents[1]
 PEERS = Path(__file__).resolve().parent / "peers"
-HOST = "127.0.0.1"
-SERVERS = ("onnxkit", "flask", "flask-gunicorn", "bentoml")
-DEFAULT_SERVERS = SERVERS
-PEER_PACKAGES: dict[str, tuple[str, ...]] = {
-    "flask": ("flask", "gunicorn", "onnxruntime", "numpy"),
-    "bentoml": ("bentoml", "onnxruntime", "numpy"),
+WORK = REPO / ".onnxkit"  # git-ignored
+SERVERS = ("onnxkit", "flask", "gunicorn", "bentoml")
+TARGETS = {"gunicorn": 1.5, "flask": 3.0, "bentoml": 3.0}  # onnxkit's req/s over the peer's
+LATENCY_TARGET = 1.15  # MiniLM: onnxkit's latency over bare InferenceSession.run
+VENVS = {"flask": "flask", "gunicorn": "flask", "bentoml": "bentoml"}
+PACKAGES = {
+    "flask": ["flask", "gunicorn", "onnxruntime", "numpy"],
+    "bentoml": ["bentoml", "onnxruntime", "numpy"],
 }
-VENV_MARKER = ".bench-venv.json"  # written last: its presence means the install completed
-STOP_GRACE_SECONDS = 10.0
-PIP_TIMEOUT_SECONDS = 900.0
-FLOAT_RTOL = 1e-3
-FLOAT_ATOL = 1e-4
-SMALL_OUTPUT = 64  # elements; compared in pure Python, the client's CPU is shared
-DTYPES: dict[str, type[np.generic]] = {"FP32": np.float32, "INT64": np.int64}
-DATATYPES = {np.dtype(dtype): name for name, dtype in DTYPES.items()}
+RTOL, ATOL = 1e-3, 1e-4
+DISTINCT = 32
+FLOOR_SECONDS = 3.0
+READY_TIMEOUT_S = 120.0
+LATENCY_BLOCK_S = 2.0  # each side of a floor/server pair in the MiniLM check
+BUSY_CORES = 0.2  # other processes' CPU in a window beyond which its numbers are suspect
+WRK_MARKER = "@@wrk-json "
+HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+CPUS = len(os.sched_getaffinity(0))
 
 
 class BenchError(Exception):
-    """A server (or its venv) could not be made ready; the message says why."""
+    """A server or its venv could not be made ready, or it answered wrongly."""
 
 
 def log(message: str) -> None:
@@ -97,1048 +100,761 @@ def log(message: str) -> None:
 
 
 @dataclass(frozen=True)
-class Expected:
-    """One output the server must return: integers exactly, floats within a tolerance."""
-
-    name: str
-    values: np.ndarray
-    exact: list[Any] | None  # integer outputs as a list, compared with ==
-    small: list[float] | None  # small float outputs as a list, compared without numpy
-
-
-@dataclass(frozen=True)
 class Workload:
-    """The model and a pool of ready-made requests with their expected outputs."""
+    """The model, the distinct request bodies, their feeds and the outputs each must get."""
 
-    model: str
     model_path: Path
-    batch: int
     bodies: list[bytes]
-    expected: list[list[Expected]]
     feeds: list[dict[str, np.ndarray]]
-
-    @property
-    def body_bytes(self) -> int:
-        """The mean request body size in bytes."""
-        return round(sum(map(len, self.bodies)) / len(self.bodies))
+    expected: list[dict[str, np.ndarray]]
 
 
-def load_model(model: str) -> tuple[Path, dict[str, np.ndarray]]:
-    """The model file and its validation inputs (built and cached on first use)."""
+def minilm_int8() -> Path:
+    """MiniLM-L6 dynamic int8 (per-channel QInt8), built once and cached beside the fp32 export."""
+    from onnxkit_tools.examples.minilm import default_minilm_dir, quick_int8
+
+    return quick_int8(default_minilm_dir())
+
+
+def build_workload(model: str, batch: int) -> Workload:
+    """``DISTINCT`` v2 JSON bodies of ``batch`` validation rows each, and their outputs."""
+    import onnxruntime as ort
+
     if model == "digits":
         from onnxkit_tools.local.s3 import default_model_dir
 
-        folder = default_model_dir()
-        with np.load(folder / "validation.npz") as data:
-            return folder / "int8" / "model.onnx", {"input": data["input"].astype(np.float32)}
-    from onnxkit_tools.examples.minilm import build_minilm, default_minilm_dir
+        folder, model_path = default_model_dir(), default_model_dir() / "int8" / "model.onnx"
+    else:
+        from onnxkit_tools.examples.minilm import default_minilm_dir
 
-    folder = default_minilm_dir()
-    build_minilm(folder)
+        folder, model_path = default_minilm_dir(), minilm_int8()
     with np.load(folder / "validation.npz") as data:
-        inputs = {name: data[name].astype(np.int64) for name in ("input_ids", "attention_mask")}
-    return folder / "fp32" / "model.onnx", inputs
-
-
-def build_workload(model: str, batch: int, distinct: int) -> Workload:
-    """``distinct`` requests of ``batch`` rows each, cycling through the validation rows.
-
-    Args:
-        model: ``digits`` or ``minilm``.
-        batch: Rows per request.
-        distinct: How many different requests to cycle through.
-    """
-    import onnxruntime as ort
-
-    model_path, inputs = load_model(model)
-    rows = len(next(iter(inputs.values())))
+        names = ("input",) if model == "digits" else ("input_ids", "attention_mask")
+        inputs = {name: data[name] for name in names}
     session = ort.InferenceSession(str(model_path))
-    output_names = [output.name for output in session.get_outputs()]
-    bodies: list[bytes] = []
-    expected: list[list[Expected]] = []
-    feeds: list[dict[str, np.ndarray]] = []
-    for index in range(distinct):
+    outputs = [output.name for output in session.get_outputs()]
+    rows = len(next(iter(inputs.values())))
+    bodies, feeds, expected = [], [], []
+    for index in range(DISTINCT):
         picked = [(index * batch + offset) % rows for offset in range(batch)]
         feed = {name: values[picked] for name, values in inputs.items()}
         tensors = [
-            {
-                "name": name,
-                "shape": list(array.shape),
-                "datatype": DATATYPES[array.dtype],
-                "data": array.ravel().tolist(),
-            }
+            {"name": name, "shape": list(array.shape), "data": array.ravel().tolist()}
+            | {"datatype": "FP32" if array.dtype == np.float32 else "INT64"}
             for name, array in feed.items()
         ]
         bodies.append(json.dumps({"inputs": tensors}, separators=(",", ":")).encode())
-        outputs = session.run(output_names, feed)
-        expected.append(
-            [
-                Expected(
-                    name,
-                    values,
-                    values.ravel().tolist() if values.dtype.kind in "iub" else None,
-                    values.ravel().tolist() if values.size <= SMALL_OUTPUT else None,
-                )
-                for name, values in zip(output_names, outputs, strict=True)
-            ]
-        )
         feeds.append(feed)
-    return Workload(model, model_path, batch, bodies, expected, feeds)
+        expected.append(dict(zip(outputs, session.run(outputs, feed), strict=True)))
+    return Workload(model_path, bodies, feeds, expected)
 
 
-def check_response(body: bytes, expected: list[Expected]) -> str | None:
-    """None when the response holds every expected output, else what is wrong."""
+def compare_outputs(reply: Any, expected: dict[str, np.ndarray]) -> str | None:
+    """None when a parsed v2 reply holds every expected output, else what is wrong."""
     try:
-        outputs = {output["name"]: output["data"] for output in json.loads(body)["outputs"]}
-    except (ValueError, KeyError, TypeError):
-        return "bad json"
-    for want in expected:
-        got = outputs.get(want.name)
-        if got is None:
-            return f"missing {want.name}"
-        try:
-            if not _matches(got, want):
-                return f"wrong {want.name}"
-        except (TypeError, ValueError):  # not a flat list of numbers
-            return f"malformed {want.name}"
+        got = {
+            out["name"]: np.asarray(out["data"]).reshape(out["shape"]) for out in reply["outputs"]
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"malformed reply ({type(exc).__name__}: {exc})"
+    for name, want in expected.items():
+        have = got.get(name)
+        if have is None:
+            return f"no output {name!r}"
+        if have.shape != want.shape:
+            return f"{name}: shape {list(have.shape)}, expected {list(want.shape)}"
+        if want.dtype.kind in "iub" and not np.array_equal(have, want):
+            return f"{name}: {have.ravel()[:8].tolist()}, expected {want.ravel()[:8].tolist()}"
+        if want.dtype.kind == "f" and not np.allclose(have, want, rtol=RTOL, atol=ATOL):
+            return f"{name}: off by up to {np.max(np.abs(have - want)):.3g}"
     return None
 
 
-def _matches(got: Any, want: Expected) -> bool:
-    """Integers exactly; floats within FLOAT_RTOL/FLOAT_ATOL (pure Python when small)."""
-    if want.exact is not None:
-        return bool(got == want.exact)
-    if len(got) != want.values.size:
-        return False
-    if want.small is not None:  # numpy costs more than the comparison at this size
-        return all(
-            abs(a - b) <= FLOAT_ATOL + FLOAT_RTOL * abs(b)
-            for a, b in zip(got, want.small, strict=True)
-        )
-    return bool(
-        np.allclose(
-            np.asarray(got, np.float32), want.values.ravel(), rtol=FLOAT_RTOL, atol=FLOAT_ATOL
-        )
-    )
+def check_answers(port: int, path: str, workload: Workload) -> None:
+    """Send every distinct body once on one keep-alive connection; compare the outputs.
 
-
-# --- the load generator -----------------------------------------------------------------------
-
-
-@dataclass
-class Measurement:
-    """What one measured window of one server produced."""
-
-    seconds: float
-    ok: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
-    latencies_ms: list[float] = field(default_factory=list)
-    client_cpu_s: float = 0.0
-    server_cpu_s: float = 0.0
-
-
-def send(
-    connection: http.client.HTTPConnection, path: str, body: bytes
-) -> tuple[int, bytes, float]:
-    """One POST on a kept-alive connection: (status, body, seconds)."""
-    started = time.perf_counter()
-    connection.request(
-        "POST", path, body, {"Content-Type": "application/json", "Accept": "application/json"}
-    )
-    response = connection.getresponse()
-    payload = response.read()
-    return response.status, payload, time.perf_counter() - started
-
-
-def run_load(
-    port: int,
-    path: str,
-    workload: Workload,
-    *,
-    concurrency: int,
-    warmup_s: float,
-    seconds: float,
-    timeout_s: float,
-    server_cpu: Callable[[], float],
-) -> Measurement:
-    """Drive the server with ``concurrency`` looping clients; count the measured window only.
-
-    Requests that complete inside [start + warmup, start + warmup + seconds] are counted;
-    a request is a success only when it is a 200 with the expected outputs.
+    Raises:
+        BenchError: A request failed or an answer is wrong.
     """
-    started = time.monotonic()
-    measure_from = started + warmup_s
-    measure_until = measure_from + seconds
-    samples: list[list[float]] = [[] for _ in range(concurrency)]
-    errors: list[Counter[str]] = [Counter() for _ in range(concurrency)]
-
-    def worker(number: int) -> None:
-        connection = http.client.HTTPConnection(HOST, port, timeout=timeout_s)
-        pool = len(workload.bodies)
-        index = number * (pool // max(concurrency, 1))
-        try:
-            while time.monotonic() < measure_until:
-                slot = index % pool
-                index += 1
-                try:
-                    status, payload, elapsed = send(connection, path, workload.bodies[slot])
-                except (OSError, http.client.HTTPException) as exc:
-                    connection.close()  # the next request reconnects
-                    if time.monotonic() >= measure_from:
-                        errors[number][type(exc).__name__] += 1
-                    time.sleep(0.01)  # a dead server must not turn this into a busy loop
-                    continue
-                done = time.monotonic()
-                if not measure_from <= done <= measure_until:
-                    continue
-                problem = (
-                    f"http {status}"
-                    if status != 200
-                    else check_response(payload, workload.expected[slot])
-                )
-                if problem is None:
-                    samples[number].append(elapsed * 1000)
-                else:
-                    errors[number][problem] += 1
-        finally:
-            connection.close()
-
-    threads = [
-        threading.Thread(target=worker, args=(number,), daemon=True, name=f"client-{number}")
-        for number in range(concurrency)
-    ]
-    for thread in threads:
-        thread.start()
-    time.sleep(max(0.0, measure_from - time.monotonic()))
-    client_before, server_before = time.process_time(), server_cpu()
-    time.sleep(max(0.0, measure_until - time.monotonic()))
-    client_after, server_after = time.process_time(), server_cpu()
-    for thread in threads:
-        thread.join(timeout_s + 5)
-    result = Measurement(seconds=seconds)
-    for worker_samples, worker_errors in zip(samples, errors, strict=True):
-        result.latencies_ms.extend(worker_samples)
-        result.errors.update(worker_errors)
-    result.ok = len(result.latencies_ms)
-    result.client_cpu_s = client_after - client_before
-    result.server_cpu_s = server_after - server_before
-    return result
+    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=60)
+    try:
+        for index, body in enumerate(workload.bodies):
+            connection.request("POST", path, body, HEADERS)
+            reply = connection.getresponse()
+            payload = reply.read()
+            if reply.status != 200:
+                raise BenchError(f"request {index}: HTTP {reply.status}: {payload[:200]!r}")
+            try:
+                problem = compare_outputs(json.loads(payload), workload.expected[index])
+            except ValueError:
+                problem = f"not JSON: {payload[:200]!r}"
+            if problem is not None:
+                raise BenchError(f"request {index} answered wrongly: {problem}")
+    finally:
+        connection.close()
 
 
-def percentile(sorted_samples: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of already sorted samples (NaN when there are none)."""
-    if not sorted_samples:
-        return math.nan
-    rank = max(1, math.ceil(q / 100 * len(sorted_samples)))
-    return sorted_samples[rank - 1]
+# --- wrk --------------------------------------------------------------------------------------
 
 
-def measure_floor(workload: Workload, seconds: float) -> dict[str, float]:
-    """Bare ``InferenceSession.run`` in this process, one thread, cycling the same feeds."""
-    import onnxruntime as ort
+def lua_string(text: str) -> str:
+    """``text`` as a Lua long-bracket literal, its level chosen so ``text`` cannot close it."""
+    if "\r" in text:
+        raise ValueError("Lua long strings turn CR into LF: the text must not contain CR")
+    level = 0
+    while f"]{'=' * level}]" in f"{text}]":
+        level += 1
+    return f"[{'=' * level}[\n{text}]{'=' * level}]"  # Lua drops a newline after the opening
 
-    session = ort.InferenceSession(str(workload.model_path))
-    feeds = workload.feeds
-    for feed in feeds:
-        session.run(None, feed)
-    samples: list[float] = []
-    until = time.perf_counter() + seconds
-    index = 0
-    while (started := time.perf_counter()) < until:
-        session.run(None, feeds[index % len(feeds)])
-        samples.append((time.perf_counter() - started) * 1000)
-        index += 1
-    samples.sort()
+
+def wrk_script(bodies: Sequence[bytes], path: str) -> str:
+    """A wrk script: each connection POSTs ``bodies`` in turn; ``done`` prints one JSON line.
+
+    The line is ``WRK_MARKER`` then the request count, wrk's error counts and latency (mean,
+    max, p50/p90/p95/p99) in microseconds. Each wrk thread starts at a different body.
+    """
+    pool = ",\n".join(f"  {lua_string(body.decode())}" for body in bodies)
+    headers = ", ".join(f'["{name}"] = "{value}"' for name, value in HEADERS.items())
+    return f"""-- written by scripts/bench_endpoint.py
+local bodies = {{
+{pool}
+}}
+local prepared, turn, threads = {{}}, 0, 0
+
+function setup(thread)
+  thread:set("first", threads * 7)
+  threads = threads + 1
+end
+
+function init(args)
+  for i, body in ipairs(bodies) do
+    prepared[i] = wrk.format("POST", "{path}", {{{headers}}}, body)
+  end
+  turn = (first or 0) % #prepared
+end
+
+function request()
+  turn = turn % #prepared + 1
+  return prepared[turn]
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{WRK_MARKER}{{"requests":%d,"duration_us":%d,"connect":%d,' ..
+    '"read":%d,"write":%d,"status":%d,"timeout":%d,"latency_us":{{"mean":%.1f,"max":%d,' ..
+    '"p50":%d,"p90":%d,"p95":%d,"p99":%d}}}}\\n', summary.requests, summary.duration,
+    e.connect, e.read, e.write, e.status, e.timeout, latency.mean, latency.max,
+    latency:percentile(50), latency:percentile(90), latency:percentile(95),
+    latency:percentile(99)))
+end
+"""
+
+
+def parse_wrk(stdout: str) -> dict[str, Any]:
+    """One wrk run's numbers, from the line its ``done`` hook printed.
+
+    Returns:
+        ``requests``, ``ok`` (2xx/3xx), ``non_2xx``, ``socket_errors``, ``seconds``,
+        ``req_per_s`` (OK answers per second), ``mean_ms``, ``max_ms`` and ``p50_ms`` ...
+        ``p99_ms``.
+
+    Raises:
+        BenchError: No summary line.
+    """
+    line = next((ln for ln in stdout.splitlines() if ln.startswith(WRK_MARKER)), None)
+    if line is None:
+        raise BenchError(f"wrk printed no summary; its output:\n{stdout[-2000:]}")
+    raw = json.loads(line.removeprefix(WRK_MARKER))
+    seconds = raw["duration_us"] / 1e6
+    ok = raw["requests"] - raw["status"]
     return {
-        "runs_per_s": len(samples) / (sum(samples) / 1000),
-        "p50_ms": percentile(samples, 50),
-        "p99_ms": percentile(samples, 99),
-    }
+        "requests": raw["requests"],
+        "ok": ok,
+        "non_2xx": raw["status"],
+        "socket_errors": sum(raw[kind] for kind in ("connect", "read", "write", "timeout")),
+        "seconds": seconds,
+        "req_per_s": ok / seconds if seconds else 0.0,
+    } | {f"{name}_ms": micros / 1000 for name, micros in raw["latency_us"].items()}
+
+
+def run_wrk(url: str, script: Path, connections: int, seconds: float) -> str:
+    """One wrk run (as many threads as CPUs, at most one per connection); its stdout.
+
+    Raises:
+        BenchError: wrk failed.
+    """
+    argv = ["wrk", f"-t{min(connections, CPUS)}", f"-c{connections}", f"-d{seconds:g}s"]
+    argv += ["--latency", "--timeout", "10s", "-s", str(script), url]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"wrk exited {done.returncode}: {done.stderr.strip()[-500:]}")
+    return done.stdout
 
 
 # --- processes --------------------------------------------------------------------------------
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CpuReading = dict[tuple[int, float], float]
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state is [0], ppid [1])."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rindex(")") + 2 :].split()
+def tree_cpu(root: psutil.Process) -> CpuReading:
+    """CPU seconds of each live process of the tree, keyed by (pid, start time).
 
-
-def process_tree(root: int) -> dict[int, str]:
-    """The root and every descendant, each with its start time (to tell a reused PID)."""
-    children: dict[int, list[int]] = {}
-    started: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = _stat(int(entry.name))
-        if fields is None:
-            continue
-        pid = int(entry.name)
-        children.setdefault(int(fields[1]), []).append(pid)
-        started[pid] = fields[19]
-    tree: dict[int, str] = {}
-    pending = [root]
-    while pending:
-        pid = pending.pop()
-        if pid in started and pid not in tree:
-            tree[pid] = started[pid]
-            pending.extend(children.get(pid, []))
-    return tree
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU seconds of a process and its live descendants (all threads)."""
-    total = 0
-    for pid in process_tree(root):
-        fields = _stat(pid)
-        if fields is not None:
-            total += int(fields[11]) + int(fields[12])
-    return total / _CLOCK_TICKS
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
-@contextlib.contextmanager
-def cpu_affinity(cpus: set[int]) -> Iterator[None]:
-    """Run the block (and what it starts) on these CPUs; this thread's set is restored after."""
-    previous = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, previous)
-
-
-class Server:
-    """One server subprocess: started in its own session, logged to a file, stopped for sure."""
-
-    def __init__(
-        self, name: str, argv: list[str], env: dict[str, str], cwd: Path, log_path: Path
-    ) -> None:
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.cwd = cwd
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, cpus: set[int]) -> None:
-        """Start it on ``cpus`` (its threads and children inherit the set)."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log_file, cpu_affinity(cpus):
-            self.process = subprocess.Popen(
-                self.argv,
-                cwd=self.cwd,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        """The root process id."""
-        assert self.process is not None
-        return self.process.pid
-
-    def exited(self) -> int | None:
-        """The exit code once it has exited, else None."""
-        return None if self.process is None else self.process.poll()
-
-    def log_tail(self, lines: int = 15) -> str:
-        """The last lines of its log, indented, for error messages."""
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            return "    (no log)"
-        return "\n".join(f"    {line}" for line in text) or "    (empty log)"
-
-    def stop(self) -> None:
-        """SIGTERM to the whole tree, SIGKILL to whatever is left after the grace period.
-
-        The tree is read before the signal: children that start their own session (BentoML's
-        workers do) are not in the root's process group and would be orphaned otherwise.
-        """
-        if self.process is None:
-            return
-        tree = process_tree(self.process.pid)
-        for pid in tree:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=STOP_GRACE_SECONDS)
-        while time.monotonic() < deadline and any(_alive(pid, when) for pid, when in tree.items()):
-            time.sleep(0.1)
-        for pid, when in tree.items():
-            if _alive(pid, when):
-                log(f"{self.name}: pid {pid} ignored SIGTERM; sending SIGKILL")
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
-        self.process = None
-
-
-def _alive(pid: int, started: str) -> bool:
-    """The process still exists, is the same one (start time), and is not a zombie."""
-    fields = _stat(pid)
-    return fields is not None and fields[19] == started and fields[0] != "Z"
-
-
-def wait_ready(server: Server, port: int, path: str, workload: Workload, timeout_s: float) -> float:
-    """Poll with a real request until the server answers it correctly; seconds it took.
-
-    Raises:
-        BenchError: The process exited, or no correct answer came within ``timeout_s``.
+    A value is user + system of the process plus that of the children it has reaped, so the
+    difference of two sums (:func:`window_cpu`) still counts a worker that exited in between.
     """
-    started = time.monotonic()
-    last = "no answer yet"
-    while (waited := time.monotonic() - started) < timeout_s:
-        code = server.exited()
-        if code is not None:
-            raise BenchError(
-                f"{server.name} exited with status {code} before it served a request; "
-                f"log {server.log_path}:\n{server.log_tail()}"
-            )
-        connection = http.client.HTTPConnection(HOST, port, timeout=5)
-        try:
-            status, body, _ = send(connection, path, workload.bodies[0])
-        except (OSError, http.client.HTTPException) as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        else:
-            if status == 200:
-                problem = check_response(body, workload.expected[0])
-                if problem is None:
-                    return waited
-                raise BenchError(f"{server.name} answered 200 but the predictions are {problem}")
-            last = f"HTTP {status}: {body[:200]!r}"
-        finally:
-            connection.close()
-        time.sleep(0.25)
-    raise BenchError(
-        f"{server.name} did not serve a correct answer on port {port} within {timeout_s:.0f} s "
-        f"(last: {last}); log {server.log_path}:\n{server.log_tail()}"
-    )
+    reading: CpuReading = {}
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                t = process.cpu_times()
+                cpu = t.user + t.system + t.children_user + t.children_system
+                reading[(process.pid, process.create_time())] = cpu
+    return reading
 
 
-# --- peer venvs -------------------------------------------------------------------------------
+def window_cpu(before: CpuReading, after: CpuReading) -> tuple[float, list[float]]:
+    """CPU seconds the tree used between two readings, and each live process's, largest first.
+
+    A process first seen in ``after`` counts in full: it started inside the window.
+    """
+    per_process = [cpu - before.get(key, 0.0) for key, cpu in after.items()]
+    return sum(after.values()) - sum(before.values()), sorted(per_process, reverse=True)
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children (wrk, once it has exited)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine_cpu() -> tuple[float, float]:
+    """CPU seconds every CPU of the machine has been busy since boot, and stolen by the host."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq, t.steal
+
+
+def wait_quiet(limit_s: float) -> None:
+    """Wait (at most ``limit_s``) until the machine's CPUs are idle but for ``BUSY_CORES``."""
+    deadline, others = time.monotonic() + limit_s, 0.0
+    while time.monotonic() < deadline:
+        before = machine_cpu()[0]
+        time.sleep(2)
+        if (others := (machine_cpu()[0] - before) / 2) < BUSY_CORES:
+            return
+    if limit_s > 0:
+        log(f"still {others:.2f} cores busy with other work after {limit_s:g} s; measuring anyway")
+
+
+def stop_tree(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> int | None:
+    """Stop a server as ``docker stop`` would: SIGTERM to the root, which should stop its own
+    children within ``grace_s``; then SIGTERM to whatever is left of the tree, then SIGKILL.
+
+    Returns:
+        The root's exit status (negative: killed by that signal).
+    """
+    try:
+        tree = [root := psutil.Process(process.pid), *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return process.wait()
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root.terminate()
+    psutil.wait_procs([root], timeout=grace_s)
+    _, alive = psutil.wait_procs(tree, timeout=2)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if alive:
+            log(f"pids {[p.pid for p in alive]} outlived the server's own stop; {sig.name}")
+        for member in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.send_signal(sig)
+        _, alive = psutil.wait_procs(alive, timeout=5)
+    return process.wait()
 
 
 @dataclass
-class Venv:
-    """A peer's venv: where, what is in it, and what installing it cost."""
+class Launch:
+    """How to start one server, how to tell it is ready, where to POST."""
 
     name: str
-    path: Path
-    install_s: float
-    installed_at: str
-    reused: bool
-    versions: dict[str, str]
+    argv: list[str]
+    env: dict[str, str]
+    ready: tuple[str, int]  # a path to GET and the status that means ready
+    path: str
 
-    def bin(self, tool: str) -> str:
-        """A console script of the venv."""
-        return str(self.path / "bin" / tool)
+    def describe(self) -> str:
+        """The command line, after the variables that size onnxkit."""
+        sizing = ("ONNXKIT_WORKERS", "ONNXKIT_INTRA_OP_THREADS")
+        settings = [f"{key}={self.env[key]}" for key in sizing if key in self.env]
+        return " ".join([*settings, Path(self.argv[0]).name, *self.argv[1:]])
 
 
-def ensure_venv(root: Path, name: str, python: str, *, reinstall: bool) -> Venv:
-    """Create (or reuse) ``root/name`` with the peer's packages.
+def launch_for(name: str, port: int, model: Path, workers: int, intra_op: int = 1) -> Launch:
+    """Server ``name`` on ``port``: onnxkit with ``workers`` x ``intra_op`` threads, gunicorn
+    with ``workers``, Flask and BentoML as their defaults have it."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ONNXKIT_")}
+    env |= {"PYTHONUNBUFFERED": "1", "BENCH_MODEL_PATH": str(model)}
+    if name == "onnxkit":
+        env |= {
+            "ONNXKIT_MODEL_DIR": str(model.parent),
+            "ONNXKIT_MODEL_NAME": model.parent.name,
+            "ONNXKIT_BIND_HOST": LOOPBACK,
+            "SAGEMAKER_BIND_TO_PORT": str(port),
+            "ONNXKIT_WORKERS": str(workers),
+            "ONNXKIT_INTRA_OP_THREADS": str(intra_op),
+        }
+        argv = [sys.executable, "-m", "onnxkit.adapters.endpoint"]
+        return Launch(name, argv, env, ("/ping", 200), "/invocations")
+    venv = WORK / "bench-venvs" / VENVS[name] / "bin"
+    if name == "bentoml":
+        env |= {"BENTOML_HOME": str(WORK / "bench-venvs" / "bentoml-home")}
+        env |= {"BENTOML_DO_NOT_TRACK": "True"}
+        args = f"serve bento_service:OnnxService --host {LOOPBACK} --port {port}"
+        return Launch(
+            name, [str(venv / "bentoml"), *args.split()], env, ("/readyz", 200), "/predict"
+        )
+    if name == "flask":
+        args = f"--app flask_app run --host {LOOPBACK} --port {port}"
+    else:
+        args = f"-b {LOOPBACK}:{port} -w {workers} --threads 4 flask_app:app"
+    # The app has no health route: a 405 to GET /predict means it is up.
+    return Launch(name, [str(venv / name), *args.split()], env, ("/predict", 405), "/predict")
+
+
+@dataclass
+class Running:
+    """A started server: its process, and its exit status once stopped."""
+
+    process: subprocess.Popen[bytes]
+    exit_status: int | None = None
+
+
+@contextlib.contextmanager
+def serving(launch: Launch, port: int, log_path: Path) -> Iterator[Running]:
+    """Start the server, wait until it is ready, yield it; stop it however the block ends.
+
+    Raises:
+        BenchError: It did not get ready (the log's tail is in the message).
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(
+            launch.argv, cwd=PEERS, env=launch.env, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    server = Running(process)
+    try:
+        path, status = launch.ready
+        try:
+            wait_http(
+                f"http://{LOOPBACK}:{port}{path}",
+                timeout_s=READY_TIMEOUT_S,
+                process=process,
+                status=status,
+            )
+        except TimeoutError as exc:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-12:])
+            raise BenchError(f"{exc}; {log_path}:\n{tail}") from None
+        yield server
+    finally:
+        server.exit_status = stop_tree(process)
+
+
+def measure(
+    name: str,
+    workload: Workload,
+    script: Path,
+    args: Any,
+    *,
+    workers: int,
+    intra_op: int = 1,
+    timed: Callable[[str], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Start a server, check its answers, warm it up, then time it with CPU accounted around.
+
+    ``timed(url)`` is what is timed (default: one wrk run at ``args.concurrency``). The rest
+    of the machine's CPU ("others") leaves out the server, wrk and this process.
+
+    Raises:
+        BenchError: It did not get ready, answered wrongly or died under the load.
+    """
+    wait_quiet(args.wait_quiet)
+    port = free_port()
+    launch = launch_for(name, port, workload.model_path, workers, intra_op)
+    url = f"http://{LOOPBACK}:{port}{launch.path}"
+    with serving(launch, port, WORK / "bench-logs" / f"{name}.log") as server:
+        check_answers(port, launch.path, workload)
+        run_wrk(url, script, args.concurrency, args.warmup)
+        root = psutil.Process(server.process.pid)
+        tree0, wrk0 = tree_cpu(root), children_cpu()
+        own0, machine0, started = time.process_time(), machine_cpu(), time.monotonic()
+        if timed is None:
+            result = parse_wrk(run_wrk(url, script, args.concurrency, args.seconds))
+        else:
+            result = timed(url)
+        wall = time.monotonic() - started
+        cpu, per_process = window_cpu(tree0, tree_cpu(root))
+        wrk_cpu, own = children_cpu() - wrk0, time.process_time() - own0
+        busy, steal = (now - then for now, then in zip(machine_cpu(), machine0, strict=True))
+        if server.process.poll() is not None:
+            raise BenchError(f"it exited with {server.process.returncode} under the load")
+    return result | {
+        "cpu_cores": cpu / wall,
+        "cpu_cores_per_process": [round(c / wall, 3) for c in per_process],
+        "wrk_cpu_cores": wrk_cpu / wall,
+        "others_cpu_cores": max(0.0, busy - cpu - wrk_cpu - own) / wall,
+        "steal_cores": steal / wall,
+        "exit_status_on_sigterm": server.exit_status,
+        "command": launch.describe(),
+    }
+
+
+def floor_session(model: Path, threads: int) -> Any:
+    """An onnxruntime session with the endpoint worker's own options (full graph optimisation,
+    sequential execution, spinning allowed) and ``threads`` intra-op threads."""
+    from onnxkit.session import load_session
+
+    return load_session(model, intra_op_threads=threads)
+
+
+def run_floor(session: Any, feeds: list[dict[str, np.ndarray]], seconds: float) -> list[float]:
+    """Milliseconds per bare ``session.run``, cycling ``feeds``, after one untimed pass."""
+    for feed in feeds:
+        session.run(None, feed)
+    samples: list[float] = []
+    until = time.perf_counter() + seconds
+    while (started := time.perf_counter()) < until:
+        session.run(None, feeds[len(samples) % len(feeds)])
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def ensure_venv(name: str, python: str) -> dict[str, Any]:
+    """Make (or reuse) the peer venv ``name``; what is installed in it.
 
     Raises:
         BenchError: The interpreter is missing or pip failed (the tail of its log is quoted).
     """
-    packages = PEER_PACKAGES[name]
-    path = root / name
-    marker = path / VENV_MARKER
-    if not reinstall and marker.is_file():
-        record = json.loads(marker.read_text())
-        if record.get("packages") == list(packages):
-            return Venv(
-                name,
-                path,
-                record["install_s"],
-                record["installed_at"],
-                True,
-                record["versions"],
-            )
+    path = WORK / "bench-venvs" / name
+    marker = path / ".bench-venv.json"  # written last: an interrupted install is redone
+    if (
+        marker.is_file()
+        and (record := json.loads(marker.read_text()))["packages"] == PACKAGES[name]
+    ):
+        return record
     if shutil.which(python) is None:
         raise BenchError(f"{python} is not on PATH; pass --python to make the {name} venv")
     shutil.rmtree(path, ignore_errors=True)
-    root.mkdir(parents=True, exist_ok=True)
-    pip_log = root / f"{name}.pip.log"
-    log(f"installing the {name} venv into {path} ({' '.join(packages)}); pip log: {pip_log}")
+    pip_log = path.with_suffix(".pip.log")
+    pip_log.parent.mkdir(parents=True, exist_ok=True)
+    log(f"installing {' '.join(PACKAGES[name])} into {path} (log: {pip_log})")
     started = time.monotonic()
-    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     with pip_log.open("wb") as out:
         for argv in (
-            [python, "-m", "venv", str(path)],
-            [str(path / "bin" / "pip"), "install", *packages],
+            [python, "-m", "venv", path],
+            [path / "bin" / "pip", "install", *PACKAGES[name]],
         ):
-            try:
-                done = subprocess.run(
-                    argv, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=PIP_TIMEOUT_SECONDS
-                )
-            except subprocess.TimeoutExpired:
-                raise BenchError(
-                    f"{' '.join(argv[:3])} took over {PIP_TIMEOUT_SECONDS:.0f} s"
-                ) from None
-            if done.returncode != 0:
-                tail = [
-                    line
-                    for line in pip_log.read_text(errors="replace").splitlines()
-                    if "is ignored: it is neither" not in line  # this machine's missing indexes
-                ][-12:]
-                raise BenchError(
-                    f"installing the {name} venv failed ({' '.join(argv[:3])} exited "
-                    f"{done.returncode}); {pip_log}:\n" + "\n".join(f"    {t}" for t in tail)
-                )
-    install_s = time.monotonic() - started
-    probe = (
-        "import importlib.metadata as m, json, sys; "
-        "print(json.dumps({p: m.version(p) for p in sys.argv[1:]}))"
+            if subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False).returncode:
+                tail = "\n".join(pip_log.read_text(errors="replace").splitlines()[-12:])
+                raise BenchError(f"installing the {name} venv failed; {pip_log}:\n{tail}")
+    freeze = subprocess.run(
+        [path / "bin" / "pip", "freeze"], capture_output=True, text=True, check=True
     )
-    versions = json.loads(
-        subprocess.run(
-            [str(path / "bin" / "python"), "-c", probe, *packages],
-            capture_output=True,
-            check=True,
-            text=True,
-        ).stdout
+    pinned = dict(
+        line.lower().split("==", 1) for line in freeze.stdout.splitlines() if "==" in line
     )
-    installed_at = datetime.now(UTC).isoformat(timespec="seconds")
-    record = {
-        "packages": list(packages),
-        "install_s": round(install_s, 1),
-        "installed_at": installed_at,
-        "versions": versions,
-    }
+    record = {"packages": PACKAGES[name], "install_s": round(time.monotonic() - started, 1)}
+    record["versions"] = {package: pinned.get(package) for package in PACKAGES[name]}
     marker.write_text(json.dumps(record, indent=2) + "\n")
-    return Venv(name, path, round(install_s, 1), installed_at, False, versions)
+    return record
 
 
-# --- the servers ------------------------------------------------------------------------------
+# --- summaries --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Launch:
-    """How to start one server and where to send requests."""
-
-    argv: list[str]
-    env: dict[str, str]
-    cwd: Path
-    path: str
-    describe: str
-
-
-def base_env() -> dict[str, str]:
-    """This process's environment without ONNXKIT_* (only what the bench sets reaches them)."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("ONNXKIT_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the rounds (req/s with its min and max); the errors of all of them."""
+    median = {key: statistics.median(r[key] for r in rounds) for key in ("p50_ms", "p99_ms")}
+    rates = [r["req_per_s"] for r in rounds]
+    return median | {
+        "req_per_s": statistics.median(rates),
+        "spread": f"{min(rates):,.0f}-{max(rates):,.0f}",
+        "cpu_cores": statistics.median(r["cpu_cores"] for r in rounds),
+        "wrk_cpu_cores": statistics.median(r["wrk_cpu_cores"] for r in rounds),
+        "others_cpu_cores": max(r["others_cpu_cores"] for r in rounds),
+        "errors": sum(r["non_2xx"] + r["socket_errors"] for r in rounds),
+    }
 
 
-def launch_for(
-    name: str, port: int, workload: Workload, venvs: dict[str, Venv], args: argparse.Namespace
-) -> Launch:
-    """The command line, environment and route of server ``name`` on ``port``."""
-    env = base_env()
-    model_path = str(workload.model_path)
-    if name == "onnxkit":
-        env["ONNXKIT_MODEL_NAME"] = workload.model
-        return Launch(
-            [
-                args.onnxkit,
-                "local",
-                "start-endpoint",
-                "--port",
-                str(port),
-                "--model-dir",
-                str(workload.model_path.parent),
-            ],
-            env,
-            REPO,
-            "/invocations",
-            "onnxkit local start-endpoint (ThreadingHTTPServer, 8 inference slots)",
-        )
-    env["BENCH_MODEL_PATH"] = model_path
-    if name == "flask":
-        venv = venvs["flask"]
-        return Launch(
-            [venv.bin("flask"), "--app", "flask_app", "run", "--host", HOST, "--port", str(port)],
-            env,
-            PEERS,
-            "/predict",
-            "flask run (Werkzeug dev server, threaded)",
-        )
-    if name == "flask-gunicorn":
-        venv = venvs["flask"]
-        return Launch(
-            [
-                venv.bin("gunicorn"),
-                "--bind",
-                f"{HOST}:{port}",
-                "--workers",
-                "2",
-                "--threads",
-                "4",
-                "flask_app:app",
-            ],
-            env,
-            PEERS,
-            "/predict",
-            "gunicorn -w 2 --threads 4 (gthread), one model per worker",
-        )
-    venv = venvs["bentoml"]
-    home = Path(args.venv_dir) / "bentoml-home"
-    env.update({"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"})
-    return Launch(
-        [
-            venv.bin("bentoml"),
-            "serve",
-            "bento_service:OnnxService",
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--working-dir",
-            str(PEERS),
-        ],
-        env,
-        PEERS,
-        "/predict",
-        "bentoml serve (1 worker, defaults)",
-    )
+def verdict(ratio: float, target: float, *, higher_is_better: bool = True) -> dict[str, Any]:
+    """A ratio against its target: at least ``target`` (or at most, for latency) passes."""
+    passed = ratio >= target if higher_is_better else ratio <= target
+    return {"ratio": ratio, "target": target, "pass": passed}
 
 
-@dataclass
-class ServerResult:
-    """A server's measurements over every round, or why it has none."""
+def peer_ratios(summaries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """onnxkit's median req/s over each measured peer's, against the peer's target."""
+    if "onnxkit" not in summaries:
+        return {}
+    ours = summaries["onnxkit"]["req_per_s"]
+    return {
+        peer: verdict(ours / theirs["req_per_s"], TARGETS[peer])
+        for peer, theirs in summaries.items()
+        if peer in TARGETS and theirs["req_per_s"] > 0
+    }
 
-    name: str
-    describe: str = ""
-    rounds: list[Measurement] = field(default_factory=list)
-    ready_s: list[float] = field(default_factory=list)
-    unavailable: str | None = None
 
-    def summary(self, concurrency: int) -> dict[str, Any]:
-        """Pooled numbers: req/s over all rounds' windows, percentiles over all samples."""
-        latencies = sorted(ms for m in self.rounds for ms in m.latencies_ms)
-        seconds = sum(m.seconds for m in self.rounds)
-        ok = sum(m.ok for m in self.rounds)
-        errors: Counter[str] = Counter()
-        for m in self.rounds:
-            errors.update(m.errors)
-        requests = ok + sum(errors.values())
-        client_cpu = sum(m.client_cpu_s for m in self.rounds)
-        server_cpu = sum(m.server_cpu_s for m in self.rounds)
-        return {
-            "server": self.name,
-            "describe": self.describe,
-            "ok": ok,
-            "req_per_s": ok / seconds if seconds else math.nan,
-            "req_per_s_by_round": [round(m.ok / m.seconds, 1) for m in self.rounds],
-            "p50_ms": percentile(latencies, 50),
-            "p95_ms": percentile(latencies, 95),
-            "p99_ms": percentile(latencies, 99),
-            "errors": sum(errors.values()),
-            "errors_by_kind": dict(errors),
-            "server_cpu_cores": server_cpu / seconds if seconds else math.nan,
-            "client_cpu_cores": client_cpu / seconds if seconds else math.nan,
-            "client_cpu_ms_per_req": client_cpu * 1000 / requests if requests else math.nan,
-            "seconds_to_ready": self.ready_s,
-            "concurrency": concurrency,
+def latency_checks(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per configuration, over every floor/server pair of every round: the median latencies,
+    the median of the pairs' ratios (server over floor) for p50 and p95 with their verdicts,
+    and the most CPU other work took in any round."""
+    checks = {}
+    for config in rounds[0] if rounds else {}:
+        pairs = [pair for r in rounds for pair in r[config]["pairs"]]
+        check: dict[str, Any] = {
+            key: statistics.median(pair[key] for pair in pairs) for key in pairs[0]
         }
-
-
-def measure_server(
-    name: str,
-    workload: Workload,
-    venvs: dict[str, Venv],
-    args: argparse.Namespace,
-    running: list[Server],
-) -> tuple[Measurement, float, str]:
-    """Start one server, wait until it answers correctly, warm it, measure it, stop it.
-
-    Raises:
-        BenchError: It did not come up.
-    """
-    port = free_port()
-    launch = launch_for(name, port, workload, venvs, args)
-    server = Server(name, launch.argv, launch.env, launch.cwd, Path(args.log_dir) / f"{name}.log")
-    log(f"{name}: starting on {HOST}:{port}: {' '.join(launch.argv)}")
-    running.append(server)
-    try:
-        server.start(args.server_cpus)
-        ready = wait_ready(server, port, launch.path, workload, args.startup_timeout)
-        log(
-            f"{name}: ready after {ready:.1f} s; warm-up {args.warmup:g} s then "
-            f"{args.seconds:g} s measured at concurrency {args.concurrency}"
-        )
-        with cpu_affinity(args.client_cpus):
-            measurement = run_load(
-                port,
-                launch.path,
-                workload,
-                concurrency=args.concurrency,
-                warmup_s=args.warmup,
-                seconds=args.seconds,
-                timeout_s=args.request_timeout,
-                server_cpu=lambda: tree_cpu_seconds(server.pid),
-            )
-        if server.exited() is not None:
-            raise BenchError(
-                f"{name} exited (status {server.exited()}) during the measurement; "
-                f"log {server.log_path}:\n{server.log_tail()}"
-            )
-        log(
-            f"{name}: {measurement.ok / measurement.seconds:.1f} req/s, "
-            f"{sum(measurement.errors.values())} errors"
-        )
-        return measurement, ready, launch.describe
-    finally:
-        server.stop()
-        running.remove(server)
-
-
-# --- report -----------------------------------------------------------------------------------
-
-
-def _fmt(value: float, digits: int = 1) -> str:
-    """A number with thousands separators, or ``-`` for NaN."""
-    return "-" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
+        for q in ("p50", "p95"):
+            ratios = [pair[f"server_{q}_ms"] / pair[f"floor_{q}_ms"] for pair in pairs]
+            check[f"{q}_verdict"] = verdict(
+                statistics.median(ratios), LATENCY_TARGET, higher_is_better=False
+            ) | {"spread": f"{min(ratios):.2f}-{max(ratios):.2f}"}
+        check["others_cpu_cores"] = max(r[config]["others_cpu_cores"] for r in rounds)
+        checks[config] = check | {"rounds": [r[config] for r in rounds]}
+    return checks
 
 
 def render(report: dict[str, Any]) -> str:
-    """The human-readable tables."""
-    config = report["config"]
+    """The header and the tables."""
+
+    def judged(v: dict[str, Any]) -> str:
+        return f"{v['ratio']:5.2f}x {'PASS' if v['pass'] else 'FAIL'}"
+
+    load = " ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(*report["loadavg"], strict=True))
     lines = [
-        f"{config['model']} ({Path(config['model_path']).parent.name}/"
-        f"{Path(config['model_path']).name}), batch {config['batch']}, concurrency "
-        f"{config['concurrency']}, {config['seconds']:g} s measured per server per round "
-        f"(+{config['warmup']:g} s warm-up), {config['rounds']} round(s)",
-        f"CPUs: server {config['server_cpus']}, client {config['client_cpus']} "
-        f"(machine: {config['cpu_count']}; load average before: {config['loadavg_before']}); "
-        f"request body {config['body_bytes']} B, identical for every server",
+        f"{report['model']} {report['model_path']}, batch {report['batch']}; {report['wrk']}, "
+        f"{report['concurrency']} keep-alive connections; {report['warmup']:g} s warm-up + "
+        f"{report['seconds']:g} s per server, {report['rounds']} rounds interleaved",
+        f"{CPUS} CPUs shared by the servers and wrk; load average before/after {load}",
+        *(f"  {name:9} {e['command']}" for name, e in report["servers"].items() if "command" in e),
         "",
-        f"{'server':15} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7} "
-        f"{'srv CPU':>8} {'cli CPU':>8} {'cli ms/req':>10}",
+        f"{'server':9} {'req/s':>7} {'min-max':>13} {'p50 ms':>7} {'p99 ms':>7} {'CPU':>5} "
+        f"{'wrk CPU':>7} {'others':>6} {'errors':>6}  req/s by round",
     ]
-    for row in report["servers"]:
-        if row.get("unavailable"):
-            reason = row["unavailable"].splitlines()[0].split("; log ")[0]
-            lines.append(f"{row['server']:15} skipped: {reason}")
-            continue
-        lines.append(
-            f"{row['server']:15} {_fmt(row['req_per_s']):>9} {_fmt(row['p50_ms'], 2):>8} "
-            f"{_fmt(row['p95_ms'], 2):>8} {_fmt(row['p99_ms'], 2):>8} {row['errors']:>7} "
-            f"{_fmt(row['server_cpu_cores'], 2):>8} {_fmt(row['client_cpu_cores'], 2):>8} "
-            f"{_fmt(row['client_cpu_ms_per_req'], 3):>10}"
-        )
+    for name, entry in report["servers"].items():
+        if "failed" in entry:
+            lines.append(f"{name:9} FAILED: {entry['failed']}")
+        if "summary" in entry:
+            s = entry["summary"]
+            lines.append(
+                f"{name:9} {s['req_per_s']:>7,.0f} {s['spread']:>13} {s['p50_ms']:>7.2f} "
+                f"{s['p99_ms']:>7.2f} {s['cpu_cores']:>5.2f} {s['wrk_cpu_cores']:>7.2f} "
+                f"{s['others_cpu_cores']:>6.2f} {s['errors']:>6}  "
+                + " ".join(f"{r['req_per_s']:,.0f}" for r in entry["rounds"])
+            )
     floor = report["floor"]
+    lines.append(f"{'floor':9} {floor['runs_per_s']:>7,.0f} {floor['spread']:>13}  runs/s of bare ")
+    lines[-1] += "InferenceSession.run in this process, 1 thread"
     lines += [
-        "(srv/cli CPU: cores busy on average in the window; cli ms/req: the client's own CPU "
-        "per request)",
+        "(CPU: cores the server's process tree used, wrk CPU: the load generator's, others: the"
+        " rest of the machine in the busiest round; medians over rounds otherwise)",
         "",
-        f"floor: bare InferenceSession.run in-process, one thread, batch {config['batch']}: "
-        f"{_fmt(floor['runs_per_s'])} runs/s (p50 {_fmt(floor['p50_ms'], 3)} ms)",
+        "CPU cores of each server process per round, largest first (others: the rest):",
     ]
+    busy = 0
+    for name, entry in report["servers"].items():
+        for r in entry["rounds"]:
+            shown = " + ".join(f"{c:.2f}" for c in r["cpu_cores_per_process"] if c >= 0.005)
+            lines.append(f"  {name:9} {shown:24} others {r['others_cpu_cores']:.2f}")
+            busy += r["others_cpu_cores"] > BUSY_CORES
+    if busy:
+        lines.append(f"  WARNING: other work took over {BUSY_CORES} cores in {busy} windows: rerun")
     if report["ratios"]:
+        lines += ["", "onnxkit's median req/s over the peer's, against the target"]
+        for peer, v in report["ratios"].items():
+            label = f"{peer} ({report['workers']} workers each)" if peer == "gunicorn" else peer
+            lines.append(f"  vs {label:26} {judged(v)} (target {v['target']:g}x)")
+    if report["latency"]:
         lines += [
             "",
-            f"{'onnxkit vs':15} {'req/s ratio':>12} {'p50 ratio':>10}   "
-            "(req/s > 1: onnxkit serves more; p50 < 1: onnxkit answers faster)",
+            f"MiniLM latency (ms), one connection, sequential requests, in {LATENCY_BLOCK_S:g} s "
+            "blocks alternating with bare InferenceSession.run (same session options); ratio:",
+            f"the median over pairs of server over floor; target {LATENCY_TARGET}x",
+            f"  {'':38} {'server':>7} {'floor':>7}  p50 ratio  {'server':>7} {'floor':>7}"
+            "  p95 ratio  others (most in a window)",
         ]
-        for peer, ratio in report["ratios"].items():
+        for config, c in report["latency"].items():
             lines.append(
-                f"{peer:15} {_fmt(ratio['req_per_s'], 2) + 'x':>12} "
-                f"{_fmt(ratio['p50'], 2) + 'x':>10}"
+                f"  {config:38} {c['server_p50_ms']:>7.2f} {c['floor_p50_ms']:>7.2f} "
+                f"{judged(c['p50_verdict'])}  {c['server_p95_ms']:>7.2f} "
+                f"{c['floor_p95_ms']:>7.2f} {judged(c['p95_verdict'])}  {c['others_cpu_cores']:.2f}"
             )
+            lines.append(
+                f"    ratios of the {sum(len(r['pairs']) for r in c['rounds'])} pairs: p50 "
+                f"{c['p50_verdict']['spread']}, p95 {c['p95_verdict']['spread']}"
+            )
+        if any(c["others_cpu_cores"] > BUSY_CORES for c in report["latency"].values()):
+            lines.append(f"  WARNING: other work took over {BUSY_CORES} cores in a window: rerun")
     return "\n".join(lines)
 
 
 # --- main -------------------------------------------------------------------------------------
 
 
-def parse_cpus(raw: str) -> set[int]:
-    """``0,1`` or ``0-3`` -> a set of CPU numbers."""
-    cpus: set[int] = set()
-    for part in raw.split(","):
-        low, _, high = part.strip().partition("-")
-        cpus.update(range(int(low), int(high or low) + 1))
-    if not cpus:
-        raise argparse.ArgumentTypeError("no CPUs given")
-    return cpus
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line (see the module docstring, which --help prints)."""
-    allowed = sorted(os.sched_getaffinity(0))
-    default_cpus = ",".join(map(str, allowed[:2]))
+    """The command line; the module docstring is the --help text."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
+    add = parser.add_argument
+    add(
         "--model",
         choices=("digits", "minilm"),
         default="digits",
-        help="digits int8 MLP (default) or MiniLM-L6 fp32 sentence embeddings",
+        help="digits int8 (default) or MiniLM int8",
     )
-    parser.add_argument("--batch", type=int, default=1, help="rows per request (default 1)")
-    parser.add_argument(
-        "--concurrency",
+    add("--servers", default=",".join(SERVERS), help=f"comma list (default: {','.join(SERVERS)})")
+    add(
+        "--workers",
         type=int,
-        default=8,
-        help="client threads, one keep-alive connection each (default 8)",
+        default=CPUS,
+        help=f"onnxkit's and gunicorn's (default {CPUS}: the CPUs)",
     )
-    parser.add_argument(
-        "--seconds",
-        type=float,
-        default=10.0,
-        help="measured seconds per server per round (default 10)",
-    )
-    parser.add_argument(
-        "--warmup",
-        type=float,
-        default=2.0,
-        help="uncounted seconds of full load before measuring (default 2)",
-    )
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="start/measure/stop every server this many times, interleaved, and "
-        "pool the results (evens out a noisy shared machine; default 1)",
-    )
-    parser.add_argument(
-        "--servers",
-        default=",".join(DEFAULT_SERVERS),
-        help=f"comma list from {', '.join(SERVERS)} (default: "
-        f"{','.join(DEFAULT_SERVERS)}); ratios need onnxkit",
-    )
-    parser.add_argument(
-        "--server-cpus",
-        type=parse_cpus,
-        default=parse_cpus(default_cpus),
-        help=f"CPUs each server is pinned to (default {default_cpus}: two cores)",
-    )
-    parser.add_argument(
-        "--client-cpus",
-        type=parse_cpus,
-        default=None,
-        help="CPUs the load generator is pinned to (default: the server's, so "
-        "the client competes with the server as a sidecar would)",
-    )
-    parser.add_argument(
-        "--distinct", type=int, default=32, help="distinct requests cycled through (default 32)"
-    )
-    parser.add_argument(
-        "--floor-seconds",
-        type=float,
-        default=3.0,
-        help="seconds of the bare InferenceSession.run loop (default 3)",
-    )
-    parser.add_argument(
-        "--startup-timeout",
-        type=float,
-        default=120.0,
-        help="seconds a server has to answer its first request (default 120)",
-    )
-    parser.add_argument(
-        "--request-timeout",
-        type=float,
-        default=30.0,
-        help="client socket timeout per request, seconds (default 30)",
-    )
-    parser.add_argument(
-        "--onnxkit",
-        default=str(REPO / ".venv" / "bin" / "onnxkit"),
-        help="the onnxkit executable to serve with (default: this repo's .venv)",
-    )
-    parser.add_argument(
-        "--python",
-        default="python3.11",
-        help="interpreter that makes the peer venvs (default python3.11)",
-    )
-    parser.add_argument(
-        "--venv-dir",
-        default=str(REPO / ".onnxkit" / "bench-venvs"),
-        help="where the peer venvs live (default .onnxkit/bench-venvs, ignored by git)",
-    )
-    parser.add_argument(
-        "--reinstall", action="store_true", help="remake the peer venvs even if they exist"
-    )
-    parser.add_argument(
-        "--log-dir",
-        default=str(REPO / ".onnxkit" / "bench-logs"),
-        help="server logs, one file per server (default .onnxkit/bench-logs)",
-    )
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=None,
-        help="also write the configuration, every number and the ratios here",
-    )
+    add("--batch", type=int, default=1, help="rows per request (default 1)")
+    add("--concurrency", type=int, default=8, help="wrk's connections (default 8)")
+    add("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    add("--seconds", type=float, default=10.0, help="timed seconds per measurement (default 10)")
+    add("--warmup", type=float, default=2.0, help="untimed wrk seconds before each (default 2)")
+    add("--wait-quiet", type=float, default=0, help="seconds to wait for other work to stop")
+    add("--python", default="python3.11", help="makes the peer venvs (default python3.11)")
+    add("--json", type=Path, help="also write every number here")
     args = parser.parse_args(argv)
     args.servers = [name.strip() for name in args.servers.split(",") if name.strip()]
-    unknown = sorted(set(args.servers) - set(SERVERS))
-    if unknown or not args.servers:
-        parser.error(f"--servers: unknown {unknown}; choose from {', '.join(SERVERS)}")
-    for name in ("batch", "concurrency", "rounds", "distinct"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
-    if args.seconds <= 0 or args.warmup < 0:
-        parser.error("--seconds must be positive and --warmup not negative")
-    if args.client_cpus is None:
-        args.client_cpus = args.server_cpus
-    for option in ("server_cpus", "client_cpus"):
-        outside = getattr(args, option) - set(allowed)
-        if outside:
-            parser.error(f"--{option.replace('_', '-')}: CPUs {sorted(outside)} not available")
+    if not args.servers or not set(args.servers) <= set(SERVERS):
+        parser.error(f"--servers: a comma list from {','.join(SERVERS)}")
+    if min(args.workers, args.batch, args.concurrency, args.rounds) < 1 or args.seconds <= 0:
+        parser.error("--workers, --batch, --concurrency, --rounds and --seconds must be positive")
+    if shutil.which("wrk") is None:
+        parser.exit(2, "bench_endpoint.py needs wrk: `apt-get install wrk` or `brew install wrk`\n")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; 0 when every server was measured, 1 when one was skipped."""
+    """Run the benchmark: 0 when every selected server was measured, else 1."""
     args = parse_args(argv)
-
-    def on_term(signum: int, _: FrameType | None) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, on_term)
-    running: list[Server] = []
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return _run(args, running)
+        return run(args)
     except KeyboardInterrupt:
-        log("interrupted; stopping the servers")
+        log("interrupted; every server started was stopped")
         return 130
-    finally:
-        for server in list(running):
-            server.stop()
 
 
-def _run(args: argparse.Namespace, running: list[Server]) -> int:
-    """Prepare, install, measure the floor and every server, print and write the report."""
-    import onnxruntime as ort
+def _interrupt(signum: int, _: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)  # unwinds through `serving`
 
-    loadavg = Path("/proc/loadavg").read_text().split()[:3]
-    log(f"load average before the run: {' '.join(loadavg)} ({os.cpu_count()} CPUs)")
-    log(f"preparing {args.model} requests (batch {args.batch}, {args.distinct} distinct)")
-    workload = build_workload(args.model, args.batch, args.distinct)
 
-    venvs: dict[str, Venv] = {}
-    results = {name: ServerResult(name) for name in args.servers}
-    for venv_name in dict.fromkeys(
-        "flask" if name.startswith("flask") else name for name in args.servers
-    ):
-        if venv_name == "onnxkit":
-            continue
-        try:
-            venv = ensure_venv(
-                Path(args.venv_dir), venv_name, args.python, reinstall=args.reinstall
-            )
-        except BenchError as exc:
-            log(f"skipping {venv_name}: {exc}")
-            for name in args.servers:
-                if name == venv_name or (venv_name == "flask" and name.startswith("flask")):
-                    results[name].unavailable = f"venv: {exc}"
-            continue
-        venvs[venv_name] = venv
-        how = "reused" if venv.reused else "installed"
-        log(
-            f"{venv_name} venv {how} (install took {venv.install_s:.1f} s on "
-            f"{venv.installed_at}): "
-            + ", ".join(f"{package} {version}" for package, version in venv.versions.items())
-        )
-
-    with cpu_affinity(args.server_cpus):
-        log(f"floor: bare InferenceSession.run for {args.floor_seconds:g} s")
-        floor = measure_floor(workload, args.floor_seconds)
-
-    for round_number in range(1, args.rounds + 1):
-        for name in args.servers:
-            result = results[name]
-            if result.unavailable:
-                continue
-            if args.rounds > 1:
-                log(f"round {round_number}/{args.rounds}: {name}")
+def run(args: argparse.Namespace) -> int:
+    """Prepare, measure round by round, print the tables, write the JSON."""
+    loadavg = os.getloadavg()
+    log(f"preparing {args.model}, batch {args.batch}, {DISTINCT} distinct bodies")
+    workload = build_workload(args.model, args.batch)
+    servers: dict[str, dict[str, Any]] = {name: {"rounds": []} for name in args.servers}
+    venvs = {}
+    for name in args.servers:
+        if name in VENVS:
             try:
-                measurement, ready, describe = measure_server(name, workload, venvs, args, running)
+                venvs[VENVS[name]] = venvs.get(VENVS[name]) or ensure_venv(VENVS[name], args.python)
             except BenchError as exc:
-                log(f"skipping {name}: {exc}")
-                result.unavailable = str(exc)
-                continue
-            result.describe = describe
-            result.rounds.append(measurement)
-            result.ready_s.append(round(ready, 2))
-
-    rows: list[dict[str, Any]] = []
-    for result in results.values():
-        if result.unavailable:
-            rows.append({"server": result.name, "unavailable": result.unavailable})
-        else:
-            rows.append(result.summary(args.concurrency))
-    by_name = {row["server"]: row for row in rows if not row.get("unavailable")}
-    ratios: dict[str, dict[str, float]] = {}
-    if "onnxkit" in by_name:
-        ours = by_name["onnxkit"]
-        for peer, row in by_name.items():
-            if peer != "onnxkit":
-                ratios[peer] = {
-                    "req_per_s": ours["req_per_s"] / row["req_per_s"]
-                    if row["req_per_s"]
-                    else math.nan,
-                    "p50": ours["p50_ms"] / row["p50_ms"] if row["p50_ms"] else math.nan,
-                }
-    report: dict[str, Any] = {
-        "config": {
-            "model": args.model,
-            "model_path": str(workload.model_path),
-            "batch": args.batch,
-            "concurrency": args.concurrency,
-            "seconds": args.seconds,
-            "warmup": args.warmup,
-            "rounds": args.rounds,
-            "distinct_requests": args.distinct,
-            "body_bytes": workload.body_bytes,
-            "server_cpus": ",".join(map(str, sorted(args.server_cpus))),
-            "client_cpus": ",".join(map(str, sorted(args.client_cpus))),
-            "cpu_count": os.cpu_count(),
-            "loadavg_before": " ".join(loadavg),
-            "loadavg_after": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
-            "client": "python http.client, one keep-alive connection per thread",
-            "onnxruntime_here": ort.__version__,
-            "python": sys.version.split()[0],
-            "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        },
-        "venvs": {name: asdict(venv) | {"path": str(venv.path)} for name, venv in venvs.items()},
-        "floor": floor,
-        "servers": rows,
-        "ratios": ratios,
+                servers[name]["failed"] = f"venv: {exc}"
+    floors, latency = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-endpoint-") as scratch:
+        scripts = {path: Path(scratch) / f"{path[1:]}.lua" for path in ("/invocations", "/predict")}
+        for path, script in scripts.items():
+            script.write_text(wrk_script(workload.bodies, path))
+        for number in range(1, args.rounds + 1):
+            wait_quiet(args.wait_quiet)
+            samples = run_floor(
+                floor_session(workload.model_path, 1), workload.feeds, FLOOR_SECONDS
+            )
+            floors.append(len(samples) / sum(samples) * 1000)
+            for name in [n for n in args.servers if "failed" not in servers[n]]:
+                log(f"round {number}/{args.rounds}: {name}")
+                script = scripts["/invocations" if name == "onnxkit" else "/predict"]
+                try:
+                    result = measure(name, workload, script, args, workers=args.workers)
+                except BenchError as exc:
+                    log(f"{name} failed: {exc}")
+                    servers[name]["failed"] = str(exc)
+                    continue
+                servers[name]["rounds"].append(result)
+                servers[name]["command"] = result["command"]
+                log(f"{name}: {result['req_per_s']:,.0f} req/s on {result['cpu_cores']:.2f} cores")
+            if args.model == "minilm" and "onnxkit" in args.servers:
+                latency.append(latency_round(workload, scripts["/invocations"], args))
+    summaries = {}
+    for name, entry in servers.items():
+        if entry["rounds"] and "failed" not in entry:
+            entry["summary"] = summaries[name] = summarize(entry["rounds"])
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    settings = ("model", "batch", "concurrency", "rounds", "seconds", "warmup", "workers")
+    report = {key: getattr(args, key) for key in settings} | {
+        "model_path": str(workload.model_path),
+        "cpus": CPUS,
+        "loadavg": [loadavg, os.getloadavg()],
+        "wrk": wrk.stdout.split(" [")[0],
+        "venvs": venvs,
+        "floor": {"runs_per_s": statistics.median(floors), "by_round": floors}
+        | {"spread": f"{min(floors):,.0f}-{max(floors):,.0f}"},
+        "servers": servers,
+        "ratios": peer_ratios(summaries),
+        "latency": latency_checks(latency),
     }
     print(render(report))
     if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
         log(f"wrote {args.json}")
-    skipped = [row["server"] for row in rows if row.get("unavailable")]
-    if skipped:
-        for row in rows:
-            if row.get("unavailable"):
-                print(f"\n{row['server']} was not measured: {row['unavailable']}", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if any("failed" in entry for entry in servers.values()) else 0
+
+
+def latency_round(workload: Workload, script: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One round of the MiniLM check: per configuration, the server is started once, then blocks
+    of bare ``InferenceSession.run`` (same options) and of sequential requests alternate, so
+    both sides of a pair meet the same machine (its speed drifts; see :func:`paired_blocks`)."""
+    one = argparse.Namespace(**(vars(args) | {"concurrency": 1}))
+    blocks = max(1, round(args.seconds / LATENCY_BLOCK_S))
+    out = {}
+    for workers, intra_op in ((1, CPUS), (args.workers, 1)):
+        config = f"{workers} worker(s) x {intra_op} intra-op thread(s)"
+        session = floor_session(workload.model_path, intra_op)
+        timed = partial(paired_blocks, session=session, feeds=workload.feeds, script=script)
+        measured = measure(
+            "onnxkit", workload, script, one, workers=workers, intra_op=intra_op,
+            timed=partial(timed, blocks=blocks),
+        )  # fmt: skip
+        del session, timed  # its pool threads must not outlive this configuration
+        out[config] = {key: measured[key] for key in ("pairs", "cpu_cores", "others_cpu_cores")}
+        shown = (f"{p['server_p50_ms']:.2f}/{p['floor_p50_ms']:.2f}" for p in measured["pairs"])
+        log(f"latency, {config}, p50 server/floor: {' '.join(shown)}")
+    return out
+
+
+def paired_blocks(
+    url: str, *, session: Any, feeds: list[dict[str, np.ndarray]], script: Path, blocks: int
+) -> dict[str, Any]:
+    """``blocks`` pairs of a bare-run block and a one-connection wrk block, p50 and p95 each.
+
+    The two CPUs of a small VM change speed by half for tens of seconds at a time (host side,
+    no steal shown), so a floor measured a minute before the server would decide the ratio.
+    """
+    pairs = []
+    for _ in range(blocks):
+        floor = run_floor(session, feeds, LATENCY_BLOCK_S)
+        server = parse_wrk(run_wrk(url, script, 1, LATENCY_BLOCK_S))
+        pairs.append(
+            {f"server_{q}_ms": server[f"{q}_ms"] for q in ("p50", "p95")}
+            | {f"floor_{q}_ms": float(np.percentile(floor, int(q[1:]))) for q in ("p50", "p95")}
+        )
+    return {"pairs": pairs}
 
 
 if __name__ == "__main__":

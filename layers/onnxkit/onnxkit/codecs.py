@@ -14,6 +14,7 @@ from typing import Any
 
 import mimeparse
 import numpy as np
+import orjson
 
 from onnxkit.datatypes import BY_NAME, BY_NUMPY, SUPPORTED_NAMES, Datatype
 from onnxkit.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError
@@ -281,6 +282,14 @@ def _to_array(name: str, data: Any, dtype: Datatype) -> np.ndarray:
 
 def _describe(spec: TensorSpec) -> str:
     return f"{spec.name!r} ({spec.datatype} {[('N' if d == -1 else d) for d in spec.shape]})"
+
+
+def encode_json(document: Any) -> bytes:
+    """Compact JSON bytes (orjson: an embedding's floats encode about 20x faster than json's).
+
+    Non-finite floats, which a model can output, become ``null``.
+    """
+    return orjson.dumps(document)
 
 
 def encode_response(response: InferenceResponse) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -23,6 +22,7 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from onnxkit.aws import AwsClients
+from onnxkit.codecs import encode_json
 from onnxkit.errors import InvalidInputError, error_body
 from onnxkit.manifest import Manifest
 from onnxkit.predictor import Predictor
@@ -65,7 +65,7 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
     return Response(
         status_code=int(status),
         content_type=JSON,
-        body=json.dumps(body, separators=(",", ":")),
+        body=encode_json(body).decode(),
         headers=headers or {},
     )
 

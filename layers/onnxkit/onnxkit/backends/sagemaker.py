@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from onnxkit.backends import requested_outputs
-from onnxkit.codecs import encode_tensor
+from onnxkit.codecs import encode_json, encode_tensor
 from onnxkit.datatypes import BY_NAME
 from onnxkit.errors import (
     BackendError,
@@ -58,7 +58,7 @@ class SageMakerBackend:
             "inputs": [encode_tensor(name, array) for name, array in inputs.items()],
             "outputs": [{"name": name} for name in names],
         }
-        reply = self._invoke(json.dumps(request, separators=(",", ":")).encode())
+        reply = self._invoke(encode_json(request))
         return decode_outputs(reply, names)
 
     def _invoke(self, body: bytes) -> bytes:

@@ -4,7 +4,6 @@ and the model loaded (and its alias followed) in a background thread."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -12,7 +11,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from http import HTTPStatus
-from typing import Any
 
 import anyio
 from starlette.applications import Starlette
@@ -29,6 +27,7 @@ from onnxkit.adapters.endpoint.workers import (
     readiness_folder,
     resolve_settings,
 )
+from onnxkit.codecs import encode_json
 from onnxkit.errors import ModelNotReadyError, OnnxkitError, PayloadTooLargeError, error_body
 from onnxkit.predictor import Predictor
 from onnxkit.routes import ENDPOINT, JSON, Route, RouteTable, negotiate
@@ -39,15 +38,10 @@ logger = logging.getLogger(__name__)
 LOAD_RETRY_MAX_SECONDS = 30.0
 
 
-def json_body(payload: Any) -> bytes:
-    """Compact JSON bytes."""
-    return json.dumps(payload, separators=(",", ":")).encode()
-
-
 def error_response(error: BaseException) -> Response:
     """The JSON error response for any exception."""
     status, payload, headers = error_body(error)
-    return Response(json_body(payload), int(status), headers, media_type=JSON)
+    return Response(encode_json(payload), int(status), headers, media_type=JSON)
 
 
 class EndpointApp:
@@ -103,7 +97,7 @@ class EndpointApp:
             else:  # only inference goes to the threads: /ping never waits behind the model
                 answer = await anyio.to_thread.run_sync(perform, limiter=self._limiter)
             response = (
-                Response(json_body(answer), media_type=JSON)
+                Response(encode_json(answer), media_type=JSON)
                 if route.answers_json
                 else Response(b"")
             )
