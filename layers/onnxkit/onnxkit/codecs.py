@@ -70,6 +70,23 @@ def _reject_constant(token: str) -> Any:
     raise InvalidInputError(f"{token} is not valid JSON; send finite numbers only")
 
 
+def _explain_invalid(body: bytes | str) -> Any:
+    """Why a body orjson refused is not valid JSON, in the standard library's words.
+
+    Raises:
+        InvalidInputError: Always, naming a NaN/Infinity token, deep nesting or the position.
+    """
+    try:
+        json.loads(body, parse_constant=_reject_constant)
+    except InvalidInputError:
+        raise
+    except RecursionError as exc:
+        raise InvalidInputError("the body is nested too deeply to be a v2 request") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"the body is not valid JSON: {exc}") from exc
+    raise InvalidInputError("the body is not valid JSON (it is nested too deeply to be read)")
+
+
 def parse_json(body: bytes | str | None, *, max_bytes: int) -> dict[str, Any]:
     """Parse a JSON object body with a size limit and without NaN/Infinity.
 
@@ -86,13 +103,9 @@ def parse_json(body: bytes | str | None, *, max_bytes: int) -> dict[str, Any]:
             "(for larger payloads split the batch)"
         )
     try:
-        data = json.loads(body, parse_constant=_reject_constant)
-    except InvalidInputError:
-        raise
-    except RecursionError as exc:
-        raise InvalidInputError("the body is nested too deeply to be a v2 request") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"the body is not valid JSON: {exc}") from exc
+        data = orjson.loads(body)  # strict JSON: no NaN or Infinity tokens
+    except orjson.JSONDecodeError:
+        data = _explain_invalid(body)  # the error path only: json says exactly what is wrong
     if not isinstance(data, dict):
         raise InvalidInputError("the body must be a JSON object with an 'inputs' list")
     return data
@@ -227,11 +240,12 @@ def _flatten(name: str, data: list[Any]) -> tuple[list[int], list[Any]]:
     level: list[Any] = [data]
     while level and isinstance(level[0], list):
         width = len(level[0])
-        if any(not isinstance(item, list) or len(item) != width for item in level):
+        # map() keeps these per-item checks in C: a request may hold thousands of values
+        if set(map(type, level)) != {list} or set(map(len, level)) != {width}:
             raise InvalidInputError(f"input {name!r}: 'data' must be a rectangular list of numbers")
         shape.append(width)
         level = [leaf for item in level for leaf in item]
-    if any(isinstance(leaf, list) for leaf in level):
+    if list in set(map(type, level)):
         raise InvalidInputError(f"input {name!r}: 'data' must be a rectangular list of numbers")
     return shape, level
 
@@ -245,7 +259,7 @@ def _to_array(name: str, data: Any, dtype: Datatype) -> np.ndarray:
     if not isinstance(data, list):
         raise InvalidInputError(f"input {name!r}: 'data' must be a list")
     shape, leaves = _flatten(name, data)
-    kinds = {type(leaf) for leaf in leaves}
+    kinds = set(map(type, leaves))
     if dtype.name == "BOOL":
         if not kinds <= {int, float, bool}:
             raise InvalidInputError(f"input {name!r}: 'data' must hold only booleans")

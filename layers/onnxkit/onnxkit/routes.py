@@ -69,19 +69,8 @@ _MODEL = "/v2/models/{name}"
 _VERSION = "/v2/models/{name}/versions/{version}"
 
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/v2", "server_metadata", "Server metadata (name, version, extensions)"),
-    Route("GET", "/v2/health/live", "live", "Liveness: the server answers"),
-    Route("GET", "/v2/health/ready", "ready", "Readiness: 200 once the model is loaded"),
-    Route("GET", _MODEL, "model_metadata", "Model metadata: signature, versions, checksum"),
-    Route("GET", _VERSION, "model_metadata", "Metadata of one version of the model"),
-    Route("GET", f"{_MODEL}/ready", "model_ready", "Whether the model serves"),
-    Route("GET", f"{_VERSION}/ready", "model_ready", "Whether this version of the model serves"),
-    Route("POST", f"{_MODEL}/infer", "infer", "Run the model (v2 inference)", takes_body=True),
-    Route(
-        "POST", f"{_VERSION}/infer", "infer", "Run this version of the model", takes_body=True
-    ),
-    Route("GET", OPENAPI_PATH, "openapi", "This document (OpenAPI 3)"),
-    # SageMaker's container contract: the endpoint serves one model, so no name in the path.
+    # SageMaker's container contract: one model, so no name in the path. First, because the
+    # edges try routes in order and these are the container's busiest.
     Route(
         "GET", "/ping", "ping", "SageMaker health check: 200 (empty) once the model is loaded",
         edges=frozenset({ENDPOINT}), answers_json=False,
@@ -96,6 +85,18 @@ ROUTES: tuple[Route, ...] = (
         "InvokeEndpoint's path, for boto3 pointed at a local endpoint server",
         edges=frozenset({ENDPOINT}), takes_body=True,
     ),
+    Route("GET", "/v2", "server_metadata", "Server metadata (name, version, extensions)"),
+    Route("GET", "/v2/health/live", "live", "Liveness: the server answers"),
+    Route("GET", "/v2/health/ready", "ready", "Readiness: 200 once the model is loaded"),
+    Route("GET", _MODEL, "model_metadata", "Model metadata: signature, versions, checksum"),
+    Route("GET", _VERSION, "model_metadata", "Metadata of one version of the model"),
+    Route("GET", f"{_MODEL}/ready", "model_ready", "Whether the model serves"),
+    Route("GET", f"{_VERSION}/ready", "model_ready", "Whether this version of the model serves"),
+    Route("POST", f"{_MODEL}/infer", "infer", "Run the model (v2 inference)", takes_body=True),
+    Route(
+        "POST", f"{_VERSION}/infer", "infer", "Run this version of the model", takes_body=True
+    ),
+    Route("GET", OPENAPI_PATH, "openapi", "This document (OpenAPI 3)"),
 )  # fmt: skip
 
 
