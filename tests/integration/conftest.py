@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from onnxkit_tools.net import wait_http
 from tests.conftest import REPO
 
 ONNXKIT = str(Path(sys.executable).parent / "onnxkit")
@@ -116,28 +115,6 @@ def cli_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ONNXKIT_"))}
     env.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
     return env
-
-
-def wait_http(
-    url: str,
-    timeout: float = 30.0,
-    process: subprocess.Popen | None = None,
-    headers: dict[str, str] | None = None,
-) -> None:
-    """Poll until the URL answers 200."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}")
-        try:
-            request = urllib.request.Request(url, headers=headers or {})
-            with urllib.request.urlopen(request, timeout=5) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} not ready after {timeout} s")
 
 
 @pytest.fixture(scope="session")

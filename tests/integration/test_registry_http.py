@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from onnxkit_tools.net import wait_http
 from tests.conftest import REPO
-from tests.integration.conftest import ONNXKIT, cli_env, function_env, wait_http
+from tests.integration.conftest import ONNXKIT, cli_env, function_env
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from onnxkit_tools.net import wait_http
 from tests.conftest import EVENTS, REPO, expected_code, expected_status
-from tests.integration.conftest import ONNXKIT, cli_env, function_env, wait_http
+from tests.integration.conftest import ONNXKIT, cli_env, function_env
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +86,7 @@ def servers(minilm: Path, local_s3: Any, tmp_path_factory) -> Iterator[dict[str,
             strict=True,
         ):
             try:
-                wait_http(f"{urls[name]}{path}", timeout=90, process=process)
+                wait_http(f"{urls[name]}{path}", timeout_s=90, process=process)
             except AssertionError as exc:
                 log = (folder / f"{name}.log").read_text(errors="replace")[-3000:]
                 raise AssertionError(f"{name}: {exc}\n{log}") from exc

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from onnxkit_tools.net import wait_http
 from tests.conftest import REPO
-from tests.integration.conftest import ONNXKIT, cli_env, wait_http
+from tests.integration.conftest import ONNXKIT, cli_env
 
 pytestmark = pytest.mark.integration
 

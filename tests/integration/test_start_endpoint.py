@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from onnxkit_tools.net import wait_http
 from tests.conftest import EVENTS, REPO
-from tests.integration.conftest import ONNXKIT, cli_env, wait_http
+from tests.integration.conftest import ONNXKIT, cli_env
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +35,7 @@ def start_endpoint(*args: str) -> Iterator[str]:
         )  # fmt: skip
         base = f"http://127.0.0.1:{port}"
         try:
-            wait_http(f"{base}/ping", process=process, timeout=120)
+            wait_http(f"{base}/ping", process=process, timeout_s=120)
             yield base
         finally:
             process.send_signal(signal.SIGINT)  # Ctrl-C: drained, and the local S3 stopped
