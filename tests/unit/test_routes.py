@@ -12,9 +12,7 @@ from onnxkit.errors import (
     RouteNotFoundError,
     UnsupportedMediaTypeError,
 )
-from onnxkit.predictor import Predictor
 from onnxkit.routes import ENDPOINT, FUNCTION, ROUTES, RouteTable, accepts_json, negotiate
-from onnxkit.settings import ApiSettings
 
 
 def concrete(path: str) -> str:
@@ -172,19 +170,3 @@ def test_only_body_routes_check_the_content_type_and_ping_accepts_anything() -> 
     with pytest.raises(NotAcceptableError) as caught:
         negotiate(metadata, content_type=None, accept="text/plain")
     assert caught.value.status == 406
-
-
-def test_a_wrong_content_type_is_refused_before_the_model_loads() -> None:
-    loads: list[int] = []
-    predictor = Predictor(
-        "m",
-        lambda: loads.append(1) or None,
-        ApiSettings(),  # type: ignore[arg-type,func-returns-value]
-    )
-    table = RouteTable(FUNCTION)
-    route, params = table.match("POST", "/v2/models/m/infer")
-
-    with pytest.raises(UnsupportedMediaTypeError):
-        table.dispatch(predictor, route, params, body=b"{}", content_type="text/plain")
-
-    assert loads == []

@@ -17,7 +17,7 @@ from onnxkit.backends.sagemaker import SageMakerBackend
 from onnxkit.errors import ModelNotReadyError
 from onnxkit.manifest import Manifest
 from onnxkit.predictor import Observer, Predictor, Refresh
-from onnxkit.routes import Edge
+from onnxkit.routes import ENDPOINT, FUNCTION, Edge
 from onnxkit.session import create_session, warm_up
 from onnxkit.settings import ENV_BACKEND, ENV_SAGEMAKER_ENDPOINT, ForwardSettings, Settings
 from onnxkit.sources import FolderSource, ModelSource, StoreSource
@@ -92,7 +92,7 @@ def build_predictor(
 
     def load(manifest: Manifest | None) -> Backend:
         if (
-            role == "function"
+            role == FUNCTION
             and manifest is not None
             and choose_backend(settings.forward, manifest) == "sagemaker"
         ):
@@ -109,7 +109,7 @@ def build_predictor(
             manifest = source.describe(session, model_file)
         warm_up(session, manifest.inputs)
         backend: Backend = OnnxruntimeBackend(manifest, session)
-        if role == "endpoint" and settings.endpoint.batching:
+        if role == ENDPOINT and settings.endpoint.batching:
             backend = BatchingBackend(
                 backend,
                 max_size=settings.endpoint.batch_rows,
@@ -137,7 +137,7 @@ def build_predictor(
         settings.api,
         observer,
         refresh,
-        background=role == "endpoint",
+        background=role == ENDPOINT,
     )
 
 

@@ -73,6 +73,13 @@ class NotAcceptableError(OnnxkitError):
     code = "not_acceptable"
 
 
+class RequestTimeoutError(OnnxkitError):
+    """The request's headers, or the next part of its body, did not arrive in time (408)."""
+
+    status = HTTPStatus.REQUEST_TIMEOUT
+    code = "request_timeout"
+
+
 class ModelNotFoundError(OnnxkitError):
     """No such model, version or alias (in the store or on this function)."""
 

@@ -144,7 +144,7 @@ OPERATIONS: dict[str, Operation] = {
 
 
 class RouteTable:
-    """The routes one edge serves, with matching, negotiation and dispatch.
+    """The routes one edge serves: matching (404 versus 405) and performing an operation.
 
     Args:
         edge: ``function`` or ``endpoint``.
@@ -189,27 +189,6 @@ class RouteTable:
             else ("/v2, /v2/health/ready and /v2/models/{name}")
         )
         raise RouteNotFoundError(f"no route for {method} {path}; this server serves {served}")
-
-    def dispatch(
-        self,
-        predictor: Predictor,
-        route: Route,
-        params: dict[str, str],
-        *,
-        body: bytes | str | None = None,
-        content_type: str | None = None,
-        accept: str | None = None,
-    ) -> Any:
-        """Negotiate, then perform the route's operation.
-
-        Returns:
-            The JSON-able answer (None for ``/ping``).
-
-        Raises:
-            OnnxkitError: 4xx for what the caller sent wrong, 5xx for our faults.
-        """
-        negotiate(route, content_type=content_type, accept=accept)
-        return self.perform(predictor, route, params, body)
 
     def perform(
         self,

@@ -1,9 +1,10 @@
 """The Lambda edge: API Gateway REST proxy events -> route table -> Predictor -> proxy responses.
 
 The Powertools resolver is generated from the route table (``onnxkit.routes``); the handler
-only translates: it decodes the body, dispatches through the table, encodes the answer and
-maps every error to ``{"error": {"code", "message"}}``, counting it in ``ClientErrors`` or
-``ServerErrors``. Logger, Metrics and Tracer come from Powertools.
+only translates: it negotiates the media types, decodes the body, performs the route's
+operation, encodes the answer and maps every error to ``{"error": {"code", "message"}}``,
+counting it in ``ClientErrors`` or ``ServerErrors``. Logger, Metrics and Tracer come from
+Powertools.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from onnxkit.codecs import encode_json
 from onnxkit.errors import InvalidInputError, error_body
 from onnxkit.manifest import Manifest
 from onnxkit.predictor import Predictor
-from onnxkit.routes import FUNCTION, JSON, Route, RouteTable
+from onnxkit.routes import FUNCTION, JSON, Route, RouteTable, negotiate
 from onnxkit.settings import Settings
 
 
@@ -100,15 +101,10 @@ def create_app(
             ) from exc
 
     def respond(route: Route, params: dict[str, str]) -> Response:
+        # Headers first, as the endpoint does: a refused media type never decodes the body.
         headers = app.current_event.headers
-        answer = table.dispatch(
-            predictor,
-            route,
-            params,
-            body=body() if route.takes_body else None,
-            content_type=headers.get("content-type"),
-            accept=headers.get("accept"),
-        )
+        negotiate(route, content_type=headers.get("content-type"), accept=headers.get("accept"))
+        answer = table.perform(predictor, route, params, body() if route.takes_body else None)
         return json_response(HTTPStatus.OK, answer)
 
     def fail(error: Exception) -> Response:

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from onnxkit.errors import error_body
 from onnxkit.predictor import Predictor
 from onnxkit.routes import FUNCTION, RouteTable
 from onnxkit.settings import ApiSettings
@@ -236,29 +235,13 @@ def test_body_over_the_event_limit_is_413_without_invoking(
 
 
 def predictor_function(predictor: Predictor) -> Callable[[Event], dict[str, Any]]:
-    """A minimal function: REST proxy event -> route table -> proxy response or v2 error."""
-    table = RouteTable(FUNCTION)
+    """The function's real edge (the Powertools resolver from the route table), in-process."""
+    from aws_lambda_powertools import Logger
 
-    def invoke(event: Event) -> dict[str, Any]:
-        try:
-            route, params = table.match(event["httpMethod"], event["path"])
-            headers = {k.lower(): v for k, v in event["headers"].items()}
-            result = table.dispatch(
-                predictor,
-                route,
-                params,
-                body=event["body"],
-                content_type=headers.get("content-type"),
-                accept=headers.get("accept"),
-            )
-            return ok_response(result)
-        except Exception as exc:
-            status, body, headers = error_body(exc)
-            response = ok_response(body, status=int(status))
-            response["headers"].update(headers)
-            return response
+    from onnxkit.adapters.lambda_api import create_app
 
-    return invoke
+    app = create_app(predictor, Logger(service="test"), RouteTable(FUNCTION))
+    return lambda event: app.resolve(event, {})
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from onnxkit.codecs import encode_json
 from onnxkit.errors import ModelNotReadyError, OnnxkitError, PayloadTooLargeError, error_body
 from onnxkit.predictor import Predictor
 from onnxkit.routes import ENDPOINT, JSON, Route, RouteTable, negotiate
-from onnxkit.settings import EndpointSettings, Settings
+from onnxkit.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ class EndpointApp:
     Args:
         predictor: Serves the model (built with ``background=True``: requests never load it).
         table: The endpoint's routes.
-        endpoint: Limits and timing of the server.
         threads: Threads that run the model (0: on the event loop).
     """
 
@@ -58,14 +57,12 @@ class EndpointApp:
         self,
         predictor: Predictor,
         table: RouteTable,
-        endpoint: EndpointSettings,
         *,
         threads: int,
         siblings: SiblingReadiness | None = None,
     ) -> None:
         self.predictor = predictor
         self.table = table
-        self.endpoint = endpoint
         self.siblings = siblings
         self.max_request_bytes = predictor.limits.max_request_bytes
         self._limiter = anyio.CapacityLimiter(threads) if threads else None
@@ -229,7 +226,7 @@ def create_app(
         The ASGI app to serve, and the :class:`EndpointApp` behind it (for tests).
     """
     table = RouteTable(ENDPOINT, openapi=settings.api.serve_openapi)
-    endpoint = EndpointApp(predictor, table, settings.endpoint, threads=threads, siblings=siblings)
+    endpoint = EndpointApp(predictor, table, threads=threads, siblings=siblings)
     routes = [
         StarletteRoute(route.path, endpoint.handler(route), methods=[route.method])
         for route in table.routes

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from http import HTTPStatus
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from onnxkit.codecs import encode_json
+from onnxkit.errors import InvalidInputError, OnnxkitError, RequestTimeoutError, error_body
 from onnxkit.routes import JSON
 
 MAX_URL_BYTES = 8 * 1024
@@ -46,9 +46,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
     def _timed_out(self) -> None:
         self._deadline = None
         if not self.transport.is_closing():
-            self._refuse(
-                HTTPStatus.REQUEST_TIMEOUT, "request_timeout", "the request did not arrive in time"
-            )
+            self._refuse(RequestTimeoutError("the request did not arrive in time"))
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -91,10 +89,12 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
-        self._refuse(HTTPStatus.BAD_REQUEST, "bad_request", f"malformed HTTP request: {msg}")
+        self._refuse(InvalidInputError(f"malformed HTTP request: {msg}", code="bad_request"))
 
-    def _refuse(self, status: HTTPStatus, code: str, message: str) -> None:
-        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    def _refuse(self, error: OnnxkitError) -> None:
+        """Answer ``error`` in our JSON error body and close: the stream cannot be trusted."""
+        status, payload, _ = error_body(error)
+        body = encode_json(payload)
         head = (
             f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: {JSON}\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"

@@ -83,7 +83,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         port=settings.endpoint.port,
         workers=plan.workers,
         http=HardenedHttpToolsProtocol,
-        loop="uvloop" if _has("uvloop") else "asyncio",
+        loop="auto",  # uvloop when installed (the endpoint extra has it), else asyncio
         lifespan="on",
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=int(settings.endpoint.drain_seconds),
@@ -129,12 +129,6 @@ class EndpointConfig(uvicorn.Config):
     def __init__(self, app: Any, *, header_timeout: float, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.header_timeout = header_timeout
-
-
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 def exit_after() -> None:

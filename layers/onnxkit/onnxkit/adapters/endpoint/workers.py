@@ -12,7 +12,7 @@ from typing import Any
 
 from onnxkit.errors import ModelNotReadyError
 from onnxkit.session import available_cpus
-from onnxkit.settings import Settings
+from onnxkit.settings import ENV_MODEL_DIR, ENV_MODEL_STORE, Settings
 
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"
 GPU_THREADS = 8  # per worker: CUDA runs release the GIL, so requests overlap on the device
@@ -160,9 +160,6 @@ def resolve_settings(settings: Settings, environ: Mapping[str, str]) -> tuple[Se
 def endpoint_settings(environ: Mapping[str, str]) -> Settings:
     """Settings for the container: without a store or folder, SageMaker's /opt/ml/model."""
     environ = dict(environ)
-    if (
-        not environ.get("ONNXKIT_MODEL_DIR", "").strip()
-        and not environ.get("ONNXKIT_MODEL_STORE", "").strip()
-    ):
-        environ["ONNXKIT_MODEL_DIR"] = SAGEMAKER_MODEL_DIR
+    if not environ.get(ENV_MODEL_DIR, "").strip() and not environ.get(ENV_MODEL_STORE, "").strip():
+        environ[ENV_MODEL_DIR] = SAGEMAKER_MODEL_DIR
     return Settings.from_env(environ)
