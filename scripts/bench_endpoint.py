@@ -120,6 +120,8 @@ def build_workload(model: str, batch: int) -> Workload:
     """``DISTINCT`` v2 JSON bodies of ``batch`` validation rows each, and their outputs."""
     import onnxruntime as ort
 
+    from onnxkit.codecs import encode_tensor  # the v2 tensor form the servers decode
+
     if model == "digits":
         from onnxkit_tools.local.s3 import default_model_dir
 
@@ -138,11 +140,7 @@ def build_workload(model: str, batch: int) -> Workload:
     for index in range(DISTINCT):
         picked = [(index * batch + offset) % rows for offset in range(batch)]
         feed = {name: values[picked] for name, values in inputs.items()}
-        tensors = [
-            {"name": name, "shape": list(array.shape), "data": array.ravel().tolist()}
-            | {"datatype": "FP32" if array.dtype == np.float32 else "INT64"}
-            for name, array in feed.items()
-        ]
+        tensors = [encode_tensor(name, array) for name, array in feed.items()]
         bodies.append(json.dumps({"inputs": tensors}, separators=(",", ":")).encode())
         feeds.append(feed)
         expected.append(dict(zip(outputs, session.run(outputs, feed), strict=True)))

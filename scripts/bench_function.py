@@ -30,8 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from onnxkit_tools.local.s3 import ensure_bucket, s3_client
-from onnxkit_tools.net import free_port, wait_http
+from onnxkit_tools.local.s3 import MotoProcess, ensure_bucket
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "bench-cold"
@@ -156,25 +155,17 @@ def main() -> int:
     from onnxkit_tools.registry import Registry, publish_model
 
     model_file, name, request = model_and_request(args.model)
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ONNXKIT_"))}
-    base.update(
-        {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL_S3": endpoint,
-        }
-    )
-    moto = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_http(f"{endpoint}/moto-api/", process=moto)
-        client = s3_client(endpoint)
+    with MotoProcess() as moto:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ONNXKIT_"))}
+        base.update(
+            {
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_ENDPOINT_URL_S3": moto.endpoint,
+            }
+        )
+        client = moto.client()
         ensure_bucket(client, BUCKET)
         with tempfile.TemporaryDirectory() as tmp:
             registry = Registry.from_uri(STORE, cache_dir=tmp, s3_client=client)
@@ -202,9 +193,6 @@ def main() -> int:
                     one_run(FUNCTION, {**function_env, "ONNXKIT_CACHE_DIR": cache})
                 )
             runs["naive"].append(one_run(NAIVE, naive_env))
-    finally:
-        moto.terminate()
-        moto.wait(15)
 
     size = model_file.stat().st_size / 1e6
     code = args.package_dir or "the installed onnxkit"

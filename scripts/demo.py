@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxkit_tools.net import free_port
+from onnxkit_tools.net import free_port, wait_http
 
 REPO = Path(__file__).resolve().parents[1]
 ONNXKIT = Path(sys.executable).parent / "onnxkit"
@@ -50,17 +50,10 @@ def start(*args: str, env: dict[str, str]) -> subprocess.Popen:
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{url} never came up: its process exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"{url} was not ready after {timeout:.0f} s")
+    try:
+        wait_http(url, timeout_s=timeout, process=process)
+    except TimeoutError as exc:
+        raise SystemExit(f"{url} never came up: {exc}") from None
 
 
 def stop(process: subprocess.Popen | None) -> None:

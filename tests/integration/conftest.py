@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from onnxkit_tools.local.s3 import MotoProcess, ensure_bucket
 from onnxkit_tools.net import wait_http
 from tests.conftest import REPO
 
@@ -32,44 +33,12 @@ def rie() -> Path:
         )
 
 
-class MotoProcess:
-    """A moto S3 server in its own process on 127.0.0.1.
-
-    Not in-process: moto's state is global to a process, and every ``mock_aws()`` that ends
-    in another test resets it, which would empty this server's buckets mid-session.
-    """
-
-    def __init__(self) -> None:
-        from onnxkit_tools.net import free_port
-
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_http(f"{self.endpoint}/moto-api/", process=self.process)
-        self.store: Any = None
-
-    def client(self) -> Any:
-        from onnxkit_tools.local.s3 import s3_client
-
-        return s3_client(self.endpoint)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=15)
-
-
 @pytest.fixture(scope="session")
-def local_s3(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A moto S3 server on 127.0.0.1 with digits int8 published as version 1, alias prod."""
-    from onnxkit_tools.local.s3 import ensure_bucket
+def local_s3(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoProcess]:
+    """A moto S3 server (its own process) with digits int8 published as version 1, alias prod."""
     from onnxkit_tools.registry import Registry, publish_model
 
-    s3 = MotoProcess()
-    try:
+    with MotoProcess() as s3:
         client = s3.client()
         ensure_bucket(client, "onnxkit-it")
         store = Registry.from_uri(STORE, cache_dir=tmp_path_factory.mktemp("pub"), s3_client=client)
@@ -81,10 +50,7 @@ def local_s3(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             alias="prod",
             report_path=digits_dir / "report.json",
         )
-        s3.store = store
         yield s3
-    finally:
-        s3.stop()
 
 
 def function_env(endpoint: str, cache_dir: Path, **extra: str) -> dict[str, dict[str, str]]:

@@ -135,7 +135,7 @@ def describe_model(
         producer={"name": proto.producer_name, "version": proto.producer_version},
         quantization=quantization,
         backend=backend,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        created_at=_now(),
         metadata=dict(metadata or {}),
     )
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from onnxkit_tools.net import free_port
+from onnxkit_tools.net import free_port, wait_http
 
 LOCAL_BUCKET = "onnxkit-local"
 LOCAL_STORE = f"s3://{LOCAL_BUCKET}/onnxkit"
@@ -35,6 +37,47 @@ class LocalS3:
         if self._server is not None:
             self._server.stop()
             self._server = None
+
+    def client(self) -> Any:
+        """A boto3 S3 client for this server (fake credentials, never real AWS)."""
+        return s3_client(self.endpoint)
+
+
+class MotoProcess:
+    """A moto S3 server in a process of its own on 127.0.0.1. Use as a context manager.
+
+    For tests and benchmarks: moto's state is global to a process, so an in-process server
+    would be emptied by any ``mock_aws()`` that ends, and would share the measured process's
+    CPU and GIL.
+    """
+
+    def __init__(self, port: int = 0) -> None:
+        self.port = port or free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> MotoProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_http(f"{self.endpoint}/moto-api/", process=self.process)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
 
     def client(self) -> Any:
         """A boto3 S3 client for this server (fake credentials, never real AWS)."""

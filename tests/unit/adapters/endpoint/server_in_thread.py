@@ -24,6 +24,7 @@ from onnxkit.adapters.endpoint import (
 from onnxkit.manifest import FileEntry, Manifest, TensorSpec
 from onnxkit.predictor import Predictor
 from onnxkit.settings import ApiSettings, EndpointSettings, Settings
+from onnxkit_tools.net import wait_http
 
 JSON = {"Content-Type": "application/json"}
 FAKE_MANIFEST = Manifest(
@@ -92,12 +93,7 @@ class Served:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Poll /ping until 200."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if requests.get(f"{self.url}/ping", timeout=5).status_code == 200:
-                return
-            time.sleep(0.02)
-        raise AssertionError("the endpoint never became ready")
+        wait_http(f"{self.url}/ping", timeout_s=timeout)
 
 
 @contextmanager
