@@ -1,8 +1,13 @@
-"""Lambda entry point: build the handler from the environment once, at init."""
+"""Lambda entry point: start loading the model, import the rest meanwhile, build the handler."""
 
 import os
 
-from onnxkit.adapters.lambda_api import build_handler
+from onnxkit.coldstart import start_loading  # standard library and settings only
 from onnxkit.settings import Settings
 
-lambda_handler = build_handler(Settings.from_env(os.environ))
+settings = Settings.from_env(os.environ)
+loading = start_loading(settings)  # S3, verify, onnxruntime session: in a thread from here
+
+from onnxkit.adapters.lambda_api import build_handler  # noqa: E402  Powertools, codecs, routes
+
+lambda_handler = build_handler(settings, loading=loading)

@@ -72,7 +72,11 @@ def test_model_published_after_init_is_picked_up(s3, make_handler, digits_dir, t
 def test_full_tmp_is_507_and_recovers(published, make_handler, monkeypatch) -> None:
     import shutil
 
-    # GIVEN /tmp reports no free space
+    from onnxkit import sources
+
+    # GIVEN a model loaded through the /tmp cache (as one over the in-memory limit is) and
+    # /tmp reports no free space
+    monkeypatch.setattr(sources, "IN_MEMORY_MAX_BYTES", 0)
     usage = namedtuple("usage", "total used free")
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(1, 1, 0))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from onnxkit import sources
 from onnxkit_tools.registry import Registry, publish_model
 from tests.functional.conftest import BUCKET, STORE, body_of
 
@@ -30,10 +31,14 @@ def after_interval() -> None:
     time.sleep(INTERVAL * 1.5)
 
 
+@pytest.mark.parametrize("path", ["memory", "tmp"])
 def test_alias_moves_are_served_without_a_restart(
-    store, published, make_handler, digits_dir: Path, tmp_path: Path, s3
+    path: str, store, published, make_handler, digits_dir: Path, tmp_path: Path, s3, monkeypatch
 ) -> None:
-    # GIVEN a function serving digits@prod = 1, re-reading the alias every 0.2 s
+    # GIVEN a function serving digits@prod = 1, re-reading the alias every 0.2 s, loading
+    # models straight into memory (small ones) or through the /tmp cache (large ones)
+    if path == "tmp":
+        monkeypatch.setattr(sources, "IN_MEMORY_MAX_BYTES", 0)
     handler = make_handler(ONNXKIT_REFRESH_SECONDS=str(INTERVAL))
     assert served_version(handler) == "1"
 
@@ -44,7 +49,10 @@ def test_alias_moves_are_served_without_a_restart(
     after_interval()
     assert served_version(handler) == "2"
     cached = {p.parent.parent.name for p in (tmp_path / "lambda-tmp").rglob("model.onnx")}
-    assert cached == {"2"}, "the old version's files should be freed from /tmp"
+    if path == "tmp":
+        assert cached == {"2"}, "the old version's files should be freed from /tmp"
+    else:
+        assert cached == set(), "a model read into memory leaves nothing in /tmp"
 
     # WHEN version 3 is published with one byte changed in S3, then promoted
     publish_model(store, digits_dir / "int8" / "model.onnx", name="digits", version="3")

@@ -6,10 +6,13 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    from onnxkit.store import VerifyingSink
 
 OPSET = 17
 IR_VERSION = 8  # old enough for every onnxruntime the project supports
@@ -235,11 +238,11 @@ def store(
     else:
         harness = _file_harness(tmp_path)
     blobs = harness.store.blobs
-    original_stream = blobs.stream
+    original_download = blobs.download
 
-    def spying_stream(key: str) -> Iterator[bytes]:
+    def spying_download(key: str, sink: VerifyingSink) -> None:
         harness.streamed.append(key)
-        return original_stream(key)
+        original_download(key, sink)
 
-    monkeypatch.setattr(blobs, "stream", spying_stream)
+    monkeypatch.setattr(blobs, "download", spying_download)
     return harness

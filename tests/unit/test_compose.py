@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from onnxkit import sources
+from onnxkit import store as store_module
 from onnxkit.aws import AwsClients
 from onnxkit.backends.batching import BatchingBackend
 from onnxkit.backends.onnxruntime import OnnxruntimeBackend
@@ -16,6 +18,7 @@ from onnxkit.backends.sagemaker import SageMakerBackend
 from onnxkit.compose import build_predictor, choose_backend, open_source
 from onnxkit.errors import ConfigurationError, ModelNotReadyError
 from onnxkit.manifest import FileEntry, Manifest, TensorSpec
+from onnxkit.phases import LOAD_PHASES, Phases
 from onnxkit.settings import ForwardSettings, Settings
 from onnxkit.sources import FolderSource, StoreSource
 from onnxkit_tools.registry import describe_model
@@ -74,6 +77,21 @@ def clients_for(harness: StoreHarness, sagemaker_runtime: Any = None) -> AwsClie
     return AwsClients(s3=getattr(blobs, "_client", None), sagemaker_runtime=sagemaker_runtime)
 
 
+@pytest.fixture
+def downloads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every object any store downloads (the predictor opens its own store, not the harness's)."""
+    seen: list[str] = []
+    for kind in (store_module.S3Blobs, store_module.FileBlobs):
+        original = kind.download
+
+        def spy(self: Any, key: str, sink: Any, _original: Any = original) -> None:
+            seen.append(key)
+            _original(self, key, sink)
+
+        monkeypatch.setattr(kind, "download", spy)
+    return seen
+
+
 def publish_tiny(harness: StoreHarness, model: BuiltModel, backend: str = "lambda") -> Manifest:
     manifest = describe_model(model.path, name="tiny", version="1", backend=backend)
     harness.store.publish(manifest, model.folder)
@@ -116,7 +134,7 @@ def test_the_function_runs_a_lambda_model_in_process(
 
 
 def test_the_function_forwards_a_sagemaker_model_without_downloading_it(
-    store: StoreHarness, tiny_model: BuiltModel
+    store: StoreHarness, tiny_model: BuiltModel, downloads: list[str]
 ) -> None:
     publish_tiny(store, tiny_model, backend="sagemaker")
     runtime = object()  # never called here
@@ -125,7 +143,7 @@ def test_the_function_forwards_a_sagemaker_model_without_downloading_it(
     predictor = build_predictor(settings, role="function", clients=clients_for(store, runtime))
 
     assert isinstance(predictor.load(), SageMakerBackend)
-    assert store.streamed == []  # only the manifest was read
+    assert downloads == []  # only the manifest was read
 
 
 def test_the_function_says_what_to_set_for_a_sagemaker_model_without_an_endpoint(
@@ -176,8 +194,11 @@ def test_a_pinned_version_or_zero_interval_does_not_follow_the_alias(
     assert never.refresh_interval == 0.0
 
 
-def test_a_swap_frees_the_old_versions_files(store: StoreHarness, tiny_model: BuiltModel) -> None:
-    # GIVEN the function serving prod = 1
+def test_a_swap_frees_the_old_versions_files(
+    store: StoreHarness, tiny_model: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the function serving prod = 1 from the /tmp cache (as a large model would)
+    monkeypatch.setattr(sources, "IN_MEMORY_MAX_BYTES", 0)
     publish_tiny(store, tiny_model)
     predictor = build_predictor(store_settings(store), role="function", clients=clients_for(store))
     predictor.load()
@@ -218,3 +239,50 @@ def test_resolved_settings_reach_the_session(
     build_predictor(settings, role="endpoint").try_load()
 
     assert seen == {"providers": ("CPUExecutionProvider",), "intra_op_threads": 3, "gpu_device": 1}
+
+
+def test_a_small_model_loads_from_memory_once_and_reports_every_phase(
+    store: StoreHarness, tiny_model: BuiltModel, downloads: list[str]
+) -> None:
+    # GIVEN a published single-file model well under the in-memory limit
+    publish_tiny(store, tiny_model)
+    seen: list[tuple[str, Phases]] = []
+    predictor = build_predictor(
+        store_settings(store),
+        role="function",
+        clients=clients_for(store),
+        on_loaded=lambda manifest, phases: seen.append((manifest.version, phases)),
+    )
+
+    # WHEN it loads
+    backend = predictor.load()
+
+    # THEN the graph was read once, straight into memory: nothing was written to the cache
+    assert downloads == ["models/tiny/1/model.onnx"]
+    assert [p for p in store.cached_files() if p.name == "model.onnx"] == []
+    # AND it computes y = x @ W + b: for ones, the column sums of W plus b, by hand
+    x = np.ones((1, 4), np.float32)
+    assert backend.run({"x": x})["y"].tolist() == [[3.0, 1.75]]
+    # AND every phase of the load was timed, once
+    ((version, phases),) = seen
+    assert version == "1"
+    assert list(phases.ms) == list(LOAD_PHASES)
+    assert all(ms >= 0 for ms in phases.ms.values())
+
+
+def test_a_complete_cached_copy_is_reused_without_a_download(
+    store: StoreHarness, tiny_model: BuiltModel, downloads: list[str]
+) -> None:
+    # GIVEN a warm /tmp: a verified copy from an earlier process (onnxkit models pull writes
+    # the same layout)
+    publish_tiny(store, tiny_model)
+    manifest = store.store.resolve("tiny")
+    store.store.fetch(manifest)
+    downloads.clear()
+
+    # WHEN a new predictor loads the same version
+    predictor = build_predictor(store_settings(store), role="function", clients=clients_for(store))
+    predictor.load()
+
+    # THEN nothing was downloaded again
+    assert downloads == []

@@ -38,13 +38,17 @@ class AwsClients:
         self._sagemaker_runtime = sagemaker_runtime
 
     def s3(self) -> Any:
-        """The S3 client (botocore standard retries, connect and read timeouts)."""
+        """The S3 client (botocore standard retries, connect and read timeouts).
+
+        Its connection pool holds the parallel ranged GETs of a large model at once.
+        """
         if self._s3 is None:
             self._s3 = _client(
                 "s3",
                 max_attempts=self._aws.s3_max_attempts,
                 connect_timeout=self._aws.s3_connect_timeout,
                 read_timeout=self._aws.s3_read_timeout,
+                max_pool_connections=max(10, self._aws.s3_max_concurrency),
             )
         return self._s3
 
@@ -60,7 +64,14 @@ class AwsClients:
         return self._sagemaker_runtime
 
 
-def _client(service: str, *, max_attempts: int, connect_timeout: float, read_timeout: float) -> Any:
+def _client(
+    service: str,
+    *,
+    max_attempts: int,
+    connect_timeout: float,
+    read_timeout: float,
+    max_pool_connections: int = 10,
+) -> Any:
     import boto3  # imported on first use: a model served from a folder never needs it
     from botocore.config import Config
 
@@ -68,5 +79,6 @@ def _client(service: str, *, max_attempts: int, connect_timeout: float, read_tim
         retries={"mode": "standard", "max_attempts": max_attempts},
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
+        max_pool_connections=max_pool_connections,
     )
     return boto3.client(service, config=config)

@@ -7,6 +7,7 @@ or reads the environment by itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from onnxkit.aws import AwsClients
@@ -16,6 +17,7 @@ from onnxkit.backends.onnxruntime import OnnxruntimeBackend
 from onnxkit.backends.sagemaker import SageMakerBackend
 from onnxkit.errors import ModelNotReadyError
 from onnxkit.manifest import Manifest
+from onnxkit.phases import Phases
 from onnxkit.predictor import Observer, Predictor, Refresh
 from onnxkit.routes import ENDPOINT, FUNCTION, Edge
 from onnxkit.session import create_session, warm_up
@@ -30,9 +32,14 @@ model in process, loads and follows its alias in the background."""
 
 def open_store(settings: Settings, clients: AwsClients) -> ModelStore:
     """The model store named by ``settings.model.store`` (S3 through the configured client)."""
-    s3 = clients.s3() if settings.model.store.startswith("s3://") else None
+    if not settings.model.store.startswith("s3://"):
+        return ModelStore.from_uri(settings.model.store, cache_dir=settings.model.cache_dir)
     return ModelStore.from_uri(
-        settings.model.store, cache_dir=settings.model.cache_dir, s3_client=s3
+        settings.model.store,
+        cache_dir=settings.model.cache_dir,
+        s3_client=clients.s3(),
+        parallel_from=settings.aws.s3_parallel_mb * 1024 * 1024,
+        max_concurrency=settings.aws.s3_max_concurrency,
     )
 
 
@@ -68,6 +75,7 @@ def build_predictor(
     role: Role,
     clients: AwsClients | None = None,
     observer: Observer | None = None,
+    on_loaded: Callable[[Manifest, Phases], None] | None = None,
 ) -> Predictor:
     """Wire the Predictor a function or the endpoint serves; nothing is loaded yet.
 
@@ -83,6 +91,8 @@ def build_predictor(
         role: Who serves: ``function`` or ``endpoint``.
         clients: AWS clients (default: made from the settings on first use).
         observer: Receives load and inference timings (the function's metrics).
+        on_loaded: Called after each successful load with the time spent in each phase
+            (resolve, download, verify, session, warm-up): the function's init breakdown.
 
     Raises:
         ConfigurationError: The model folder does not exist, or the store has no model name.
@@ -90,24 +100,28 @@ def build_predictor(
     clients = clients or AwsClients(settings.aws, settings.forward)
     source = open_source(settings, clients)
 
-    def load(manifest: Manifest | None) -> Backend:
+    def load(manifest: Manifest | None, phases: Phases | None = None) -> Backend:
+        phases = phases or Phases()
         if (
             role == FUNCTION
             and manifest is not None
             and choose_backend(settings.forward, manifest) == "sagemaker"
         ):
             return _forwarding_backend(settings.forward, manifest, clients)
-        model_file = source.fetch(manifest)
-        session = create_session(
-            model_file,
-            providers=settings.session.providers,
-            intra_op_threads=settings.session.intra_op_threads,
-            gpu_device=settings.session.gpu_device,
-        )
+        model = source.open(manifest, phases)
+        with phases.timed("session"):
+            session = create_session(
+                model,
+                providers=settings.session.providers,
+                intra_op_threads=settings.session.intra_op_threads,
+                gpu_device=settings.session.gpu_device,
+            )
         if manifest is None:
             assert isinstance(source, FolderSource)
-            manifest = source.describe(session, model_file)
-        warm_up(session, manifest.inputs)
+            assert isinstance(model, Path)
+            manifest = source.describe(session, model)
+        with phases.timed("warmup"):
+            warm_up(session, manifest.inputs)
         backend: Backend = OnnxruntimeBackend(manifest, session)
         if role == ENDPOINT and settings.endpoint.batching:
             backend = BatchingBackend(
@@ -115,7 +129,15 @@ def build_predictor(
                 max_size=settings.endpoint.batch_rows,
                 max_wait_ms=settings.endpoint.batch_wait_ms,
             )
+        if on_loaded is not None:
+            on_loaded(manifest, phases)
         return backend
+
+    def first_load() -> Backend:
+        phases = Phases()
+        with phases.timed("resolve"):
+            manifest = source.resolve()
+        return load(manifest, phases)
 
     def swapped(old: Backend, new: Backend) -> None:
         close = getattr(old, "close", None)
@@ -133,7 +155,7 @@ def build_predictor(
         )
     return Predictor(
         source.name,
-        lambda: load(source.resolve()),
+        first_load,
         settings.api,
         observer,
         refresh,

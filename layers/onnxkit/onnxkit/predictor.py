@@ -116,6 +116,11 @@ class Predictor:
         """Whether a model is loaded and serving."""
         return self._backend is not None
 
+    def observe(self, observer: Observer) -> None:
+        """Send timings to ``observer`` from now on (the function's metrics exist only after
+        the model started loading)."""
+        self._observer = observer
+
     @property
     def limits(self) -> ApiSettings:
         """The body and batch limits."""

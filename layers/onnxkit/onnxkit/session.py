@@ -59,7 +59,7 @@ def _cgroup_quota(root: Path) -> float | None:
 
 
 def load_session(
-    model_path: Path,
+    model: Path | bytes,
     *,
     intra_op_threads: int = 0,
     providers: list[str] | None = None,
@@ -71,7 +71,8 @@ def load_session(
     No custom-op library is ever registered: a model artifact cannot bring native code.
 
     Args:
-        model_path: The verified ``.onnx`` file (external data beside it).
+        model: The verified ``.onnx`` file (external data beside it), or a verified
+            single-file graph's bytes (the cold start reads small models straight to memory).
         intra_op_threads: 0 sizes the pool to :func:`available_cpus`.
         providers: Execution providers in order of preference (default CPU).
         allow_spinning: Let idle pool threads spin (lower latency, more CPU while idle).
@@ -97,15 +98,14 @@ def load_session(
     device = {"device_id": str(gpu_device)}
     try:
         return ort.InferenceSession(
-            str(model_path),
+            model if isinstance(model, bytes) else str(model),
             sess_options=options,
             providers=providers,
             provider_options=[device if p in GPU_PROVIDERS else {} for p in providers],
         )
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        raise ModelLoadError(
-            f"onnxruntime could not load {model_path.name}: {type(exc).__name__}"
-        ) from exc
+        what = "the model" if isinstance(model, bytes) else model.name
+        raise ModelLoadError(f"onnxruntime could not load {what}: {type(exc).__name__}") from exc
 
 
 def warm_up(session: Any, inputs: tuple[TensorSpec, ...]) -> None:
@@ -177,7 +177,7 @@ def fallen_back(requested: Sequence[str], active: Sequence[str]) -> list[str]:
 
 
 def create_session(
-    model_path: Path,
+    model: Path | bytes,
     *,
     providers: Sequence[str] = (CPU_PROVIDER,),
     intra_op_threads: int = 0,
@@ -188,7 +188,7 @@ def create_session(
     """:func:`load_session` with provider selection and a logged CPU fallback.
 
     Args:
-        model_path: The verified ``.onnx`` file.
+        model: The verified ``.onnx`` file, or a single-file graph's verified bytes.
         providers: Execution providers in order of preference.
         intra_op_threads: 0 sizes the pool to :func:`available_cpus`.
         allow_spinning: Let idle pool threads spin.
@@ -207,7 +207,7 @@ def create_session(
         available = ort.get_available_providers()
     chosen = choose_providers(providers, available)
     session = load_session(
-        model_path,
+        model,
         intra_op_threads=intra_op_threads,
         providers=chosen,
         allow_spinning=allow_spinning,

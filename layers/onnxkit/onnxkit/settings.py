@@ -30,6 +30,8 @@ ENV_REFRESH_SECONDS = "ONNXKIT_REFRESH_SECONDS"
 ENV_S3_MAX_ATTEMPTS = "ONNXKIT_S3_MAX_ATTEMPTS"
 ENV_S3_CONNECT_TIMEOUT = "ONNXKIT_S3_CONNECT_TIMEOUT"
 ENV_S3_READ_TIMEOUT = "ONNXKIT_S3_READ_TIMEOUT"
+ENV_S3_PARALLEL_MB = "ONNXKIT_S3_PARALLEL_MB"
+ENV_S3_MAX_CONCURRENCY = "ONNXKIT_S3_MAX_CONCURRENCY"
 # -- onnxruntime session
 ENV_PROVIDERS = "ONNXKIT_PROVIDERS"
 ENV_INTRA_OP_THREADS = "ONNXKIT_INTRA_OP_THREADS"
@@ -41,6 +43,9 @@ ENV_SERVE_OPENAPI = "ONNXKIT_SERVE_OPENAPI"
 ENV_ROUTE_PREFIX = "ONNXKIT_ROUTE_PREFIX"
 # Powertools' own variable; read here so a missing one falls back instead of failing each flush.
 ENV_METRICS_NAMESPACE = "POWERTOOLS_METRICS_NAMESPACE"
+# Powertools' own switch too: with tracing off the X-Ray SDK is never imported (~0.1-0.3 s of
+# cold start on these machines).
+ENV_TRACE_DISABLED = "POWERTOOLS_TRACE_DISABLED"
 # -- forwarding to SageMaker
 ENV_BACKEND = "ONNXKIT_BACKEND"
 ENV_SAGEMAKER_ENDPOINT = "ONNXKIT_SAGEMAKER_ENDPOINT"
@@ -125,11 +130,15 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class AwsSettings:
-    """The S3 client's retry budget (botocore standard mode) and timeouts in seconds."""
+    """The S3 client's retry budget (botocore standard mode), timeouts in seconds, and when
+    model files come down as parallel ranged GETs (``s3_parallel_mb``, 0: never) with how
+    many in flight."""
 
     s3_max_attempts: int = 3
     s3_connect_timeout: float = 2.0
     s3_read_timeout: float = 10.0
+    s3_parallel_mb: int = 64
+    s3_max_concurrency: int = 8
 
 
 @dataclass(frozen=True)
@@ -170,10 +179,12 @@ class ApiSettings:
 
 @dataclass(frozen=True)
 class FunctionSettings:
-    """The Lambda function's edge: a path prefix to strip (``/zip``) and the metrics namespace."""
+    """The Lambda function's edge: a path prefix to strip (``/zip``), the metrics namespace,
+    and whether requests are traced with X-Ray (Powertools' Tracer)."""
 
     route_prefix: str = ""
     metrics_namespace: str = "Onnxkit"
+    tracing: bool = True
 
 
 @dataclass(frozen=True)
@@ -287,6 +298,7 @@ class Settings:
             function=FunctionSettings(
                 route_prefix=reader.read(ENV_ROUTE_PREFIX, str, "", _is_route_prefix).rstrip("/"),
                 metrics_namespace=reader.read(ENV_METRICS_NAMESPACE, str, "Onnxkit", bool),
+                tracing=not reader.flag(ENV_TRACE_DISABLED, False),
             ),
             forward=reader.forward(),
             endpoint=reader.endpoint(),
@@ -381,6 +393,8 @@ class _Reader:
             s3_max_attempts=self.integer(ENV_S3_MAX_ATTEMPTS, 3, 1, 20),
             s3_connect_timeout=self.number(ENV_S3_CONNECT_TIMEOUT, 2.0, _is_timeout),
             s3_read_timeout=self.number(ENV_S3_READ_TIMEOUT, 10.0, _is_timeout),
+            s3_parallel_mb=self.integer(ENV_S3_PARALLEL_MB, 64, 0),
+            s3_max_concurrency=self.integer(ENV_S3_MAX_CONCURRENCY, 8, 1, 64),
         )
 
     def forward(self) -> ForwardSettings:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from onnxkit.datatypes import BY_ORT
 from onnxkit.errors import ConfigurationError, IntegrityError, ModelLoadError, ModelNotFoundError
 from onnxkit.manifest import FileEntry, Manifest, TensorSpec, verify_folder
+from onnxkit.phases import Phases
 from onnxkit.settings import ENV_MODEL_DIR, ModelSettings
 from onnxkit.store import MANIFEST_NAME, ModelStore
 
@@ -24,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 UNVERSIONED = "local"
+IN_MEMORY_MAX_BYTES = 256 * 1024 * 1024
+"""Single-file models up to this size are read from the store straight into memory. onnxruntime
+keeps the bytes for the session's life, so larger ones go through the /tmp cache instead."""
 
 
 class ModelSource(Protocol):
@@ -42,6 +46,16 @@ class ModelSource(Protocol):
 
     def fetch(self, manifest: Manifest | None) -> Path:
         """The path of the verified graph file (external data beside it).
+
+        Raises:
+            OnnxkitError: Integrity, cache or store failures.
+        """
+        ...
+
+    def open(self, manifest: Manifest | None, phases: Phases) -> Path | bytes:
+        """What onnxruntime should load: the verified graph's path, or its verified bytes.
+
+        Counts the download and verify times in ``phases``.
 
         Raises:
             OnnxkitError: Integrity, cache or store failures.
@@ -70,6 +84,17 @@ class StoreSource:
     def fetch(self, manifest: Manifest | None) -> Path:
         assert manifest is not None, "a store always has a manifest"
         return self._store.fetch(manifest) / manifest.model_file.path
+
+    def open(self, manifest: Manifest | None, phases: Phases) -> Path | bytes:
+        # A copy already in the cache (a re-init on a warm /tmp) costs no download. A small
+        # single-file model goes straight to memory: the /tmp round trip would buy nothing.
+        assert manifest is not None, "a store always has a manifest"
+        cached = self._store.cached(manifest)
+        if cached is not None:
+            return cached / manifest.model_file.path
+        if len(manifest.files) == 1 and manifest.total_size <= IN_MEMORY_MAX_BYTES:
+            return self._store.read_model(manifest, phases)
+        return self._store.fetch(manifest, phases=phases) / manifest.model_file.path
 
     def release(self, keep: Manifest) -> None:
         self._store.evict(keep=self._store.local_dir(keep))  # /tmp is small: keep one version
@@ -135,6 +160,10 @@ class FolderSource:
             },
         )
         return self._folder / manifest.model_file.path
+
+    def open(self, manifest: Manifest | None, phases: Phases) -> Path | bytes:
+        with phases.timed("verify"):
+            return self.fetch(manifest)
 
     def release(self, keep: Manifest) -> None:
         pass  # the folder is not ours to clean

@@ -9,10 +9,15 @@ Layout under the store's root (``s3://bucket/prefix`` or ``file:///dir``)::
     models/{name}/{version}/{file}             every file the manifest lists
     models/{name}/_aliases/{alias}.json        {"version": ..., "history": [...]}
 
-Downloads land in ``{cache_dir}/{name}/{version}/{digest}/`` through a temporary name, are
-checked against the manifest's size and sha256 while they stream, and are renamed into
-place only when they match. A ``.complete`` marker written last lets later invocations
-(or a re-initialised process on a warm /tmp) reuse the copy without fetching it again.
+Every download is checked against the manifest's size and sha256 while it streams (a
+:class:`VerifyingSink` hashes each part as it arrives, in order). Files at or above the
+store's parallel threshold come down as parallel ranged GETs (boto3's transfer manager).
+A small single-file model can be read straight into memory (:meth:`ModelStore.read_model`),
+so the function's cold start builds its session from the bytes; :meth:`ModelStore.keep_copy`
+then writes them to the cache off the critical path. Cached copies live in
+``{cache_dir}/{name}/{version}/{digest}/``, written through a temporary name and renamed into
+place only when they match; a ``.complete`` marker written last lets a later load (an alias
+refresh, a re-initialised process on a warm /tmp) reuse the copy without fetching it again.
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, Self
+from typing import Any, BinaryIO, ClassVar, Protocol, Self
 from urllib.parse import urlparse
 
 from onnxkit.errors import (
@@ -39,14 +45,95 @@ from onnxkit.errors import (
     VersionConflictError,
 )
 from onnxkit.manifest import FileEntry, Manifest, verify_file
+from onnxkit.phases import Phases
 
 MANIFEST_NAME = "manifest.json"
 ALIASES_DIR = "_aliases"
 _COMPLETE_MARKER = ".complete"
 _CHUNK = 1024 * 1024
+PARALLEL_PART_BYTES = 16 * 1024 * 1024
+"""Part size of parallel ranged GETs (AWS suggests 8-16 MB parts for throughput)."""
 
 Progress = Callable[[int], object]
 """Called with the number of bytes just moved (for progress bars)."""
+
+
+class VerifyingSink:
+    """Receives one file's bytes in order and hashes them as they arrive.
+
+    It keeps them in memory (``out=None``) or writes them to ``out``. It is not seekable, so
+    boto3's transfer manager hands it the parts of a parallel download in order. More bytes
+    than the manifest lists stop the transfer at once (a bigger object can only be wrong).
+
+    Args:
+        entry: The manifest's entry for the file.
+        where: The object's key, for messages.
+        out: A file to write to; None keeps the bytes (:attr:`data`).
+        progress: Called with each part's length.
+    """
+
+    def __init__(
+        self,
+        entry: FileEntry,
+        where: str,
+        out: BinaryIO | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.entry = entry
+        self.where = where
+        self.size = 0
+        self.hash_seconds = 0.0
+        self._out = out
+        self._parts: list[bytes] = []
+        self._digest = hashlib.sha256()
+        self._progress = progress
+
+    def seekable(self) -> bool:
+        """No: the transfer manager must write the parts in order."""
+        return False
+
+    def write(self, data: bytes) -> int:
+        """Hash and keep one part.
+
+        Raises:
+            IntegrityError: The object is already longer than the manifest says.
+        """
+        self.size += len(data)
+        if self.size > self.entry.size:
+            self._check(sha256=None)  # raises: the size already differs
+        started = time.perf_counter()
+        self._digest.update(data)  # hashlib releases the GIL on large buffers
+        self.hash_seconds += time.perf_counter() - started
+        if self._out is not None:
+            self._out.write(data)
+        else:
+            self._parts.append(bytes(data))
+        if self._progress:
+            self._progress(len(data))
+        return len(data)
+
+    def verify(self) -> None:
+        """Check the size and digest of everything received.
+
+        Raises:
+            IntegrityError: They differ from the manifest.
+        """
+        self._check(self._digest.hexdigest())
+
+    def data(self) -> bytes:
+        """The bytes received (kept in memory); the parts are released."""
+        data = b"".join(self._parts)
+        self._parts = []
+        return data
+
+    def _check(self, sha256: str | None) -> None:
+        verify_file(
+            self.entry,
+            size=self.size,
+            sha256=sha256,
+            where=self.where,
+            fix="republish the version or repair the object",
+        )
 
 
 class Blobs(Protocol):
@@ -62,8 +149,8 @@ class Blobs(Protocol):
         """The whole object and a token (ETag) for a later conditional write."""
         ...
 
-    def stream(self, key: str) -> Iterator[bytes]:
-        """The object in chunks. Raises ModelNotFoundError if absent."""
+    def download(self, key: str, sink: VerifyingSink) -> None:
+        """Write the object's bytes, in order, to ``sink``. Raises ModelNotFoundError if absent."""
         ...
 
     def exists(self, key: str) -> bool:
@@ -79,12 +166,31 @@ class Blobs(Protocol):
 
 
 class S3Blobs:
-    """Blobs in an S3 bucket under a prefix. The boto3 client is passed in, never made here."""
+    """Blobs in an S3 bucket under a prefix. The boto3 client is passed in, never made here.
 
-    def __init__(self, client: Any, bucket: str, prefix: str) -> None:
+    Args:
+        client: A boto3 S3 client.
+        bucket: The bucket.
+        prefix: The key prefix of the store.
+        parallel_from: Objects of at least this many bytes come down as parallel ranged GETs
+            (0: never); smaller ones as one GET, which saves the transfer manager's HEAD.
+        max_concurrency: Ranged GETs in flight at once.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str,
+        *,
+        parallel_from: int = 64 * 1024 * 1024,
+        max_concurrency: int = 8,
+    ) -> None:
         self._client = client
         self._bucket = bucket
         self._prefix = prefix.strip("/")
+        self._parallel_from = parallel_from
+        self._max_concurrency = max_concurrency
         self.uri = f"s3://{bucket}/{self._prefix}".rstrip("/")
 
     def _key(self, key: str) -> str:
@@ -98,11 +204,22 @@ class S3Blobs:
             reply = self._client.get_object(Bucket=self._bucket, Key=self._key(key))
             return bytes(reply["Body"].read()), str(reply["ETag"])
 
-    def stream(self, key: str) -> Iterator[bytes]:
+    def download(self, key: str, sink: VerifyingSink) -> None:
         with self._errors(key):
+            if self._parallel_from and sink.entry.size >= self._parallel_from:
+                from boto3.s3.transfer import TransferConfig
+
+                config = TransferConfig(
+                    multipart_threshold=self._parallel_from,
+                    multipart_chunksize=PARALLEL_PART_BYTES,
+                    max_concurrency=self._max_concurrency,
+                )
+                self._client.download_fileobj(self._bucket, self._key(key), sink, Config=config)
+                return
             body = self._client.get_object(Bucket=self._bucket, Key=self._key(key))["Body"]
             try:
-                yield from body.iter_chunks(_CHUNK)
+                for chunk in body.iter_chunks(_CHUNK):
+                    sink.write(chunk)
             finally:
                 body.close()
 
@@ -182,14 +299,14 @@ class FileBlobs:
         except FileNotFoundError as exc:
             raise ModelNotFoundError(f"{self._path(key)} does not exist") from exc
 
-    def stream(self, key: str) -> Iterator[bytes]:
+    def download(self, key: str, sink: VerifyingSink) -> None:
         try:
             handle = self._path(key).open("rb")
         except FileNotFoundError as exc:
             raise ModelNotFoundError(f"{self._path(key)} does not exist") from exc
         with handle:
             while chunk := handle.read(_CHUNK):
-                yield chunk
+                sink.write(chunk)
 
     def read_versioned(self, key: str) -> tuple[bytes, str]:
         data = self.read(key)
@@ -324,8 +441,15 @@ class ModelStore:
         digest = hashlib.sha256(manifest.to_json()).hexdigest()[:16]
         return self.cache_dir / manifest.name / manifest.version / digest
 
-    def fetch(self, manifest: Manifest, progress: Progress | None = None) -> Path:
+    def fetch(
+        self, manifest: Manifest, progress: Progress | None = None, phases: Phases | None = None
+    ) -> Path:
         """Make a verified local copy of every file; reuse one already verified.
+
+        Args:
+            manifest: The version to fetch.
+            progress: Called with the bytes of each part (progress bars).
+            phases: Where the download and hashing (verify) times are counted.
 
         Returns:
             The folder holding the files; ``folder / manifest.model_file.path`` is the graph.
@@ -347,10 +471,15 @@ class ModelStore:
                     f"{manifest.name}/{manifest.version} needs {missing} bytes but only {free} "
                     f"are free in {self.cache_dir}; raise the function's ephemeral storage"
                 )
+            started = time.perf_counter()
+            hashing = 0.0
             for entry in manifest.files:
                 dest = folder / entry.path
                 if not _has_size(dest, entry.size):
-                    self._download(manifest, entry, dest, progress)
+                    hashing += self._download(manifest, entry, dest, progress)
+            if phases is not None:
+                phases.add("download", (time.perf_counter() - started - hashing) * 1000)
+                phases.add("verify", hashing * 1000)
             (folder / _COMPLETE_MARKER).write_text(manifest.to_json().decode())
         except OnnxkitError:
             raise
@@ -374,35 +503,52 @@ class ModelStore:
 
     def _download(
         self, manifest: Manifest, entry: FileEntry, dest: Path, progress: Progress | None
-    ) -> None:
+    ) -> float:
+        """Download one file into place, verified; returns the seconds spent hashing."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".partial-")
         tmp = Path(tmp_name)
-        key = f"models/{manifest.name}/{manifest.version}/{entry.path}"
+        key = file_key(manifest, entry)
         try:
-            digest = hashlib.sha256()
-            written = 0
             with os.fdopen(fd, "wb") as out:
-                for chunk in self.blobs.stream(key):
-                    written += len(chunk)
-                    if written > entry.size:  # a bigger object can only be wrong: stop reading
-                        break
-                    digest.update(chunk)
-                    out.write(chunk)
-                    if progress:
-                        progress(len(chunk))
-            verify_file(
-                entry,
-                size=written,
-                sha256=digest.hexdigest() if written <= entry.size else None,
-                where=key,
-                fix="republish the version or repair the object",
-            )
+                sink = VerifyingSink(entry, key, out, progress)
+                self.blobs.download(key, sink)
+            sink.verify()
             os.replace(tmp, dest)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
+        return sink.hash_seconds
+
+    def cached(self, manifest: Manifest) -> Path | None:
+        """The folder of a complete, verified cached copy, or None."""
+        folder = self.local_dir(manifest)
+        return folder if self._is_complete(folder, manifest) else None
+
+    def read_model(self, manifest: Manifest, phases: Phases | None = None) -> bytes:
+        """Download a single-file model into memory, verified (no /tmp round trip).
+
+        Args:
+            manifest: The version to read.
+            phases: Where the download and hashing (verify) times are counted.
+
+        Raises:
+            ValueError: The model has more than one file (external data needs a folder).
+            IntegrityError: The size or sha256 differs from the manifest.
+            StoreUnavailableError: The store cannot be read.
+        """
+        if len(manifest.files) != 1:
+            raise ValueError("only a single-file model can be read into memory")
+        entry = manifest.model_file
+        sink = VerifyingSink(entry, file_key(manifest, entry))
+        started = time.perf_counter()
+        self.blobs.download(sink.where, sink)
+        sink.verify()
+        if phases is not None:  # hashing ran inside the transfer: count it apart
+            phases.add("download", (time.perf_counter() - started - sink.hash_seconds) * 1000)
+            phases.add("verify", sink.hash_seconds * 1000)
+        return sink.data()
 
     def evict(self, keep: Path | None = None) -> None:
         """Drop every cached copy except ``keep`` (frees /tmp for a new version)."""
@@ -435,6 +581,11 @@ def split_store_uri(uri: str) -> tuple[str, str, str]:
     if parsed.scheme == "file":
         return "file", parsed.netloc + parsed.path, ""
     raise ValueError(f"model store must be s3://bucket/prefix or file:///dir, not {uri!r}")
+
+
+def file_key(manifest: Manifest, entry: FileEntry) -> str:
+    """Where one of a version's files lives under the store's root."""
+    return f"models/{manifest.name}/{manifest.version}/{entry.path}"
 
 
 def alias_key(name: str, alias: str) -> str:

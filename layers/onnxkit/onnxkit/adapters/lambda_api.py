@@ -1,34 +1,38 @@
 """The Lambda edge: API Gateway REST proxy events -> route table -> Predictor -> proxy responses.
 
-The Powertools resolver is generated from the route table (``onnxkit.routes``); the handler
-only translates: it negotiates the media types, decodes the body, performs the route's
-operation, encodes the answer and maps every error to ``{"error": {"code", "message"}}``,
-counting it in ``ClientErrors`` or ``ServerErrors``. Logger, Metrics and Tracer come from
-Powertools.
+The route table (``onnxkit.routes``) matches the method and path, as it does for the endpoint
+container; the edge only translates: it negotiates the media types, decodes the body, performs
+the route's operation, encodes the answer and maps every error to
+``{"error": {"code", "message"}}``, counting it in ``ClientErrors`` or ``ServerErrors``.
+Logger and Metrics (and Tracer, when tracing is on) come from Powertools. Powertools' own
+REST resolver is not used: the table already routes, and the resolver's imports (~90 ms) and
+per-request work showed in the cold start and the warm invoke.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
-from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
 
 from onnxkit.aws import AwsClients
 from onnxkit.codecs import encode_json
+from onnxkit.coldstart import INIT_PHASES, Loading, start_loading
 from onnxkit.errors import InvalidInputError, error_body
 from onnxkit.manifest import Manifest
 from onnxkit.predictor import Predictor
-from onnxkit.routes import FUNCTION, JSON, Route, RouteTable, negotiate
+from onnxkit.routes import FUNCTION, JSON, RouteTable, negotiate
 from onnxkit.settings import Settings
+
+_JSON_HEADERS = {"Content-Type": [JSON]}
 
 
 class MetricsObserver:
@@ -60,15 +64,96 @@ class MetricsObserver:
         )
         self._metrics.add_metric(name="BatchSize", unit=MetricUnit.Count, value=batch)
 
+    def init_done(self, manifest: Manifest, phases: Mapping[str, float], total_ms: float) -> None:
+        """Record the init breakdown: Init{Imports,Resolve,...,Warmup}Ms and InitTotalMs."""
+        self._dimensions(manifest)
+        for phase in INIT_PHASES:
+            if phase in phases:
+                self._metrics.add_metric(
+                    name=f"Init{phase.capitalize()}Ms",
+                    unit=MetricUnit.Milliseconds,
+                    value=phases[phase],
+                )
+        self._metrics.add_metric(name="InitTotalMs", unit=MetricUnit.Milliseconds, value=total_ms)
 
-def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
-    """A JSON proxy response."""
-    return Response(
-        status_code=int(status),
-        content_type=JSON,
-        body=encode_json(body).decode(),
-        headers=headers or {},
+
+def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> dict:
+    """A REST proxy response with a JSON body (headers as ``multiValueHeaders``)."""
+    multi = (
+        _JSON_HEADERS if not headers else {**_JSON_HEADERS, **{k: [v] for k, v in headers.items()}}
     )
+    return {
+        "statusCode": int(status),
+        "multiValueHeaders": multi,
+        "body": encode_json(body).decode(),
+        "isBase64Encoded": False,
+    }
+
+
+class LambdaEdge:
+    """Answers API Gateway REST proxy events from the route table, bound to one predictor.
+
+    Args:
+        predictor: The core that serves the model.
+        logger: Where refusals and unexpected errors are logged.
+        table: The function's routes.
+        route_prefix: A path prefix to strip (``/zip`` for the zip variant).
+        metrics: Where ClientErrors/ServerErrors counts go (for alarms).
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        logger: Logger,
+        table: RouteTable,
+        route_prefix: str = "",
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._predictor = predictor
+        self._logger = logger
+        self._table = table
+        self._prefix = route_prefix
+        self._metrics = metrics
+
+    def resolve(self, event: Mapping[str, Any], context: Any = None) -> dict:
+        """One proxy event -> one proxy response; never raises."""
+        try:
+            method, path = event["httpMethod"], event["path"]
+            if not isinstance(method, str) or not isinstance(path, str):
+                raise TypeError("httpMethod and path must be strings")
+        except (KeyError, TypeError):  # a direct invoke, a test event of another service...
+            return self._fail(InvalidInputError("the event is not an API Gateway REST proxy event"))
+        try:
+            if self._prefix and path.startswith(self._prefix):
+                path = path[len(self._prefix) :] or "/"
+            route, params = self._table.match(method, path)
+            # Headers first, as the endpoint does: a refused media type never decodes the body.
+            headers = _lowered(event)
+            negotiate(route, content_type=headers.get("content-type"), accept=headers.get("accept"))
+            body = _body(event) if route.takes_body else None
+            answer = self._table.perform(self._predictor, route, params, body)
+        except Exception as exc:
+            return self._fail(exc)
+        return json_response(HTTPStatus.OK, answer)
+
+    def _fail(self, error: Exception) -> dict:
+        status, payload, headers = error_body(error)
+        if status >= 500:
+            self._logger.exception("request failed", extra={"status": int(status)})
+        else:
+            refusal = payload["error"]
+            self._logger.info(
+                "request refused",
+                extra={
+                    "status": int(status),
+                    "code": refusal["code"],
+                    "reason": refusal["message"],
+                },
+            )
+        if self._metrics is not None:
+            name = "ServerErrors" if status >= 500 else "ClientErrors"
+            self._metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+        return json_response(status, payload, headers)
 
 
 def create_app(
@@ -77,96 +162,53 @@ def create_app(
     table: RouteTable,
     route_prefix: str = "",
     metrics: Metrics | None = None,
-) -> APIGatewayRestResolver:
-    """The REST resolver, generated from the route table and bound to ``predictor``.
+) -> LambdaEdge:
+    """The function's edge over ``predictor`` (``.resolve(event, context)`` answers an event)."""
+    return LambdaEdge(predictor, logger, table, route_prefix, metrics)
 
-    Args:
-        predictor: The core that serves the model.
-        logger: Where refusals and unexpected errors are logged.
-        table: The function's routes.
-        route_prefix: A path prefix to strip before routing (``/zip`` for the zip variant).
-        metrics: Where ClientErrors/ServerErrors counts go (for alarms).
-    """
-    app = APIGatewayRestResolver(strip_prefixes=[route_prefix] if route_prefix else None)
 
-    def body() -> bytes | str | None:
-        event = app.current_event
-        if event.body is None or not event.is_base64_encoded:
-            return event.body
-        try:
-            return base64.b64decode(event.body, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidInputError(
-                "the body is marked base64-encoded but is not valid base64"
-            ) from exc
+def _lowered(event: Mapping[str, Any]) -> dict[str, str]:
+    """The request headers with lower-case names (HTTP names are case-insensitive)."""
+    headers = event.get("headers")
+    if headers:
+        return {str(k).lower(): str(v) for k, v in headers.items()}
+    multi = event.get("multiValueHeaders") or {}
+    return {str(k).lower(): str(v[-1]) for k, v in multi.items() if v}
 
-    def respond(route: Route, params: dict[str, str]) -> Response:
-        # Headers first, as the endpoint does: a refused media type never decodes the body.
-        headers = app.current_event.headers
-        negotiate(route, content_type=headers.get("content-type"), accept=headers.get("accept"))
-        answer = table.perform(predictor, route, params, body() if route.takes_body else None)
-        return json_response(HTTPStatus.OK, answer)
 
-    def fail(error: Exception) -> Response:
-        status, payload, headers = error_body(error)
-        if status >= 500:
-            logger.exception("request failed", extra={"status": int(status)})
-        else:
-            refusal = payload["error"]
-            logger.info(
-                "request refused",
-                extra={
-                    "status": int(status),
-                    "code": refusal["code"],
-                    "reason": refusal["message"],
-                },
-            )
-        if metrics is not None:
-            name = "ServerErrors" if status >= 500 else "ClientErrors"
-            metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
-        return json_response(status, payload, headers)
-
-    def view_of(route: Route) -> Callable[..., Response]:
-        def view(**params: str) -> Response:
-            return respond(route, params)
-
-        view.__name__ = route.operation  # Powertools names routes after their functions
-        return view
-
-    for route in table.routes:
-        rule = route.path.replace("{", "<").replace("}", ">")
-        app.route(rule, method=route.method)(view_of(route))
-
-    @app.not_found
-    def not_found(_: NotFoundError) -> Response:
-        # Not one of the resolver's routes: the table says 404 or 405 (or serves HEAD as GET).
-        path = app.current_event.path
-        if route_prefix and path.startswith(route_prefix):
-            path = path[len(route_prefix) :]
-        try:
-            route, params = table.match(app.current_event.http_method, path)
-            return respond(route, params)
-        except Exception as exc:  # the exception handlers do not cover this hook
-            return fail(exc)
-
-    app.exception_handler(Exception)(fail)
-    return app
+def _body(event: Mapping[str, Any]) -> bytes | str | None:
+    body = event.get("body")
+    if body is None or not event.get("isBase64Encoded"):
+        return body
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise InvalidInputError(
+            "the body is marked base64-encoded but is not valid base64"
+        ) from exc
 
 
 def build_handler(
-    settings: Settings, *, clients: AwsClients | None = None
+    settings: Settings,
+    *,
+    clients: AwsClients | None = None,
+    loading: Loading | None = None,
 ) -> Callable[[dict, Any], dict]:
-    """The Lambda handler: loads the model now (init phase), then serves requests.
+    """The Lambda handler: the model is loaded by the time this returns (init phase).
 
     A failed load does not fail init: the error is logged and each request retries the load
-    until it succeeds, so a transient fault heals without a new execution environment.
+    until it succeeds, so a transient fault heals without a new execution environment. The
+    init logs its breakdown (imports, resolve, download, verify, session, warm-up) and emits
+    it as metrics with the first invocation's.
 
     Args:
         settings: The function's settings (``Settings.from_env(os.environ)`` in ``app.py``).
         clients: AWS clients to use (tests: moto); default made from the settings.
+        loading: The model load ``app.py`` started before importing this module; None
+            starts it here.
     """
-    from onnxkit.compose import build_predictor  # the composition root owns boto3/onnxruntime
-
+    loading = loading or start_loading(settings, clients=clients)
+    imports_ms = (time.perf_counter() - loading.started) * 1000
     logger = Logger()
     # The library logs through stdlib loggers: give them Powertools' JSON format too.
     copy_config_to_registered_loggers(source_logger=logger, include={"onnxkit"})
@@ -178,19 +220,52 @@ def build_handler(
     for old, new in settings.deprecated_variables:
         logger.warning(f"{old} is deprecated; set {new} instead", extra={"variable": old})
     metrics = Metrics(namespace=settings.function.metrics_namespace)
-    tracer = Tracer()
-    predictor = build_predictor(
-        settings, role=FUNCTION, clients=clients, observer=MetricsObserver(metrics)
-    )
-    predictor.try_load()
     table = RouteTable(FUNCTION, openapi=settings.api.serve_openapi)
+    waited = time.perf_counter()
+    predictor = loading.wait()
     app = create_app(predictor, logger, table, settings.function.route_prefix, metrics)
+    observer = MetricsObserver(metrics)
+    predictor.observe(observer)
+    _report_init(loading, imports_ms, (time.perf_counter() - waited) * 1000, observer, logger)
 
     @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
-    @tracer.capture_lambda_handler(capture_response=False)
     @metrics.log_metrics(capture_cold_start_metric=True)
     def handler(event: dict, context: Any) -> dict:
         return app.resolve(event, context)
 
+    if settings.function.tracing:  # the X-Ray SDK is imported only when it is used
+        from aws_lambda_powertools import Tracer
+
+        handler = Tracer().capture_lambda_handler(capture_response=False)(handler)
     handler.predictor = predictor  # for tests
     return handler
+
+
+def _report_init(
+    loading: Loading,
+    imports_ms: float,
+    waited_ms: float,
+    observer: MetricsObserver,
+    logger: Logger,
+) -> None:
+    """Log the init breakdown and count it in the metrics (the load ran in a thread meanwhile,
+    so the phases overlap the imports and add up to more than the total)."""
+    manifest = loading.manifest
+    total_ms = (time.perf_counter() - loading.started) * 1000
+    if manifest is None:  # the load failed: the predictor logged why, requests retry it
+        logger.warning("init finished without a model", extra={"init_ms": round(total_ms, 1)})
+        return
+    phases = {"imports": imports_ms, **loading.phases.ms}
+    load_ms = sum(ms for phase, ms in loading.phases.ms.items() if phase != "imports")
+    observer.model_loaded(manifest, load_ms)
+    observer.init_done(manifest, phases, total_ms)
+    logger.info(
+        "init breakdown",
+        extra={
+            "model": manifest.name,
+            "version": manifest.version,
+            "init_ms": round(total_ms, 1),
+            "waited_for_model_ms": round(waited_ms, 1),
+            **{f"{phase}_ms": round(ms, 1) for phase, ms in phases.items()},
+        },
+    )
