@@ -237,12 +237,11 @@ def memory_to_fit(estimate: Estimate) -> int | None:
     return max(MIN_MEMORY_MB, math.ceil(needed_vcpus * LAMBDA_MB_PER_VCPU))
 
 
-def advice(estimate: Estimate, *, model: str = "MODEL") -> list[str]:
+def advice(estimate: Estimate) -> list[str]:
     """What to do when the estimate does not fit: each option with its parameter or command.
 
     Args:
         estimate: The estimate (nothing is advised when it fits).
-        model: How to name the model in commands (``digits``, ``build/x/model.onnx``).
 
     Returns:
         Lines for a person, empty when the estimate fits.
@@ -271,9 +270,10 @@ def advice(estimate: Estimate, *, model: str = "MODEL") -> list[str]:
         "provisioned concurrency (template parameter `ProvisionedConcurrency=N`): N environments "
         "initialised ahead of traffic, without the 10 s limit; paid while idle, and on-demand "
         "scale-out beyond N still pays the full init",
-        f"the SageMaker endpoint: `onnxkit publish {model} --backend sagemaker` with "
-        "`ModelBackend=auto`, or `ModelBackend=sagemaker` (ONNXKIT_BACKEND); the function "
-        "forwards requests and never loads the model",
+        "the SageMaker endpoint: publish with `onnxkit publish ... --backend sagemaker` (the "
+        "manifest's backend, followed under `ModelBackend=auto`), or set "
+        "`ModelBackend=sagemaker` (ONNXKIT_BACKEND); the function forwards requests and never "
+        "loads the model",
     ]
     return lines
 
@@ -433,15 +433,15 @@ def format_estimate(estimate: Estimate, *, label: str, memory_source: str) -> li
         f"assumed: {estimate.vcpus:.2f} vCPU at {estimate.memory_mb} MB (1 per "
         f"{LAMBDA_MB_PER_VCPU:,} MB); CPU phases x{estimate.cpu_scale:.2f} = --cpu-factor "
         f"{estimate.cpu_factor:g} / min(1, vCPU)",
-        "  (a Lambda core as fast as one here unless --cpu-factor says otherwise; below 1 vCPU "
-        "a thread gets that share of a core); phases run one after another",
+        "  a Lambda core as fast as one here unless --cpu-factor says otherwise, below 1 vCPU",
+        "  a thread gets that share of a core; the phases run one after another",
     ]
     verdict = "within budget" if estimate.fits else "OVER BUDGET"
     lines.append(f"{verdict}: {estimate.total_s:.2f} s against {estimate.budget_s:.1f} s")
     return lines
 
 
-def format_warnings(estimate: Estimate, *, model: str = "MODEL") -> list[str]:
+def format_warnings(estimate: Estimate) -> list[str]:
     """Warning lines for stderr when the estimate does not fit (empty when it does)."""
     if estimate.fits:
         return []
@@ -454,11 +454,11 @@ def format_warnings(estimate: Estimate, *, model: str = "MODEL") -> list[str]:
         f"warning: estimated init {estimate.total_s:.1f} s at {estimate.memory_mb} MB is {where}. "
         "Past the limit Lambda abandons init and retries it inside the first invoke, where it "
         "counts against the function timeout (cold requests slow or timed out). What to do:",
-        *(f"  - {line}" for line in advice(estimate, model=model)),
+        *(f"  - {line}" for line in advice(estimate)),
     ]
 
 
-def estimate_to_dict(estimate: Estimate, *, model: str = "MODEL") -> dict[str, Any]:
+def estimate_to_dict(estimate: Estimate) -> dict[str, Any]:
     """The estimate as JSON (``onnxkit check --json``)."""
     m = estimate.measured
     return {
@@ -475,7 +475,7 @@ def estimate_to_dict(estimate: Estimate, *, model: str = "MODEL") -> dict[str, A
         "fits": estimate.fits,
         "over_limit": estimate.over_limit,
         "memory_to_fit_mb": memory_to_fit(estimate),
-        "advice": advice(estimate, model=model),
+        "advice": advice(estimate),
         "measured": {
             "imports_s": m.imports_s,
             "imports_measured": m.imports_measured,

@@ -146,7 +146,7 @@ def run_check(
         margin=margin,
     )
     if as_json:
-        document = estimate_to_dict(estimate, model=label)
+        document = estimate_to_dict(estimate)
         document["memory_source"] = memory.source
         click.echo(json.dumps(document, indent=2))
     else:
@@ -158,7 +158,7 @@ def run_check(
             err=True,
         )
     for line in [
-        *format_warnings(estimate, model=label),
+        *format_warnings(estimate),
         *(f"warning: {n}" for n in size_notes(estimate.total_bytes)),
     ]:
         click.echo(line, err=True)
