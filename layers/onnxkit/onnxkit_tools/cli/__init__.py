@@ -15,6 +15,7 @@ import click
 from onnxkit import __version__
 from onnxkit.errors import OnnxkitError
 from onnxkit_tools.cli.build import examples, quantize
+from onnxkit_tools.cli.check import check
 from onnxkit_tools.cli.local import local
 from onnxkit_tools.cli.openapi import openapi
 from onnxkit_tools.cli.registry import models, publish
@@ -25,6 +26,7 @@ examples:
   onnxkit examples build digits --out build/digits
   onnxkit publish build/digits/int8/model.onnx --name digits --alias prod \\
       --report build/digits/report.json --store s3://my-bucket/onnxkit
+  onnxkit check build/digits/int8/model.onnx
   onnxkit models list --store s3://my-bucket/onnxkit
   onnxkit local invoke --event events/predict_infer_200.json
   onnxkit local start-api --port 3000
@@ -42,7 +44,7 @@ def cli() -> None:
     the function and the SageMaker endpoint locally without AWS or Docker."""
 
 
-for command in (examples, quantize, publish, models, local, openapi):
+for command in (examples, quantize, publish, check, models, local, openapi):
     cli.add_command(command)
 
 

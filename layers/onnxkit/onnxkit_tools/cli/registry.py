@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from onnxkit_tools.cli.check import check_before_publish, memory_mb_option
 from onnxkit_tools.cli.common import open_registry, progress_bar, store_option
 from onnxkit_tools.registry import publish_model, pull, resolve_ref
 
@@ -31,6 +32,12 @@ from onnxkit_tools.registry import publish_model, pull, resolve_ref
     "--kms-key-id",
     help="encrypt the uploads with this KMS key (SSE-KMS); default: the bucket's encryption",
 )
+@memory_mb_option
+@click.option(
+    "--strict-init-budget",
+    is_flag=True,
+    help="refuse to publish (exit 4) when the init estimate is over budget, instead of warning",
+)
 @store_option
 def publish(
     model: Path,
@@ -40,14 +47,23 @@ def publish(
     backend: str,
     report: Path | None,
     kms_key_id: str | None,
+    memory_mb: int | None,
+    strict_init_budget: bool,
     store: str | None,
 ) -> int:
     """Publish MODEL (an .onnx file, external data beside it) as a new immutable version.
 
     Every file is checksummed and uploaded, the manifest written last; --alias then moves an
     alias (prod) to the new version.
+
+    First, for --backend lambda, it runs `onnxkit check` with its defaults: the model's
+    on-demand init time at the stack's MemorySize (template.yaml / samconfig.toml here, or
+    --memory-mb) against Lambda's 10 s init limit. Over budget it warns, or with
+    --strict-init-budget refuses before uploading anything.
     """
     registry = open_registry(store, kms_key_id=kms_key_id)
+    if backend == "lambda":
+        check_before_publish(model, memory_mb, strict=strict_init_budget)
     with progress_bar(model.stat().st_size, f"upload {model.name}") as progress:
         manifest = publish_model(
             registry,
