@@ -43,7 +43,20 @@ OTHER_BRANCHES = {
 SAGEMAKER_FROM_REGISTRY = {
     "SageMakerImageUri": f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/onnxkit@sha256:{'0' * 64}",
 }
-FLIPPED = {"other-branches": OTHER_BRANCHES, "sagemaker-from-registry": SAGEMAKER_FROM_REGISTRY}
+# The production options: SnapStart on; provisioned concurrency with scaling and an alarm topic.
+SNAPSTART = {"SnapStart": "Enabled"}
+PROVISIONED = {
+    "ProvisionedConcurrency": "2",
+    "ProvisionedConcurrencyMax": "8",
+    "AlarmTopicArn": "arn:aws:sns:eu-west-1:123456789012:onnxkit-alarms",
+    "DeploymentType": "AllAtOnce",
+}
+FLIPPED = {
+    "other-branches": OTHER_BRANCHES,
+    "sagemaker-from-registry": SAGEMAKER_FROM_REGISTRY,
+    "snapstart": SNAPSTART,
+    "provisioned-concurrency": PROVISIONED,
+}
 
 
 def _tool(env_var: str, venv_path: str) -> Path:
@@ -93,18 +106,20 @@ def _assert_ok(result: subprocess.CompletedProcess[str]) -> None:
     )
 
 
+def _with_defaults(tmp_path: Path, label: str, overrides: Mapping[str, str]) -> Path:
+    """template.yaml with these parameter defaults, as a JSON file."""
+    template: dict[str, Any] = yaml_parse(TEMPLATE.read_text())
+    for name, value in overrides.items():
+        template["Parameters"][name]["Default"] = value
+    path = tmp_path / f"template-{label}.json"
+    path.write_text(json.dumps(template, indent=1))
+    return path
+
+
 @pytest.fixture
 def flipped_templates(tmp_path: Path) -> list[Path]:
     """template.yaml with each FLIPPED set as its defaults, as JSON files."""
-    paths = []
-    for label, overrides in FLIPPED.items():
-        template: dict[str, Any] = yaml_parse(TEMPLATE.read_text())
-        for name, value in overrides.items():
-            template["Parameters"][name]["Default"] = value
-        path = tmp_path / f"template-{label}.json"
-        path.write_text(json.dumps(template, indent=1))
-        paths.append(path)
-    return paths
+    return [_with_defaults(tmp_path, label, overrides) for label, overrides in FLIPPED.items()]
 
 
 def test_sam_validate_lint(tmp_path: Path) -> None:
@@ -172,3 +187,21 @@ def test_checkov(tmp_path: Path, flipped_templates: list[Path]) -> None:
     for template in (TEMPLATE, *flipped_templates):
         result = _run([checkov, *common, "-f", template], _offline_env(tmp_path))
         _assert_ok(result)
+
+
+def _deployment_types() -> list[str]:
+    spec = yaml_parse(TEMPLATE.read_text())["Parameters"]["DeploymentType"]
+    return [value for value in spec["AllowedValues"] if value != spec["Default"]]
+
+
+@pytest.mark.parametrize("deployment_type", _deployment_types())
+def test_every_deployment_type_passes_the_tools(tmp_path: Path, deployment_type: str) -> None:
+    """The default type runs in the tests above; each other one here (lint, then checkov)."""
+    sam = _tool("ONNXKIT_SAM", ".venv-sam/bin/sam")
+    checkov = _tool("ONNXKIT_CHECKOV", ".venv-checkov/bin/checkov")
+    template = _with_defaults(tmp_path, deployment_type, {"DeploymentType": deployment_type})
+    env = _offline_env(tmp_path)
+
+    _assert_ok(_run([sam, "validate", "--lint", "--template", template], env))
+    common = ["--quiet", "--compact", "--skip-download", "--framework", "cloudformation"]
+    _assert_ok(_run([checkov, *common, "-f", template], env))

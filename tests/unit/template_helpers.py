@@ -346,6 +346,18 @@ def lambda_functions(resources: Mapping[str, Any]) -> dict[str, Any]:
     return of_type(resources, "AWS::Lambda::Function")
 
 
+PREDICT_FUNCTIONS = ("PredictFunction", "PredictZipFunction")
+
+
+def predict_functions(resources: Mapping[str, Any]) -> dict[str, Any]:
+    """The translated predict functions (not the pre-traffic hook), by logical id."""
+    return {
+        name: body
+        for name, body in lambda_functions(resources).items()
+        if name in PREDICT_FUNCTIONS
+    }
+
+
 def references(node: Any) -> Iterator[str]:
     """Logical names a node points at: Ref, Fn::GetAtt, ${Name} in Fn::Sub, DependsOn."""
     if isinstance(node, list):

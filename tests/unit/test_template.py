@@ -31,6 +31,7 @@ from tests.unit.template_helpers import (
     of_type,
     one,
     parameters,
+    predict_functions,
     references,
     render,
     resolve_ifs,
@@ -136,6 +137,13 @@ def test_parameters_and_defaults() -> None:
         "ConfigureApiGatewayAccount": "true",
         "ModelBackend": "auto",
         "ExposeOpenApi": "false",
+        # Production (see test_template_production.py)
+        "DeploymentType": "Canary10Percent5Minutes",
+        "AlarmTopicArn": "",
+        "AlarmDurationP99Ms": "1000",
+        "SnapStart": "Disabled",
+        "ProvisionedConcurrency": "0",
+        "ProvisionedConcurrencyMax": "0",
         # The GPU path, off while the image is empty (see test_template_sagemaker.py)
         "SageMakerImageUri": "",
         "SageMakerModelName": "",
@@ -232,12 +240,15 @@ def test_functions_log_to_their_own_retained_log_groups(overrides: dict[str, str
 def test_reserved_concurrency(reserved: str, expected: bool) -> None:
     resources = deployed(DeployZipVariant="true", ReservedConcurrency=reserved)["Resources"]
 
-    for name, function in lambda_functions(resources).items():
+    for name, function in predict_functions(resources).items():
         props = function["Properties"]
         if expected:
             assert props["ReservedConcurrentExecutions"] == {"Ref": "ReservedConcurrency"}, name
         else:
             assert "ReservedConcurrentExecutions" not in props, name
+    # the pre-traffic hook runs once per deployment: one environment, or none reserved
+    hook = resources["PreTrafficHookFunction"]["Properties"]
+    assert hook.get("ReservedConcurrentExecutions") == (1 if expected else None)
 
 
 # --------------------------------------------------------------------------- IAM
@@ -249,7 +260,7 @@ def test_function_role_reads_only_the_model_prefix(bucket: str, zip_: str) -> No
     params = parameters(overrides)
     resources = deployed(**overrides)["Resources"]
     role_names = {
-        fn["Properties"]["Role"]["Fn::GetAtt"][0] for fn in lambda_functions(resources).values()
+        fn["Properties"]["Role"]["Fn::GetAtt"][0] for fn in predict_functions(resources).values()
     }
     assert role_names == {"PredictFunctionRole"}
     role = resources["PredictFunctionRole"]
@@ -287,7 +298,7 @@ def test_function_role_reads_only_the_model_prefix(bucket: str, zip_: str) -> No
     assert sorted(logs[0]["Action"]) == ["logs:CreateLogStream", "logs:PutLogEvents"]
     log_groups = {
         fn["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
-        for fn in lambda_functions(resources).values()
+        for fn in predict_functions(resources).values()
     }
     assert sorted(logs[0]["Resource"], key=str) == sorted(
         ({"Fn::GetAtt": [group, "Arn"]} for group in log_groups), key=str
@@ -311,18 +322,21 @@ def test_rest_api_routes_reach_the_functions_by_proxy(overrides: dict[str, str])
     if overrides["DeployZipVariant"] == "true":
         expected |= {("/zip/v2", "get"), ("/zip/v2/{proxy+}", ANY_METHOD)}
     assert routes == expected
+    # through the function's `live` alias (AutoPublishAlias), never $LATEST
     for path, _, operation in methods(body):
         integration = operation["x-amazon-apigateway-integration"]
         assert integration["type"] == "aws_proxy"
         target = "PredictZipFunction" if path.startswith("/zip/") else "PredictFunction"
-        assert f"${{{target}.Arn}}" in integration["uri"]["Fn::Sub"], path
+        assert f"/functions/${{{target}Aliaslive}}/" in integration["uri"]["Fn::Sub"], path
+        assert resources[f"{target}Aliaslive"]["Properties"]["Name"] == "live"
 
-    # AND each route may invoke its function, from this API only
+    # AND each route may invoke its function's alias, from this API only
     permissions = of_type(resources, "AWS::Lambda::Permission")
     assert len(permissions) == len(routes)
     for permission in permissions.values():
         source_arn = permission["Properties"]["SourceArn"]["Fn::Sub"]
         assert source_arn[1]["__ApiId__"] == {"Ref": api_name}
+        assert permission["Properties"]["FunctionName"]["Ref"].endswith("Aliaslive")
 
 
 @pytest.mark.parametrize("auth", ["API_KEY", "IAM"])
@@ -496,7 +510,7 @@ def test_zip_variant_and_layer_only_when_requested(auth: str) -> None:
     off = deployed(AuthType=auth, DeployZipVariant="false")
 
     # THEN neither the zip function, its layer, nor its log group or output exists
-    assert set(lambda_functions(off["Resources"])) == {"PredictFunction"}
+    assert set(predict_functions(off["Resources"])) == {"PredictFunction"}
     assert not of_type(off["Resources"], "AWS::Lambda::LayerVersion")
     assert "PredictZipFunctionLogGroup" not in off["Resources"]
     assert "PredictZipFunctionName" not in off["Outputs"]
@@ -554,6 +568,9 @@ def test_outputs(overrides: dict[str, str]) -> None:
     expected = {
         "ApiUrl": f"https://{{PredictApi}}.execute-api.{REGION}.amazonaws.com/Prod/",
         "PredictFunctionName": "{PredictFunction}",
+        "PredictFunctionAlias": "{PredictFunctionAliaslive}",
+        "DashboardUrl": f"https://{REGION}.console.aws.amazon.com/cloudwatch/home"
+        f"?region={REGION}#dashboards:name={{PredictDashboard}}",
         "ModelBucket": "{ModelBucket}",
         "ModelStore": "s3://{ModelBucket}/onnxkit",
     }

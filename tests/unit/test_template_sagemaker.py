@@ -24,6 +24,7 @@ from tests.unit.template_helpers import (
     of_type,
     one,
     parameters,
+    predict_functions,
     references,
     render,
     rule_failures,
@@ -98,6 +99,8 @@ def test_one_condition_built_from_the_image_uri_switches_every_sagemaker_resourc
         name
         for name, resource in template["Resources"].items()
         if resource["Type"].startswith(SAGEMAKER_TYPES) or name.startswith("SageMaker")
+        # (the function's provisioned concurrency scales through Application Auto Scaling too)
+        if not name.startswith("PredictConcurrency")
     }
     assert switched == SAGEMAKER_NAMES
     for name in switched:
@@ -258,7 +261,7 @@ def test_function_role_may_invoke_only_this_endpoint(zip_: str) -> None:
     # GIVEN the GPU path on
     resources = deployed(SageMakerImageUri=IMAGE, DeployZipVariant=zip_)["Resources"]
     roles = {
-        fn["Properties"]["Role"]["Fn::GetAtt"][0] for fn in lambda_functions(resources).values()
+        fn["Properties"]["Role"]["Fn::GetAtt"][0] for fn in predict_functions(resources).values()
     }
     assert roles == {"PredictFunctionRole"}
 

@@ -7,6 +7,8 @@ clients; nothing else in the library creates one.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from onnxkit.settings import AwsSettings, ForwardSettings
@@ -14,8 +16,49 @@ from onnxkit.settings import AwsSettings, ForwardSettings
 SAGEMAKER_CONNECT_TIMEOUT = 2.0
 
 
+class ClientHandle:
+    """A boto3 client made here, which :meth:`AwsClients.reset` can drop and make again.
+
+    Attribute access goes to the current client, so whoever holds the handle (the model
+    store, the SageMaker backend) uses a fresh client after a reset without being rebuilt.
+
+    Args:
+        make: Makes the client (called again after each :meth:`drop`).
+    """
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._current: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        """The current boto3 client, made now if there is none."""
+        current = self._current
+        if current is None:
+            with self._lock:
+                if self._current is None:
+                    self._current = self._make()
+                current = self._current
+        return current
+
+    def drop(self) -> None:
+        """Close the current client's connections and forget it; the next use makes one."""
+        with self._lock:
+            current, self._current = self._current, None
+        _close(current)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in {"_make", "_current", "_lock"}:  # not set yet (copy, unpickling)
+            raise AttributeError(name)
+        return getattr(self.client, name)
+
+
 class AwsClients:
-    """Creates each client on first use, once.
+    """Creates each client on first use, once; :meth:`reset` makes them afresh.
+
+    The clients it makes are :class:`ClientHandle` objects that behave as the boto3 client.
+    Clients handed in are returned as they are.
 
     Args:
         aws: S3 retries and timeouts.
@@ -43,25 +86,51 @@ class AwsClients:
         Its connection pool holds the parallel ranged GETs of a large model at once.
         """
         if self._s3 is None:
-            self._s3 = _client(
-                "s3",
-                max_attempts=self._aws.s3_max_attempts,
-                connect_timeout=self._aws.s3_connect_timeout,
-                read_timeout=self._aws.s3_read_timeout,
-                max_pool_connections=max(10, self._aws.s3_max_concurrency),
+            self._s3 = ClientHandle(
+                lambda: _client(
+                    "s3",
+                    max_attempts=self._aws.s3_max_attempts,
+                    connect_timeout=self._aws.s3_connect_timeout,
+                    read_timeout=self._aws.s3_read_timeout,
+                    max_pool_connections=max(10, self._aws.s3_max_concurrency),
+                )
             )
+        if isinstance(self._s3, ClientHandle):
+            _ = self._s3.client  # made now, as before handles: init pays for it, not a request
         return self._s3
 
     def sagemaker_runtime(self) -> Any:
         """The sagemaker-runtime client (InvokeEndpoint timeout and retry budget)."""
         if self._sagemaker_runtime is None:
-            self._sagemaker_runtime = _client(
-                "sagemaker-runtime",
-                max_attempts=self._forward.max_attempts,
-                connect_timeout=SAGEMAKER_CONNECT_TIMEOUT,
-                read_timeout=self._forward.timeout,
+            self._sagemaker_runtime = ClientHandle(
+                lambda: _client(
+                    "sagemaker-runtime",
+                    max_attempts=self._forward.max_attempts,
+                    connect_timeout=SAGEMAKER_CONNECT_TIMEOUT,
+                    read_timeout=self._forward.timeout,
+                )
             )
+        if isinstance(self._sagemaker_runtime, ClientHandle):
+            _ = self._sagemaker_runtime.client
         return self._sagemaker_runtime
+
+    def reset(self, *, handed_in: bool = False) -> None:
+        """Forget the clients made here, closing their connections; the next use makes new ones.
+
+        For SnapStart: connections and credentials captured in a snapshot are stale once it
+        is restored. Holders of a client from :meth:`s3` or :meth:`sagemaker_runtime` get the
+        new one through its handle.
+
+        Args:
+            handed_in: Also forget clients handed to the constructor (their holders keep
+                them; later calls of :meth:`s3` / :meth:`sagemaker_runtime` make new ones).
+        """
+        for slot in ("_s3", "_sagemaker_runtime"):
+            current = getattr(self, slot)
+            if isinstance(current, ClientHandle):
+                current.drop()
+            elif current is not None and handed_in:
+                setattr(self, slot, None)
 
 
 def _client(
@@ -82,3 +151,9 @@ def _client(
         max_pool_connections=max_pool_connections,
     )
     return boto3.client(service, config=config)
+
+
+def _close(client: Any) -> None:
+    close = getattr(client, "close", None)  # botocore >= 1.28: closes the connection pool
+    if callable(close):
+        close()
