@@ -1,4 +1,4 @@
-"""Canaries in the predictor: weighted routing, explicit versions, finish, drop, memory, rollback."""
+"""Canaries in the predictor: weighted routing, explicit versions, finish, drop, rollback."""
 
 from __future__ import annotations
 
@@ -185,7 +185,8 @@ def test_a_canary_that_does_not_fit_in_memory_is_not_loaded() -> None:
     assert world.loads == ["1"]
     assert {served(predictor) for _ in range(50)} == {"1"}
     error = predictor.refresh_error
-    assert error is not None and error.code == "canary_insufficient_memory"
+    assert error is not None
+    assert error.code == "canary_insufficient_memory"
     assert "needs about 200 MiB but only 112 MiB are left" in error.message
 
 

@@ -1,4 +1,4 @@
-"""Canaries in the registry (file:// and S3): the alias document, promote/finish/rollback, aborts."""
+"""Canaries in the registry (file:// and S3): the alias document, promote, finish, aborts."""
 
 from __future__ import annotations
 
@@ -177,7 +177,8 @@ def test_two_canary_promotions_from_the_same_read_exactly_one_wins(
     # THEN exactly one wrote, the other got the conflict, and the stored canary is the winner's
     conflicts = [r for r in results if isinstance(r, AliasConflictError)]
     winners = [r for r in results if not isinstance(r, Exception)]
-    assert len(conflicts) == 1 and len(winners) == 1, results
+    assert len(conflicts) == 1, results
+    assert len(winners) == 1, results
     assert conflicts[0].code == "alias_conflict"
     assert stored(three)["canary"]["version"] == winners[0].canary_version  # type: ignore[attr-defined]
 
