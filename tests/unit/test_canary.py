@@ -326,3 +326,36 @@ def test_a_failed_abort_write_is_retried_at_the_next_refresh() -> None:
     assert calls == ["2", "2"]
     world.tick(predictor)
     assert calls == ["2", "2"], "once written, the abort is not repeated"
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+BASE_ENV = {"ONNXKIT_MODEL_STORE": "file:///tmp/s", "ONNXKIT_MODEL_NAME": "m"}
+
+
+def test_canary_settings_are_read_and_validated_together() -> None:
+    from onnxkit.errors import ConfigurationError
+    from onnxkit.settings import CanarySettings, Settings
+
+    assert Settings.from_env(BASE_ENV).canary == CanarySettings(True, 10, 0.1, None)
+    read = Settings.from_env(
+        {
+            **BASE_ENV,
+            "ONNXKIT_CANARY_AUTO_ROLLBACK": "false",
+            "ONNXKIT_CANARY_MIN_REQUESTS": "25",
+            "ONNXKIT_CANARY_MAX_ERROR_RATE": "0.02",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048",
+        }
+    ).canary
+    assert read == CanarySettings(False, 25, 0.02, 2048)
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_env(
+            {
+                **BASE_ENV,
+                "ONNXKIT_CANARY_AUTO_ROLLBACK": "maybe",
+                "ONNXKIT_CANARY_MIN_REQUESTS": "0",
+                "ONNXKIT_CANARY_MAX_ERROR_RATE": "1.5",
+            }
+        )
+    assert len(raised.value.problems) == 3
+    assert "ONNXKIT_CANARY_MIN_REQUESTS='0' is out of range" in raised.value.message
