@@ -15,6 +15,7 @@ from onnxkit.backends import Backend
 from onnxkit.backends.batching import BatchingBackend
 from onnxkit.backends.onnxruntime import OnnxruntimeBackend
 from onnxkit.backends.sagemaker import SageMakerBackend
+from onnxkit.canary import CanaryAborter, CanaryPolicy, MemoryProbe, memory_limit_bytes
 from onnxkit.errors import ModelNotReadyError
 from onnxkit.manifest import Manifest
 from onnxkit.phases import Phases
@@ -139,19 +140,22 @@ def build_predictor(
             manifest = source.resolve()
         return load(manifest, phases)
 
-    def swapped(old: Backend, new: Backend) -> None:
+    def retired(old: Backend, served: tuple[Manifest, ...]) -> None:
         close = getattr(old, "close", None)
         if callable(close):  # a batching wrapper's dispatcher thread
             close()
-        source.release(keep=new.manifest)
+        if served:
+            source.release(*served)
 
     refresh = None
     if source.follows_alias and settings.model.refresh_seconds > 0:
+        store_source = source if isinstance(source, StoreSource) else None
         refresh = Refresh(
-            resolve=source.resolve,
+            resolve=store_source.resolve_rollout if store_source else source.resolve,
             load=load,
             interval_s=settings.model.refresh_seconds,
-            on_swap=swapped,
+            on_retire=retired,
+            canary_pending=store_source.saw_canary if store_source else None,
         )
     return Predictor(
         source.name,
@@ -160,6 +164,26 @@ def build_predictor(
         observer,
         refresh,
         background=role == ENDPOINT,
+        canary=canary_policy(settings, source),
+    )
+
+
+def canary_policy(settings: Settings, source: ModelSource) -> CanaryPolicy:
+    """Canary thresholds from the settings; a store source may abort a failing canary.
+
+    The abort is the one write a function or endpoint makes to the store: a conditional
+    replace of the alias document (``models/{name}/_aliases/{alias}.json``).
+    """
+    canary = settings.canary
+    abort = None
+    if isinstance(source, StoreSource) and source.follows_alias and canary.auto_rollback:
+        abort = CanaryAborter(source.store.blobs, source.name, settings.model.alias)
+    return CanaryPolicy(
+        auto_rollback=canary.auto_rollback,
+        min_requests=canary.min_requests,
+        max_error_rate=canary.max_error_rate,
+        abort=abort,
+        memory=MemoryProbe(limit_bytes=memory_limit_bytes(canary.memory_mb)),
     )
 
 

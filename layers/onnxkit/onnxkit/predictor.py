@@ -4,6 +4,10 @@ A :class:`Predictor` owns one served model. It loads it through a loader callabl
 verified files -> session -> warm-up), remembers why a load failed, and tries again on the
 next request, so a transient fault (S3 down, a corrupt artifact being repaired) heals
 without a restart and never leaves a half-loaded model behind.
+
+Following an alias that names a canary (``onnxkit.canary``), it keeps the canary loaded beside
+the stable version, sends the canary its share of requests, counts the canary's failures and
+rolls it back automatically when they pass the configured rate.
 """
 
 from __future__ import annotations
@@ -12,11 +16,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from onnxkit import __version__
 from onnxkit.backends import Backend
+from onnxkit.canary import CanaryHealth, CanaryPolicy, Rollout, canary_memory_need, should_roll_back
 from onnxkit.codecs import (
     InferenceResponse,
     decode_request,
@@ -24,6 +29,7 @@ from onnxkit.codecs import (
     parse_json,
 )
 from onnxkit.errors import ModelNotFoundError, ModelNotReadyError, OnnxkitError
+from onnxkit.errors import error_body as _error_body
 from onnxkit.manifest import Manifest
 from onnxkit.settings import ApiSettings
 
@@ -31,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 SERVER_NAME = "onnxkit"
 SERVER_EXTENSIONS = ("model_repository_metadata",)
+VERSION_HEADER = "x-onnxkit-model-version"
+"""Names the version an inference ran on, in error responses (the body says it on success)."""
 
 
 class Observer(Protocol):
@@ -44,6 +52,10 @@ class Observer(Protocol):
         """An inference finished (backend time only)."""
         ...
 
+    def inference_failed(self, manifest: Manifest) -> None:
+        """An inference failed on our side (5xx) on this version."""
+        ...
+
 
 class _NullObserver:
     def model_loaded(self, manifest: Manifest, milliseconds: float) -> None:
@@ -52,24 +64,44 @@ class _NullObserver:
     def inference_done(self, manifest: Manifest, milliseconds: float, batch: int) -> None:
         pass
 
+    def inference_failed(self, manifest: Manifest) -> None:
+        pass
+
+
+@dataclass
+class _Canary:
+    """A loaded canary: its backend, its share of requests, its health in this process."""
+
+    backend: Backend
+    weight: int
+    health: CanaryHealth = field(default_factory=CanaryHealth)
+
 
 @dataclass(frozen=True)
 class Refresh:
     """How a predictor follows an alias: check it every ``interval_s``, swap when it moved.
 
     Attributes:
-        resolve: The manifest the alias points to now.
+        resolve: What the alias asks for now: a manifest, or a :class:`Rollout` (a stable
+            version and maybe a canary).
         load: A ready backend for a manifest (fetch, verify, session, warm-up).
         interval_s: Seconds between checks.
         clock: Monotonic seconds (injectable for tests).
-        on_swap: Called with (old, new) after a swap, e.g. to free the old cached files.
+        on_swap: Called with (old, new) after the stable version changed, e.g. to free the old
+            cached files (used when ``on_retire`` is not set).
+        on_retire: Called with a backend no longer served and the manifests still served
+            (stable, canary), to close it and free its files; replaces ``on_swap``.
+        canary_pending: Whether the last resolve saw a canary, so the first load follows it
+            at once rather than after an interval.
     """
 
-    resolve: Callable[[], Manifest | None]
+    resolve: Callable[[], Manifest | Rollout | None]
     load: Callable[[Manifest | None], Backend]
     interval_s: float
     clock: Callable[[], float] = time.monotonic
     on_swap: Callable[[Backend, Backend], None] | None = None
+    on_retire: Callable[[Backend, tuple[Manifest, ...]], None] | None = None
+    canary_pending: Callable[[], bool] | None = None
 
 
 class Predictor:
@@ -85,6 +117,8 @@ class Predictor:
             background thread calls :meth:`try_load` and :meth:`refresh`); a request that
             finds no model gets 503 at once instead of waiting for a load. Off for the
             function, whose requests (re)try the load themselves.
+        canary: How canaries are routed, checked and rolled back (default thresholds, no
+            store write, no memory check).
     """
 
     def __init__(
@@ -96,6 +130,7 @@ class Predictor:
         refresh: Refresh | None = None,
         *,
         background: bool = False,
+        canary: CanaryPolicy | None = None,
     ) -> None:
         self.model_name = model_name
         self._loader = loader
@@ -108,6 +143,12 @@ class Predictor:
         self._refresh_error: OnnxkitError | None = None
         self._next_check = 0.0
         self._lock = threading.Lock()
+        self._policy = canary or CanaryPolicy()
+        self._canary: _Canary | None = None
+        self._canary_lock = threading.Lock()  # health counts and the rollback decision
+        self._rolled_back: str | None = None  # the canary version this process stopped
+        self._abort_pending = ""  # why, while its abort is not written to the store yet
+        self._stable_growth: int | None = None  # RSS the stable load added (memory check)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -154,6 +195,7 @@ class Predictor:
             if self._backend is not None:
                 return self._backend
             started = time.perf_counter()
+            rss_before = self._rss()
             try:
                 backend = self._loader()
             except ModelNotFoundError as exc:
@@ -174,6 +216,9 @@ class Predictor:
                 logger.exception("model load failed unexpectedly")
                 raise self._last_error from exc
             elapsed = (time.perf_counter() - started) * 1000
+            rss_after = self._rss()
+            if rss_before is not None and rss_after is not None:
+                self._stable_growth = rss_after - rss_before
             self._backend, self._last_error = backend, None
             if self._refresh is not None:
                 self._next_check = self._refresh.clock() + self._refresh.interval_s
@@ -183,7 +228,26 @@ class Predictor:
                 extra={"model": manifest.name, "version": manifest.version, "load_ms": elapsed},
             )
             self._observer.model_loaded(manifest, elapsed)
-            return backend
+        pending = self._refresh.canary_pending if self._refresh is not None else None
+        if pending is not None and pending():
+            self.refresh(force=True)  # the alias runs a canary: load it now, not in a minute
+        return backend
+
+    @property
+    def canary_version(self) -> str | None:
+        """The canary version receiving requests, or None."""
+        canary = self._canary
+        return canary.backend.manifest.version if canary is not None else None
+
+    @property
+    def canary_health(self) -> CanaryHealth | None:
+        """The serving canary's requests and failures in this process, or None."""
+        canary = self._canary
+        return canary.health if canary is not None else None
+
+    def _rss(self) -> int | None:
+        memory = self._policy.memory
+        return memory.rss() if memory is not None else None
 
     @property
     def refresh_error(self) -> OnnxkitError | None:
@@ -198,8 +262,12 @@ class Predictor:
         retried at the next check). Checks happen at most once per interval; concurrent
         callers never wait for a load in progress.
 
+        A canary on the alias is loaded beside the stable version (when memory allows), its
+        weight followed, and freed when it is dropped; a finished canary (now the stable
+        version) takes over without a reload.
+
         Returns:
-            True when a new version was swapped in.
+            True when the stable version or the canary changed.
         """
         refresh, current = self._refresh, self._backend
         if refresh is None or current is None:
@@ -208,15 +276,15 @@ class Predictor:
             return False
         if not self._lock.acquire(blocking=False):
             return False
+        retired: list[Backend] = []
         try:
             self._next_check = refresh.clock() + refresh.interval_s
+            self._retry_abort()
             started = time.perf_counter()
             try:
-                manifest = refresh.resolve()
-                if manifest == current.manifest:
-                    self._refresh_error = None
-                    return False
-                backend = refresh.load(manifest)
+                target = refresh.resolve()
+                rollout = target if isinstance(target, Rollout) else Rollout(stable=target)  # type: ignore[arg-type]
+                stable = self._follow_stable(refresh, current, rollout, retired)
             except OnnxkitError as exc:
                 self._refresh_error = exc
                 logger.warning(
@@ -226,22 +294,175 @@ class Predictor:
                     exc.code,
                 )
                 return False
-            self._backend, self._refresh_error = backend, None
+            self._refresh_error = None
+            canary_changed = self._follow_canary(refresh, stable, rollout, retired)
         finally:
             self._lock.release()
+        served = tuple(b.manifest for b in (self._backend, *self._canary_backends()) if b)
+        for old in retired:
+            if refresh.on_retire is not None:
+                refresh.on_retire(old, served)
+            elif refresh.on_swap is not None and stable is not current:
+                refresh.on_swap(old, stable)
+        if stable is current:
+            return canary_changed
         elapsed = (time.perf_counter() - started) * 1000
         logger.info(
             "model swapped",
             extra={
-                "model": backend.manifest.name,
+                "model": stable.manifest.name,
                 "from": current.manifest.version,
-                "to": backend.manifest.version,
+                "to": stable.manifest.version,
             },
         )
-        self._observer.model_loaded(backend.manifest, elapsed)
-        if refresh.on_swap is not None:
-            refresh.on_swap(current, backend)
+        self._observer.model_loaded(stable.manifest, elapsed)
         return True
+
+    def _canary_backends(self) -> tuple[Backend, ...]:
+        canary = self._canary
+        return (canary.backend,) if canary is not None else ()
+
+    def _follow_stable(
+        self, refresh: Refresh, current: Backend, rollout: Rollout, retired: list[Backend]
+    ) -> Backend:
+        """Serve the rollout's stable version; the running canary takes over without a reload."""
+        if rollout.stable == current.manifest:
+            return current
+        canary = self._canary
+        if canary is not None and canary.backend.manifest == rollout.stable:
+            self._backend = canary.backend  # finished: the canary is the stable version now
+            self._canary = None
+            logger.info(
+                "canary finished",
+                extra={"model": rollout.stable.name, "version": rollout.stable.version},
+            )
+        else:
+            self._backend = refresh.load(rollout.stable)
+        retired.append(current)
+        return self._backend
+
+    def _follow_canary(
+        self, refresh: Refresh, stable: Backend, rollout: Rollout, retired: list[Backend]
+    ) -> bool:
+        """Load, re-weight or drop the canary as the rollout says; True when it changed."""
+        wanted = rollout.canary
+        if wanted is not None and wanted.version == self._rolled_back:
+            wanted = None  # this process rolled it back; its abort may not be stored yet
+        if wanted == stable.manifest:
+            wanted = None
+        canary = self._canary
+        if canary is not None and wanted == canary.backend.manifest:
+            canary.weight = rollout.weight
+            return False
+        if canary is not None:  # dropped or replaced: stop routing, then free it
+            self._canary = None
+            retired.append(canary.backend)
+            logger.info(
+                "canary dropped",
+                extra={"model": stable.manifest.name, "version": canary.backend.manifest.version},
+            )
+        if wanted is None:
+            return canary is not None
+        refusal = self._memory_refusal(wanted, stable.manifest)
+        if refusal is not None:
+            self._refresh_error = refusal
+            logger.warning("canary %s not loaded: %s", wanted.version, refusal.message)
+            return canary is not None
+        started = time.perf_counter()
+        try:
+            backend = refresh.load(wanted)
+        except OnnxkitError as exc:
+            self._refresh_error = exc
+            logger.warning(
+                "canary %s not loaded; serving version %s only: %s (%s)",
+                wanted.version,
+                stable.manifest.version,
+                exc.message,
+                exc.code,
+            )
+            return canary is not None
+        self._canary = _Canary(backend, rollout.weight)
+        logger.info(
+            "canary loaded",
+            extra={"model": wanted.name, "version": wanted.version, "weight": rollout.weight},
+        )
+        self._observer.model_loaded(wanted, (time.perf_counter() - started) * 1000)
+        return True
+
+    def _memory_refusal(self, canary: Manifest, stable: Manifest) -> OnnxkitError | None:
+        """Why the canary would not fit in memory beside the stable version, or None."""
+        memory = self._policy.memory
+        if memory is None:
+            return None
+        left = memory.left()
+        if left is None:
+            return None  # nothing to measure with (not Linux): do not guess
+        need = canary_memory_need(canary, stable, self._stable_growth)
+        if need <= left:
+            return None
+        mib = 1024 * 1024
+        return OnnxkitError(
+            f"canary {canary.version} needs about {need // mib} MiB but only {left // mib} MiB "
+            f"are left beside version {stable.version}; serving the stable version only "
+            "(raise the function's memory)",
+            code="canary_insufficient_memory",
+        )
+
+    # -- canary health ---------------------------------------------------------------------
+
+    def _count_canary(self, backend: Backend, *, failed: bool) -> None:
+        """Count a canary inference; roll the canary back when its failures pass the rate."""
+        canary = self._canary
+        if canary is None or canary.backend is not backend:
+            return
+        policy = self._policy
+        with self._canary_lock:
+            if self._canary is not canary:
+                return  # dropped or rolled back meanwhile
+            canary.health.requests += 1
+            canary.health.failures += failed
+            if not should_roll_back(
+                canary.health,
+                min_requests=policy.min_requests,
+                max_error_rate=policy.max_error_rate,
+            ):
+                return
+            version = backend.manifest.version
+            reason = (
+                f"{canary.health.failures} of {canary.health.requests} canary requests failed "
+                f"(more than {policy.max_error_rate:.0%})"
+            )
+            if not policy.auto_rollback:
+                if canary.health.failures == canary.health.requests or failed:
+                    logger.warning("canary %s is failing: %s (auto rollback off)", version, reason)
+                return
+            self._canary = None  # stop routing to it at once, in this process
+            self._rolled_back = version
+            self._abort_pending = reason
+        logger.warning(
+            "canary rolled back",
+            extra={"model": backend.manifest.name, "version": version, "reason": reason},
+        )
+        self._retry_abort()
+
+    def _retry_abort(self) -> None:
+        """Write a pending canary abort to the store (retried at each refresh until it lands)."""
+        version, reason, abort = self._rolled_back, self._abort_pending, self._policy.abort
+        if not reason or version is None or abort is None:
+            return
+        try:
+            wrote = abort(version, reason)
+        except OnnxkitError as exc:
+            self._refresh_error = exc
+            logger.warning(
+                "canary %s stopped here but not aborted in the store yet: %s (%s)",
+                version,
+                exc.message,
+                exc.code,
+            )
+            return
+        self._abort_pending = ""
+        logger.info("canary aborted in the store" if wrote else "canary already ended in the store")
 
     def check_ready(self) -> None:
         """Raise unless a model is loaded, saying why not (never starts a load itself).
@@ -320,14 +541,20 @@ class Predictor:
             OnnxkitError: 4xx for anything the caller sent wrong, 5xx for our faults.
         """
         data = parse_json(body, max_bytes=self._limits.max_request_bytes)
-        backend = self._served(name, version)
+        backend = self._served(name, version, route=True)
         manifest = backend.manifest
-        request = decode_request(data, manifest.inputs, max_batch_size=self._limits.max_batch_size)
-        started = time.perf_counter()
-        outputs = backend.run(request.inputs, request.outputs)
+        try:
+            request = decode_request(
+                data, manifest.inputs, max_batch_size=self._limits.max_batch_size
+            )
+            started = time.perf_counter()
+            outputs = backend.run(request.inputs, request.outputs)
+        except Exception as exc:
+            raise self._failed(backend, exc) from exc
         elapsed = (time.perf_counter() - started) * 1000
         batch = max((a.shape[0] for a in request.inputs.values() if a.ndim), default=1)
         self._observer.inference_done(manifest, elapsed, batch)
+        self._count_canary(backend, failed=False)
         return encode_response(
             InferenceResponse(
                 model_name=manifest.name,
@@ -337,6 +564,20 @@ class Predictor:
             )
         )
 
+    def _failed(self, backend: Backend, error: Exception) -> OnnxkitError:
+        """An inference error naming its version; a server fault counts against a canary."""
+        manifest = backend.manifest
+        if not isinstance(error, OnnxkitError):
+            logger.exception("inference failed unexpectedly on version %s", manifest.version)
+            # The generic 500 of error_body, which reveals nothing; the traceback is logged here.
+            _, payload, _ = _error_body(error)
+            error = OnnxkitError(payload["error"]["message"], code=payload["error"]["code"])
+        error.headers[VERSION_HEADER] = manifest.version
+        if error.status >= 500:
+            self._observer.inference_failed(manifest)
+            self._count_canary(backend, failed=True)
+        return error
+
     def _current(self) -> Backend:
         """The serving backend: loaded (and its alias refreshed) here, or in the background."""
         if self._background:
@@ -345,15 +586,25 @@ class Predictor:
             self.refresh()  # at most once per interval; a swap shows in load() below
         return self.load()
 
-    def _served(self, name: str, version: str | None) -> Backend:
+    def _served(self, name: str, version: str | None, *, route: bool = False) -> Backend:
+        """The backend for a request: a named version (stable or canary), else the stable one,
+        or with ``route`` the canary for its share of requests."""
         if name != self.model_name:
             raise ModelNotFoundError(
                 f"model {name!r} is not served here; this endpoint serves {self.model_name!r}"
             )
         backend = self._current()
-        if version is not None and version != backend.manifest.version:
-            raise ModelNotFoundError(
-                f"model {name!r} version {version!r} is not served here; "
-                f"the served version is {backend.manifest.version!r}"
-            )
-        return backend
+        canary = self._canary
+        if version is None:
+            if route and canary is not None and self._policy.draw() * 100 < canary.weight:
+                return canary.backend
+            return backend
+        if version == backend.manifest.version:
+            return backend
+        if canary is not None and version == canary.backend.manifest.version:
+            return canary.backend
+        served = ", ".join(repr(b.manifest.version) for b in (backend, *self._canary_backends()))
+        raise ModelNotFoundError(
+            f"model {name!r} version {version!r} is not served here; the served "
+            f"version{'s are' if canary else ' is'} {served}"
+        )

@@ -1,9 +1,9 @@
 """One typed ``Settings`` object in sections, built from ``ONNXKIT_*`` variables once, at init.
 
-Each role reads its sections: the function reads ``model``, ``aws``, ``session``, ``api``,
-``function`` and ``forward``; the endpoint container reads ``model``, ``aws``, ``session``,
-``api`` and ``endpoint``. Environment names are the constants below; nothing else in the
-library reads the environment.
+Each role reads its sections: the function reads ``model``, ``canary``, ``aws``, ``session``,
+``api``, ``function`` and ``forward``; the endpoint container reads ``model``, ``canary``,
+``aws``, ``session``, ``api`` and ``endpoint``. Environment names are the constants below;
+nothing else in the library reads the environment.
 """
 
 from __future__ import annotations
@@ -26,6 +26,12 @@ ENV_MODEL_VERSION = "ONNXKIT_MODEL_VERSION"
 ENV_MODEL_DIR = "ONNXKIT_MODEL_DIR"
 ENV_CACHE_DIR = "ONNXKIT_CACHE_DIR"
 ENV_REFRESH_SECONDS = "ONNXKIT_REFRESH_SECONDS"
+# -- model canaries (``onnxkit models promote --canary``)
+ENV_CANARY_AUTO_ROLLBACK = "ONNXKIT_CANARY_AUTO_ROLLBACK"
+ENV_CANARY_MIN_REQUESTS = "ONNXKIT_CANARY_MIN_REQUESTS"
+ENV_CANARY_MAX_ERROR_RATE = "ONNXKIT_CANARY_MAX_ERROR_RATE"
+# Lambda's own variable: the function's memory, against which a canary's load is checked.
+ENV_FUNCTION_MEMORY = "AWS_LAMBDA_FUNCTION_MEMORY_SIZE"
 # -- AWS clients
 ENV_S3_MAX_ATTEMPTS = "ONNXKIT_S3_MAX_ATTEMPTS"
 ENV_S3_CONNECT_TIMEOUT = "ONNXKIT_S3_CONNECT_TIMEOUT"
@@ -126,6 +132,24 @@ class ModelSettings:
     def ref(self) -> str:
         """The version when pinned, else the alias."""
         return self.version or self.alias
+
+
+@dataclass(frozen=True)
+class CanarySettings:
+    """How a server following an alias runs its canary.
+
+    Attributes:
+        auto_rollback: Stop and abort a canary whose error rate passes ``max_error_rate``.
+        min_requests: Canary requests seen (in one process) before its error rate is judged.
+        max_error_rate: Failed (5xx) canary inferences per canary request that trigger it.
+        memory_mb: The function's memory (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``); None outside
+            Lambda, where the system's available memory is used.
+    """
+
+    auto_rollback: bool = True
+    min_requests: int = 10
+    max_error_rate: float = 0.1
+    memory_mb: int | None = None
 
 
 @dataclass(frozen=True)
@@ -247,6 +271,7 @@ class Settings:
 
     Attributes:
         model: Which model, from where.
+        canary: Canary routing and automatic rollback.
         aws: AWS client retries and timeouts.
         session: onnxruntime providers and threads.
         api: Limits and documents both HTTP edges share.
@@ -258,6 +283,7 @@ class Settings:
     """
 
     model: ModelSettings = field(default_factory=ModelSettings)
+    canary: CanarySettings = field(default_factory=CanarySettings)
     aws: AwsSettings = field(default_factory=AwsSettings)
     session: SessionSettings = field(default_factory=SessionSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
@@ -283,6 +309,7 @@ class Settings:
         reader = _Reader(environ)
         settings = cls(
             model=reader.model(),
+            canary=reader.canary(),
             aws=reader.aws(),
             session=SessionSettings(
                 providers=reader.read(ENV_PROVIDERS, _providers, DEFAULT_PROVIDERS, bool),
@@ -386,6 +413,17 @@ class _Reader:
             refresh_seconds=self.number(
                 ENV_REFRESH_SECONDS, 60.0, lambda v: math.isfinite(v) and v >= 0
             ),
+        )
+
+    def canary(self) -> CanarySettings:
+        memory = self.integer(ENV_FUNCTION_MEMORY, 0, 128, 10240)
+        return CanarySettings(
+            auto_rollback=self.flag(ENV_CANARY_AUTO_ROLLBACK, True),
+            min_requests=self.integer(ENV_CANARY_MIN_REQUESTS, 10, 1),
+            max_error_rate=self.number(
+                ENV_CANARY_MAX_ERROR_RATE, 0.1, lambda v: math.isfinite(v) and 0 <= v < 1
+            ),
+            memory_mb=memory or None,
         )
 
     def aws(self) -> AwsSettings:

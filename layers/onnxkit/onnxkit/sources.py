@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any, Protocol
 
+from onnxkit.canary import Rollout
 from onnxkit.datatypes import BY_ORT
 from onnxkit.errors import ConfigurationError, IntegrityError, ModelLoadError, ModelNotFoundError
 from onnxkit.manifest import FileEntry, Manifest, TensorSpec, verify_folder
@@ -62,8 +63,8 @@ class ModelSource(Protocol):
         """
         ...
 
-    def release(self, keep: Manifest) -> None:
-        """Free the files of every version but ``keep`` (after a swap)."""
+    def release(self, keep: Manifest, *also: Manifest) -> None:
+        """Free the files of every version but ``keep`` and ``also`` (after a swap)."""
         ...
 
 
@@ -77,9 +78,39 @@ class StoreSource:
         self.follows_alias = model.version is None
         self._store = store
         self._model = model
+        self._saw_canary = False
+
+    @property
+    def store(self) -> ModelStore:
+        """The store the model comes from."""
+        return self._store
 
     def resolve(self) -> Manifest:
-        return self._store.resolve(self.name, version=self._model.version, alias=self._model.alias)
+        if self._model.version is not None:
+            return self._store.get_manifest(self.name, self._model.version)
+        record = self._store.get_alias(self.name, self._model.alias)
+        self._saw_canary = record.canary_version is not None
+        return self._store.get_manifest(self.name, record.version)
+
+    def resolve_rollout(self) -> Rollout:
+        """The alias's stable version and its canary (a pinned version has none).
+
+        Raises:
+            OnnxkitError: The store cannot be read, or a version is not published.
+        """
+        if self._model.version is not None:
+            return Rollout(self._store.get_manifest(self.name, self._model.version))
+        record = self._store.get_alias(self.name, self._model.alias)
+        self._saw_canary = record.canary_version is not None
+        stable = self._store.get_manifest(self.name, record.version)
+        if record.canary_version is None:
+            return Rollout(stable)
+        canary = self._store.get_manifest(self.name, record.canary_version)
+        return Rollout(stable, canary, record.canary_weight)
+
+    def saw_canary(self) -> bool:
+        """Whether the alias named a canary when it was last read."""
+        return self._saw_canary
 
     def fetch(self, manifest: Manifest | None) -> Path:
         assert manifest is not None, "a store always has a manifest"
@@ -96,8 +127,10 @@ class StoreSource:
             return self._store.read_model(manifest, phases)
         return self._store.fetch(manifest, phases=phases) / manifest.model_file.path
 
-    def release(self, keep: Manifest) -> None:
-        self._store.evict(keep=self._store.local_dir(keep))  # /tmp is small: keep one version
+    def release(self, keep: Manifest, *also: Manifest) -> None:
+        # /tmp is small: keep only what is served (the stable version, and a canary's)
+        local_dir = self._store.local_dir
+        self._store.evict(keep=local_dir(keep), also=tuple(local_dir(m) for m in also))
 
 
 class FolderSource:
@@ -165,7 +198,7 @@ class FolderSource:
         with phases.timed("verify"):
             return self.fetch(manifest)
 
-    def release(self, keep: Manifest) -> None:
+    def release(self, keep: Manifest, *also: Manifest) -> None:
         pass  # the folder is not ours to clean
 
     def describe(self, session: Any, model_file: Path) -> Manifest:

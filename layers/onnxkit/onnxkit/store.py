@@ -1,13 +1,16 @@
 """The model store's read side: resolve aliases and versions, download verified copies.
 
 Publishing and moving aliases are tooling (``onnxkit_tools.registry``); a function or the
-endpoint container only reads.
+endpoint container only reads, except for one conditional write: aborting a failing canary
+(``onnxkit.canary.abort_canary``, through :meth:`S3Blobs.replace`).
 
 Layout under the store's root (``s3://bucket/prefix`` or ``file:///dir``)::
 
     models/{name}/{version}/manifest.json      written last: its presence means "published"
     models/{name}/{version}/{file}             every file the manifest lists
-    models/{name}/_aliases/{alias}.json        {"version": ..., "history": [...]}
+    models/{name}/_aliases/{alias}.json        {"version": ..., "history": [...],
+                                                "canary": {"version", "weight"} | null,
+                                                "aborted": {"version", "reason", "at"}}
 
 Every download is checked against the manifest's size and sha256 while it streams (a
 :class:`VerifyingSink` hashes each part as it arrives, in order). Files at or above the
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -161,6 +165,13 @@ class Blobs(Protocol):
         """Names one level below ``prefix`` (a "directory" listing)."""
         ...
 
+    def replace(self, key: str, data: bytes, *, if_match: str) -> None:
+        """Replace an object only if its token is still ``if_match``.
+
+        Raises VersionConflictError when it changed (S3: 412 Precondition Failed).
+        """
+        ...
+
 
 # --- S3 -------------------------------------------------------------------------------------
 
@@ -243,6 +254,18 @@ class S3Blobs:
                 names += [o["Key"][len(full) :] for o in page.get("Contents", [])]
         return sorted(names)
 
+    def replace(self, key: str, data: bytes, *, if_match: str) -> None:
+        # S3's conditional write: replaces only the object we read, else 412 (mapped to
+        # VersionConflictError). The bucket's default encryption applies.
+        with self._errors(key):
+            self._client.put_object(
+                Bucket=self._bucket,
+                Key=self._key(key),
+                Body=data,
+                ContentType="application/json",
+                IfMatch=if_match,
+            )
+
     @contextlib.contextmanager
     def _errors(self, key: str) -> Iterator[None]:
         """Translate botocore failures into the onnxkit error tree."""
@@ -319,19 +342,48 @@ class FileBlobs:
         folder = self._path(prefix)
         return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
+    def replace(self, key: str, data: bytes, *, if_match: str) -> None:
+        # The local twin of S3's IfMatch: compare and replace under an exclusive lock.
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with (path.parent / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current = hashlib.sha256(path.read_bytes()).hexdigest()
+            except FileNotFoundError:
+                current = None
+            if current != if_match:
+                raise VersionConflictError(f"{path} changed since it was read")
+            atomic_write(path, data)
+
 
 # --- the store ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class AliasRecord:
-    """Where an alias points now, and where it pointed before (newest first)."""
+    """Where an alias points now, and where it pointed before (newest first).
+
+    Attributes:
+        name: Model name.
+        alias: Alias name.
+        version: The stable version.
+        updated_at: When the alias document was last written (ISO 8601).
+        history: Earlier stable versions, newest first.
+        canary_version: A canary version served beside the stable one, or None.
+        canary_weight: Percent of requests for the canary (1-99; 0 without one).
+        aborted: The last canary stopped (automatically or by hand): its version, reason and
+            time, or None.
+    """
 
     name: str
     alias: str
     version: str
     updated_at: str
     history: tuple[dict[str, str], ...] = ()
+    canary_version: str | None = None
+    canary_weight: int = 0
+    aborted: dict[str, str] | None = None
 
 
 class ModelStore:
@@ -414,7 +466,7 @@ class ModelStore:
             raw, etag = self.blobs.read_versioned(alias_key(name, alias))
         except ModelNotFoundError:
             return None, None
-        return _parse_alias(name, alias, raw), etag
+        return parse_alias(name, alias, raw), etag
 
     def resolve(self, name: str, *, version: str | None = None, alias: str = "prod") -> Manifest:
         """The manifest for an explicit version, else for the version an alias points to."""
@@ -550,20 +602,26 @@ class ModelStore:
             phases.add("verify", sink.hash_seconds * 1000)
         return sink.data()
 
-    def evict(self, keep: Path | None = None) -> None:
-        """Drop every cached copy except ``keep`` (frees /tmp for a new version)."""
+    def evict(self, keep: Path | None = None, *, also: tuple[Path, ...] = ()) -> None:
+        """Drop every cached copy except ``keep`` and ``also`` (frees /tmp for a new version;
+        a canary keeps both versions' copies)."""
         if not self.cache_dir.is_dir():
             return
+        kept = {p.resolve() for p in (keep, *also) if p is not None}
         for model_dir in self.cache_dir.iterdir():
             for version_dir in model_dir.iterdir() if model_dir.is_dir() else ():
                 for digest_dir in version_dir.iterdir() if version_dir.is_dir() else ():
-                    if keep is None or digest_dir.resolve() != keep.resolve():
+                    if digest_dir.resolve() not in kept:
                         shutil.rmtree(digest_dir, ignore_errors=True)
 
     def list_aliases(self, name: str) -> dict[str, str]:
-        """Alias -> version for one model."""
+        """Alias -> (stable) version for one model."""
+        return {alias: record.version for alias, record in self.list_alias_records(name).items()}
+
+    def list_alias_records(self, name: str) -> dict[str, AliasRecord]:
+        """Alias -> its record (canary and last abort included) for one model."""
         return {
-            child.removesuffix(".json"): self.get_alias(name, child.removesuffix(".json")).version
+            child.removesuffix(".json"): self.get_alias(name, child.removesuffix(".json"))
             for child in self.blobs.list_children(f"models/{name}/{ALIASES_DIR}")
             if child.endswith(".json")
         }
@@ -593,18 +651,63 @@ def alias_key(name: str, alias: str) -> str:
     return f"models/{name}/{ALIASES_DIR}/{alias}.json"
 
 
-def _parse_alias(name: str, alias: str, raw: bytes) -> AliasRecord:
+def parse_alias(name: str, alias: str, raw: bytes) -> AliasRecord:
+    """An alias document -> :class:`AliasRecord` (documents without a canary parse as before).
+
+    Raises:
+        IntegrityError: Not valid JSON, no version, or a canary weight outside 1-99.
+    """
     try:
         data = json.loads(raw)
+        canary = data.get("canary")
+        weight = int(canary["weight"]) if canary else 0
+        if canary and not 1 <= weight <= 99:
+            raise ValueError(f"canary weight {weight} is not 1-99")
+        aborted = data.get("aborted")
         return AliasRecord(
             name=name,
             alias=alias,
             version=str(data["version"]),
             updated_at=str(data.get("updated_at", "")),
             history=tuple({**h, "version": str(h["version"])} for h in data.get("history", ())),
+            canary_version=str(canary["version"]) if canary else None,
+            canary_weight=weight,
+            aborted={k: str(v) for k, v in aborted.items()} if aborted else None,
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise IntegrityError(f"alias {name}@{alias} is not valid JSON: {exc}") from exc
+
+
+def alias_document(record: AliasRecord) -> bytes:
+    """The JSON document stored for an alias (``canary`` is null without one)."""
+    body: dict[str, Any] = {
+        "name": record.name,
+        "alias": record.alias,
+        "version": record.version,
+        "updated_at": record.updated_at,
+        "history": list(record.history),
+        "canary": (
+            {"version": record.canary_version, "weight": record.canary_weight}
+            if record.canary_version is not None
+            else None
+        ),
+    }
+    if record.aborted is not None:
+        body["aborted"] = dict(record.aborted)
+    return json.dumps(body, indent=2).encode() + b"\n"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a file through a temporary name in its folder, so readers never see half of it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _has_size(path: Path, size: int) -> bool:

@@ -9,14 +9,12 @@ other.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,7 +43,9 @@ from onnxkit.store import (
     ModelStore,
     Progress,
     S3Blobs,
+    alias_document,
     alias_key,
+    atomic_write,
 )
 
 ALIAS_HISTORY = 50
@@ -238,16 +238,7 @@ class FileWritableBlobs(FileBlobs):
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         if if_match is not None:
-            # The local twin of S3's IfMatch: compare and replace under an exclusive lock.
-            with (path.parent / ".lock").open("w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                try:
-                    current = hashlib.sha256(path.read_bytes()).hexdigest()
-                except FileNotFoundError:
-                    current = None
-                if current != if_match:
-                    raise VersionConflictError(f"{path} changed since it was read")
-                _atomic_write(path, data)
+            self.replace(key, data, if_match=if_match)
             return
         if if_absent:
             try:
@@ -256,7 +247,7 @@ class FileWritableBlobs(FileBlobs):
             except FileExistsError as exc:
                 raise VersionConflictError(f"{path} already exists and is immutable") from exc
             return
-        _atomic_write(path, data)
+        atomic_write(path, data)
 
     def upload(self, path: Path, key: str, progress: Progress | None = None) -> None:
         dest = self._path(key)
@@ -266,18 +257,6 @@ class FileWritableBlobs(FileBlobs):
                 out.write(chunk)
                 if progress:
                     progress(len(chunk))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 # --- the registry ---------------------------------------------------------------------------
@@ -317,17 +296,10 @@ class Registry(ModelStore):
         self.blobs.write(f"{prefix}/{MANIFEST_NAME}", manifest.to_json(), if_absent=True)
 
     def _write_alias(self, record: AliasRecord, etag: str | None) -> None:
-        body = {
-            "name": record.name,
-            "alias": record.alias,
-            "version": record.version,
-            "updated_at": record.updated_at,
-            "history": list(record.history),
-        }
         try:
             self.blobs.write(
                 alias_key(record.name, record.alias),
-                json.dumps(body, indent=2).encode() + b"\n",
+                alias_document(record),
                 if_absent=etag is None,
                 if_match=etag,
             )
@@ -341,16 +313,18 @@ class Registry(ModelStore):
         """Point an alias at a published version, keeping the previous targets as history.
 
         The write is conditional on the alias being unchanged since it was read, so two
-        concurrent promotions cannot silently overwrite each other.
+        concurrent promotions cannot silently overwrite each other. Refused while a canary
+        runs on the alias (finish or roll it back first).
 
         Raises:
             ModelNotFoundError: The version is not published.
-            AliasConflictError: The alias moved concurrently.
+            AliasConflictError: The alias moved concurrently, or a canary runs on it.
         """
         self.get_manifest(name, version)  # refuse to point at nothing
         previous, etag = self._read_alias(name, alias)
         history: list[dict[str, str]] = []
         if previous is not None:
+            _refuse_while_canary(previous, f"promote {version}")
             history = [{"version": previous.version, "updated_at": previous.updated_at}]
             history += list(previous.history)
         record = AliasRecord(
@@ -363,11 +337,68 @@ class Registry(ModelStore):
         self._write_alias(record, etag)
         return record
 
-    def rollback_alias(self, name: str, alias: str) -> AliasRecord:
-        """Point an alias back at the version it had before its last move.
+    def set_canary(self, name: str, alias: str, version: str, weight: int) -> AliasRecord:
+        """Serve ``version`` to ``weight`` percent of an alias's requests, beside its stable one.
 
-        The current target is dropped from the history, so rolling back twice walks further
-        back rather than toggling.
+        Setting the running canary's version again changes its weight. Conditional on the
+        alias being unchanged since it was read, like :meth:`set_alias`.
+
+        Raises:
+            InvalidInputError: The weight is not 1-99, or the version is the stable one.
+            ModelNotFoundError: The version is not published, or the alias is not set.
+            AliasConflictError: Another canary runs, or the alias moved concurrently.
+        """
+        if not 1 <= weight <= 99:
+            raise InvalidInputError(f"a canary weight is a percent from 1 to 99, not {weight}")
+        self.get_manifest(name, version)
+        current, etag = self._read_alias(name, alias)
+        if current is None:
+            raise ModelNotFoundError(
+                f"model {name!r} has no alias {alias!r} in {self.uri}; promote a stable "
+                "version first (a canary runs beside one)"
+            )
+        if version == current.version:
+            raise InvalidInputError(
+                f"{name}@{alias} already serves version {version} as its stable version"
+            )
+        if current.canary_version not in (None, version):
+            raise AliasConflictError(
+                f"{name}@{alias} already runs canary {current.canary_version} "
+                f"({current.canary_weight}%); finish it (promote --finish) or roll it back first",
+                code="canary_running",
+            )
+        record = replace(current, updated_at=_now(), canary_version=version, canary_weight=weight)
+        if current.canary_version is None:
+            record = replace(record, aborted=None)  # a new canary: the last abort is history
+        self._write_alias(record, etag)
+        return record
+
+    def finish_canary(self, name: str, alias: str) -> AliasRecord:
+        """Make an alias's canary its stable version (the old stable goes into the history).
+
+        Raises:
+            ModelNotFoundError: The alias is not set, or runs no canary.
+            AliasConflictError: The alias moved concurrently.
+        """
+        current, etag = self._read_canary(name, alias)
+        assert current.canary_version is not None
+        history = [{"version": current.version, "updated_at": current.updated_at}]
+        record = AliasRecord(
+            name=name,
+            alias=alias,
+            version=current.canary_version,
+            updated_at=_now(),
+            history=tuple([*history, *current.history][:ALIAS_HISTORY]),
+        )
+        self._write_alias(record, etag)
+        return record
+
+    def rollback_alias(self, name: str, alias: str) -> AliasRecord:
+        """Drop an alias's running canary; without one, point it back at its previous version.
+
+        Dropping a canary leaves the stable version as it is and records the drop in
+        ``aborted``. Otherwise the current target is dropped from the history, so rolling
+        back twice walks further back rather than toggling.
 
         Raises:
             ModelNotFoundError: The alias is not set or has no earlier version.
@@ -376,6 +407,21 @@ class Registry(ModelStore):
         current, etag = self._read_alias(name, alias)
         if current is None:
             raise ModelNotFoundError(f"model {name!r} has no alias {alias!r} in {self.uri}")
+        if current.canary_version is not None:
+            now = _now()
+            record = replace(
+                current,
+                updated_at=now,
+                canary_version=None,
+                canary_weight=0,
+                aborted={
+                    "version": current.canary_version,
+                    "reason": "rolled back by hand",
+                    "at": now,
+                },
+            )
+            self._write_alias(record, etag)
+            return record
         if not current.history:
             raise ModelNotFoundError(
                 f"{name}@{alias} has no earlier version to roll back to (it has only pointed "
@@ -389,9 +435,32 @@ class Registry(ModelStore):
             version=target,
             updated_at=_now(),
             history=current.history[1:],
+            aborted=current.aborted,
         )
         self._write_alias(record, etag)
         return record
+
+    def _read_canary(self, name: str, alias: str) -> tuple[AliasRecord, str]:
+        current, etag = self._read_alias(name, alias)
+        if current is None or etag is None:
+            raise ModelNotFoundError(f"model {name!r} has no alias {alias!r} in {self.uri}")
+        if current.canary_version is None:
+            raise ModelNotFoundError(
+                f"{name}@{alias} runs no canary (it serves {current.version}); "
+                "start one with promote VERSION --canary PERCENT",
+                code="no_canary",
+            )
+        return current, etag
+
+
+def _refuse_while_canary(current: AliasRecord, action: str) -> None:
+    if current.canary_version is not None:
+        raise AliasConflictError(
+            f"{current.name}@{current.alias} runs canary {current.canary_version} "
+            f"({current.canary_weight}%); finish it (promote --finish) or roll it back before "
+            f"you {action}",
+            code="canary_running",
+        )
 
 
 def _now() -> str:

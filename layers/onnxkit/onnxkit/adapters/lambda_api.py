@@ -36,7 +36,11 @@ _JSON_HEADERS = {"Content-Type": [JSON]}
 
 
 class MetricsObserver:
-    """Turns predictor timings into CloudWatch metrics (EMF) with model/version dimensions."""
+    """Turns predictor timings into CloudWatch metrics (EMF) with model/version dimensions.
+
+    With a canary, requests alternate between two versions: what is pending is flushed when
+    the version changes, so each EMF document carries the version that produced it.
+    """
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
@@ -45,6 +49,8 @@ class MetricsObserver:
     def _dimensions(self, manifest: Manifest) -> None:
         key = (manifest.name, manifest.version)
         if key != self._dimensions_of:  # a swap to a new version re-labels what follows
+            if self._metrics.metric_set:  # a flush labels what is pending, not the new version
+                self._metrics.flush_metrics()
             self._metrics.clear_default_dimensions()
             self._metrics.set_default_dimensions(model=manifest.name, version=manifest.version)
             self._dimensions_of = key
@@ -75,6 +81,11 @@ class MetricsObserver:
                     value=phases[phase],
                 )
         self._metrics.add_metric(name="InitTotalMs", unit=MetricUnit.Milliseconds, value=total_ms)
+
+    def inference_failed(self, manifest: Manifest) -> None:
+        """Record InferenceErrors (a dashboard and canary alarms read it per version)."""
+        self._dimensions(manifest)
+        self._metrics.add_metric(name="InferenceErrors", unit=MetricUnit.Count, value=1)
 
 
 def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> dict:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from onnxkit.store import AliasRecord
 from onnxkit_tools.cli.check import check_before_publish, memory_mb_option
 from onnxkit_tools.cli.common import open_registry, progress_bar, store_option
 from onnxkit_tools.registry import publish_model, pull, resolve_ref
@@ -89,14 +90,28 @@ def models() -> None:
 @models.command("list")
 @store_option
 def list_models(store: str | None) -> int:
-    """Every model with its versions and aliases."""
+    """Every model with its versions and aliases (with a canary: its version and weight)."""
     registry = open_registry(store)
     for name in registry.list_models():
         versions = registry.list_versions(name)
-        aliases = registry.list_aliases(name)
-        pointers = ", ".join(f"{a}->{v}" for a, v in sorted(aliases.items()))
+        aliases = registry.list_alias_records(name)
+        pointers = ", ".join(describe_alias(aliases[a]) for a in sorted(aliases))
         click.echo(f"{name}: versions {', '.join(versions) or '-'}; aliases {pointers or '-'}")
     return 0
+
+
+def describe_alias(record: AliasRecord) -> str:
+    """``prod->1`` and, with a canary, ``(canary 2 at 20%)``; the last abort, if any."""
+    text = f"{record.alias}->{record.version}"
+    if record.canary_version is not None:
+        text += f" (canary {record.canary_version} at {record.canary_weight}%)"
+    if record.aborted is not None:
+        aborted = record.aborted
+        text += (
+            f" (canary {aborted.get('version')} aborted {aborted.get('at')}: "
+            f"{aborted.get('reason')})"
+        )
+    return text
 
 
 @models.command()
@@ -110,16 +125,44 @@ def show(ref: str, store: str | None) -> int:
 
 @models.command()
 @click.argument("name")
-@click.argument("version")
+@click.argument("version", required=False)
 @click.option("--alias", default="prod", show_default=True)
+@click.option(
+    "--canary",
+    type=click.IntRange(1, 99),
+    metavar="PERCENT",
+    help="serve VERSION to this share of requests beside the stable version (again: re-weight)",
+)
+@click.option("--finish", is_flag=True, help="make the running canary the stable version")
 @store_option
-def promote(name: str, version: str, alias: str, store: str | None) -> int:
-    """Point an alias of NAME at VERSION.
+def promote(
+    name: str,
+    version: str | None,
+    alias: str,
+    canary: int | None,
+    finish: bool,
+    store: str | None,
+) -> int:
+    """Point an alias of NAME at VERSION, or start (--canary) or finish (--finish) a canary.
 
     A conditional write: refused if someone moved the alias meanwhile. Functions serving the
-    alias pick the new version up within ONNXKIT_REFRESH_SECONDS.
+    alias pick the change up within ONNXKIT_REFRESH_SECONDS.
     """
-    record = open_registry(store).set_alias(name, alias, version)
+    if finish:
+        if version is not None or canary is not None:
+            raise click.UsageError("--finish takes no VERSION and no --canary")
+        record = open_registry(store).finish_canary(name, alias)
+        previous = record.history[0]["version"]
+        click.echo(f"{name}@{alias}: {previous} -> {record.version} (canary finished)")
+        return 0
+    if version is None:
+        raise click.UsageError("VERSION is required (or --finish)")
+    registry = open_registry(store)
+    if canary is not None:
+        record = registry.set_canary(name, alias, version, canary)
+        click.echo(f"{name}@{alias}: {record.version}, canary {version} at {canary}% of requests")
+        return 0
+    record = registry.set_alias(name, alias, version)
     previous = record.history[0]["version"] if record.history else "nothing"
     click.echo(f"{name}@{alias}: {previous} -> {record.version}")
     return 0
@@ -130,11 +173,19 @@ def promote(name: str, version: str, alias: str, store: str | None) -> int:
 @click.option("--alias", default="prod", show_default=True)
 @store_option
 def rollback(name: str, alias: str, store: str | None) -> int:
-    """Point an alias of NAME back at its previous version; again walks further back."""
+    """Drop the alias's running canary; without one, point it back at its previous version.
+
+    Again walks further back.
+    """
     registry = open_registry(store)
-    before = registry.get_alias(name, alias).version
+    before = registry.get_alias(name, alias)
     record = registry.rollback_alias(name, alias)
-    click.echo(f"{name}@{alias}: {before} -> {record.version} (rolled back)")
+    if before.canary_version is not None:
+        click.echo(
+            f"{name}@{alias}: canary {before.canary_version} dropped; serving {record.version}"
+        )
+    else:
+        click.echo(f"{name}@{alias}: {before.version} -> {record.version} (rolled back)")
     return 0
 
 
