@@ -111,6 +111,6 @@ def test_a_model_that_cannot_load_in_10_s_at_1769_mb_is_warned_about(
     assert code == EXIT_OVER_INIT_BUDGET
     assert "is over the 10 s on-demand init limit" in err
     assert "the download alone takes 16.0 s at 75 MB/s" in err
-    for way_out in ("SnapStart=true", "ProvisionedConcurrency=N", "--backend sagemaker"):
+    for way_out in ("SnapStart=Enabled", "ProvisionedConcurrency=N", "--backend sagemaker"):
         assert way_out in err
     assert "512 MB /tmp" in err

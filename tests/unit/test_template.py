@@ -278,12 +278,17 @@ def test_function_role_reads_only_the_model_prefix(bucket: str, zip_: str) -> No
     assert not role["Properties"].get("ManagedPolicyArns")
     assert all(statement["Effect"] == "Allow" for statement in role_statements)
 
-    # AND S3 access is s3:GetObject on {bucket}/{prefix}/models/{name}/* and nothing else
+    # AND S3 access is s3:GetObject on {bucket}/{prefix}/models/{name}/*, plus PutObject on the
+    # served alias's document alone (aborting a failing model canary), and nothing else
     s3 = [s for s in role_statements if any(a.lower().startswith("s3:") for a in s["Action"])]
-    assert len(s3) == 1
-    assert s3[0]["Action"] == ["s3:GetObject"]
-    arns = [render(resource, params) for resource in s3[0]["Resource"]]
-    assert arns == [f"arn:aws:s3:::{bucket or '{ModelBucket}'}/onnxkit/models/digits/*"]
+    granted = {
+        tuple(s["Action"]): [render(resource, params) for resource in s["Resource"]] for s in s3
+    }
+    where = f"arn:aws:s3:::{bucket or '{ModelBucket}'}/onnxkit/models/digits"
+    assert granted == {
+        ("s3:GetObject",): [f"{where}/*"],
+        ("s3:PutObject",): [f"{where}/_aliases/prod.json"],
+    }
 
     # AND no statement grants a wildcard action, and "*" resources are X-Ray's alone
     for statement in role_statements:

@@ -264,7 +264,7 @@ def advice(estimate: Estimate) -> list[str]:
         )
         lines.append(f"more memory does not bring it within {estimate.budget_s:.0f} s: {why}")
     lines += [
-        "SnapStart (template parameter `SnapStart=true`): init runs once when a version is "
+        "SnapStart (template parameter `SnapStart=Enabled`): init runs once when a version is "
         "published and restores skip it; the 10 s limit does not apply. Needs /tmp <= 512 MB "
         "and excludes provisioned concurrency",
         "provisioned concurrency (template parameter `ProvisionedConcurrency=N`): N environments "

@@ -136,7 +136,7 @@ def test_the_advice_names_every_way_out_with_its_parameter() -> None:
     assert text.startswith("warning: estimated init 19.9 s at 1769 MB is over the 10 s")
     assert "retries it inside the first invoke" in text
     for phrase in (
-        "`SnapStart=true`",
+        "`SnapStart=Enabled`",
         "`ProvisionedConcurrency=N`",
         "`onnxkit publish ... --backend sagemaker`",
         "`ModelBackend=sagemaker` (ONNXKIT_BACKEND)",
@@ -343,3 +343,19 @@ def test_a_template_without_memory_size_says_so(tmp_path: Path) -> None:
 
     with pytest.raises(StackConfigError, match=r"no Parameters\.MemorySize\.Default"):
         stack_memory(tmp_path / "template.yaml")
+
+
+def test_the_advised_template_values_are_ones_the_template_accepts() -> None:
+    # The advice names template parameters: each must exist, and SnapStart's value be allowed.
+    import re
+
+    from tests.unit.template_helpers import source
+
+    estimate = estimate_init(SMALL, 1_200_000_000, 1769)
+    text = "\n".join(format_warnings(estimate))
+    declared = source()["Parameters"]
+    for name, value in re.findall(r"`(\w+)=(\w+)`", text):
+        assert name in declared, name
+        allowed = declared[name].get("AllowedValues")
+        if allowed and value != "N":
+            assert value in allowed, (name, value, allowed)

@@ -23,6 +23,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
 
+from onnxkit.adapters.snapstart import register_snapstart_hooks
 from onnxkit.aws import AwsClients
 from onnxkit.codecs import encode_json
 from onnxkit.coldstart import INIT_PHASES, Loading, start_loading
@@ -237,6 +238,9 @@ def build_handler(
     app = create_app(predictor, logger, table, settings.function.route_prefix, metrics)
     observer = MetricsObserver(metrics)
     predictor.observe(observer)
+    # SnapStart: fresh AWS clients, reseeded randomness and a re-read alias after a restore
+    # (no-op outside the Lambda base image, or without SnapStart: the hooks never run).
+    register_snapstart_hooks(predictor, loading.clients)
     _report_init(loading, imports_ms, (time.perf_counter() - waited) * 1000, observer, logger)
 
     @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)

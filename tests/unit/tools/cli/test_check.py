@@ -83,7 +83,7 @@ def test_over_budget_exits_4_and_warns_on_stderr_with_the_memory_that_fits(
     assert "OVER BUDGET: 21.59 s against 8.0 s" in out
     assert err.startswith("warning: estimated init 21.6 s at 1024 MB is over the 10 s")
     assert "more memory does not bring it within 8 s" in err
-    assert "SnapStart=true" in err
+    assert "SnapStart=Enabled" in err
     assert "ProvisionedConcurrency=N" in err
 
 
