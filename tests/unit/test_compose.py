@@ -15,12 +15,12 @@ from onnxkit.aws import AwsClients
 from onnxkit.backends.batching import BatchingBackend
 from onnxkit.backends.onnxruntime import OnnxruntimeBackend
 from onnxkit.backends.sagemaker import SageMakerBackend
-from onnxkit.compose import build_predictor, choose_backend, open_source
+from onnxkit.compose import build_predictor
 from onnxkit.errors import ConfigurationError, ModelNotReadyError
 from onnxkit.manifest import FileEntry, Manifest, TensorSpec
 from onnxkit.phases import LOAD_PHASES, Phases
 from onnxkit.settings import ForwardSettings, Settings
-from onnxkit.sources import FolderSource, StoreSource
+from onnxkit.sources import FolderSource, StoreSource, choose_backend, open_source
 from onnxkit_tools.registry import describe_model
 from tests.unit.conftest import BuiltModel, StoreHarness
 
@@ -221,16 +221,16 @@ def test_a_swap_frees_the_old_versions_files(
 def test_resolved_settings_reach_the_session(
     tiny_model: BuiltModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from onnxkit import compose
+    from onnxkit import session as session_module
 
     seen: dict[str, Any] = {}
-    real = compose.create_session
+    real = session_module.create_session
 
     def spy(path: Path, **kwargs: Any) -> Any:
         seen.update(kwargs)
         return real(path, **{**kwargs, "gpu_device": 0})
 
-    monkeypatch.setattr(compose, "create_session", spy)
+    monkeypatch.setattr(session_module, "create_session", spy)
     settings = Settings.from_env(
         {"ONNXKIT_MODEL_DIR": str(tiny_model.folder), "ONNXKIT_INTRA_OP_THREADS": "3"}
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from onnxkit.aws import AwsClients
 from onnxkit.backends import Backend
@@ -21,53 +22,20 @@ from onnxkit.manifest import Manifest
 from onnxkit.phases import Phases
 from onnxkit.predictor import Observer, Predictor, Refresh
 from onnxkit.routes import ENDPOINT, FUNCTION, Edge
-from onnxkit.session import create_session, warm_up
+from onnxkit.session import open_session, warm_up
 from onnxkit.settings import ENV_BACKEND, ENV_SAGEMAKER_ENDPOINT, ForwardSettings, Settings
-from onnxkit.sources import FolderSource, ModelSource, StoreSource
-from onnxkit.store import ModelStore
+from onnxkit.sources import (
+    FolderSource,
+    ModelSource,
+    Prefetched,
+    StoreSource,
+    choose_backend,
+    open_source,
+)
 
 Role = Edge
 """``function``: may forward to SageMaker, loads on the request path. ``endpoint``: runs every
 model in process, loads and follows its alias in the background."""
-
-
-def open_store(settings: Settings, clients: AwsClients) -> ModelStore:
-    """The model store named by ``settings.model.store`` (S3 through the configured client)."""
-    if not settings.model.store.startswith("s3://"):
-        return ModelStore.from_uri(settings.model.store, cache_dir=settings.model.cache_dir)
-    return ModelStore.from_uri(
-        settings.model.store,
-        cache_dir=settings.model.cache_dir,
-        s3_client=clients.s3(),
-        parallel_from=settings.aws.s3_parallel_mb * 1024 * 1024,
-        max_concurrency=settings.aws.s3_max_concurrency,
-    )
-
-
-def open_source(settings: Settings, clients: AwsClients) -> ModelSource:
-    """A folder source when ``model_dir`` is set, else the store.
-
-    Raises:
-        ConfigurationError: The folder does not exist, or the store has no model name.
-    """
-    model = settings.model
-    if model.model_dir is not None:
-        return FolderSource(Path(model.model_dir), name=model.name, version=model.version)
-    return StoreSource(open_store(settings, clients), model)
-
-
-def choose_backend(forward: ForwardSettings, manifest: Manifest) -> str:
-    """``lambda`` or ``sagemaker`` for this model, in the function.
-
-    ``auto`` follows the manifest's ``backend`` (set at publish), and sends models whose
-    files exceed ``ONNXKIT_AUTO_MAX_LAMBDA_BYTES`` or whose metadata declares ``gpu: true``
-    to SageMaker; anything else runs in the function.
-    """
-    if forward.backend != "auto":
-        return forward.backend
-    if manifest.backend == "sagemaker" or bool(manifest.metadata.get("gpu")):
-        return "sagemaker"
-    return "sagemaker" if manifest.total_size > forward.auto_max_lambda_bytes else "lambda"
 
 
 def build_predictor(
@@ -77,6 +45,8 @@ def build_predictor(
     clients: AwsClients | None = None,
     observer: Observer | None = None,
     on_loaded: Callable[[Manifest, Phases], None] | None = None,
+    source: ModelSource | None = None,
+    prefetched: Prefetched | None = None,
 ) -> Predictor:
     """Wire the Predictor a function or the endpoint serves; nothing is loaded yet.
 
@@ -94,14 +64,23 @@ def build_predictor(
         observer: Receives load and inference timings (the function's metrics).
         on_loaded: Called after each successful load with the time spent in each phase
             (resolve, download, verify, session, warm-up): the function's init breakdown.
+        source: Where the model comes from (default: :func:`open_source`).
+        prefetched: The first load's resolve and download, already done from ``source``
+            (the function's cold start); a later load starts afresh.
 
     Raises:
         ConfigurationError: The model folder does not exist, or the store has no model name.
     """
     clients = clients or AwsClients(settings.aws, settings.forward)
-    source = open_source(settings, clients)
+    source = source or open_source(settings, clients)
+    ahead = [prefetched] if prefetched is not None else []
 
-    def load(manifest: Manifest | None, phases: Phases | None = None) -> Backend:
+    def load(
+        manifest: Manifest | None,
+        phases: Phases | None = None,
+        model: Path | bytes | None = None,
+        session: Any = None,
+    ) -> Backend:
         phases = phases or Phases()
         if (
             role == FUNCTION
@@ -109,14 +88,11 @@ def build_predictor(
             and choose_backend(settings.forward, manifest) == "sagemaker"
         ):
             return _forwarding_backend(settings.forward, manifest, clients)
-        model = source.open(manifest, phases)
-        with phases.timed("session"):
-            session = create_session(
-                model,
-                providers=settings.session.providers,
-                intra_op_threads=settings.session.intra_op_threads,
-                gpu_device=settings.session.gpu_device,
-            )
+        if model is None:
+            model = source.open(manifest, phases)
+        if session is None:
+            with phases.timed("session"):
+                session = open_session(model, settings.session)
         if manifest is None:
             assert isinstance(source, FolderSource)
             assert isinstance(model, Path)
@@ -135,6 +111,11 @@ def build_predictor(
         return backend
 
     def first_load() -> Backend:
+        if ahead:  # once: a failed first load is retried from scratch
+            ready = ahead.pop()
+            if ready.error is not None:
+                raise ready.error
+            return load(ready.manifest, ready.phases, ready.model, ready.session)
         phases = Phases()
         with phases.timed("resolve"):
             manifest = source.resolve()

@@ -1,10 +1,18 @@
-"""Tensor datatypes: Open Inference Protocol v2 names, numpy dtypes, ONNX element types."""
+"""Tensor datatypes: Open Inference Protocol v2 names, numpy dtypes, ONNX element types.
+
+numpy is imported on first use of a dtype, not with this module: the manifest (and so the
+model store) needs only the names, and the function's cold start reads the store before
+numpy is imported (:mod:`onnxkit.coldstart`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -13,15 +21,22 @@ class Datatype:
 
     Attributes:
         name: The v2 protocol name (``FP32``).
-        numpy: The numpy dtype.
+        numpy_name: The numpy dtype's name (``float32``).
         onnx: The ``onnx.TensorProto`` element type number.
         ort: onnxruntime's type string (``tensor(float)``).
     """
 
     name: str
-    numpy: np.dtype
+    numpy_name: str
     onnx: int
     ort: str
+
+    @cached_property
+    def numpy(self) -> np.dtype:
+        """The numpy dtype."""
+        import numpy as np
+
+        return np.dtype(self.numpy_name)
 
     @property
     def is_float(self) -> bool:
@@ -35,23 +50,31 @@ class Datatype:
 
 
 _TABLE = (
-    Datatype("BOOL", np.dtype(np.bool_), 9, "tensor(bool)"),
-    Datatype("UINT8", np.dtype(np.uint8), 2, "tensor(uint8)"),
-    Datatype("UINT16", np.dtype(np.uint16), 4, "tensor(uint16)"),
-    Datatype("UINT32", np.dtype(np.uint32), 12, "tensor(uint32)"),
-    Datatype("UINT64", np.dtype(np.uint64), 13, "tensor(uint64)"),
-    Datatype("INT8", np.dtype(np.int8), 3, "tensor(int8)"),
-    Datatype("INT16", np.dtype(np.int16), 5, "tensor(int16)"),
-    Datatype("INT32", np.dtype(np.int32), 6, "tensor(int32)"),
-    Datatype("INT64", np.dtype(np.int64), 7, "tensor(int64)"),
-    Datatype("FP16", np.dtype(np.float16), 10, "tensor(float16)"),
-    Datatype("FP32", np.dtype(np.float32), 1, "tensor(float)"),
-    Datatype("FP64", np.dtype(np.float64), 11, "tensor(double)"),
+    Datatype("BOOL", "bool", 9, "tensor(bool)"),
+    Datatype("UINT8", "uint8", 2, "tensor(uint8)"),
+    Datatype("UINT16", "uint16", 4, "tensor(uint16)"),
+    Datatype("UINT32", "uint32", 12, "tensor(uint32)"),
+    Datatype("UINT64", "uint64", 13, "tensor(uint64)"),
+    Datatype("INT8", "int8", 3, "tensor(int8)"),
+    Datatype("INT16", "int16", 5, "tensor(int16)"),
+    Datatype("INT32", "int32", 6, "tensor(int32)"),
+    Datatype("INT64", "int64", 7, "tensor(int64)"),
+    Datatype("FP16", "float16", 10, "tensor(float16)"),
+    Datatype("FP32", "float32", 1, "tensor(float)"),
+    Datatype("FP64", "float64", 11, "tensor(double)"),
 )
 
 BY_NAME = {d.name: d for d in _TABLE}
-BY_NUMPY = {d.numpy: d for d in _TABLE}
 BY_ONNX = {d.onnx: d for d in _TABLE}
 BY_ORT = {d.ort: d for d in _TABLE}
 
 SUPPORTED_NAMES = tuple(BY_NAME)
+
+
+def __getattr__(name: str) -> Any:
+    # BY_NUMPY is keyed by numpy dtypes: built (and numpy imported) on first use.
+    if name == "BY_NUMPY":
+        by_numpy = {d.numpy: d for d in _TABLE}
+        globals()["BY_NUMPY"] = by_numpy
+        return by_numpy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,7 @@ import numpy as np
 
 from onnxkit.errors import ModelLoadError
 from onnxkit.manifest import TensorSpec
-from onnxkit.settings import CPU_PROVIDER, GPU_PROVIDERS
+from onnxkit.settings import CPU_PROVIDER, GPU_PROVIDERS, SessionSettings
 
 # Lambda allocates CPU in proportion to memory: about one vCPU per 1,769 MB.
 LAMBDA_MB_PER_VCPU = 1769
@@ -174,6 +174,20 @@ def fallen_back(requested: Sequence[str], active: Sequence[str]) -> list[str]:
             ", ".join(active) or "nothing",
         )
     return lost
+
+
+def open_session(model: Path | bytes, settings: SessionSettings) -> Any:
+    """:func:`create_session` as the settings ask (providers, threads, GPU device).
+
+    Raises:
+        ModelLoadError: onnxruntime refused the model.
+    """
+    return create_session(
+        model,
+        providers=settings.providers,
+        intra_op_threads=settings.intra_op_threads,
+        gpu_device=settings.gpu_device,
+    )
 
 
 def create_session(

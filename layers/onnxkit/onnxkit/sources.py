@@ -11,15 +11,24 @@ warning says so).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from onnxkit.aws import AwsClients
 from onnxkit.canary import Rollout
 from onnxkit.datatypes import BY_ORT
-from onnxkit.errors import ConfigurationError, IntegrityError, ModelLoadError, ModelNotFoundError
+from onnxkit.errors import (
+    ConfigurationError,
+    IntegrityError,
+    ModelLoadError,
+    ModelNotFoundError,
+    OnnxkitError,
+)
 from onnxkit.manifest import FileEntry, Manifest, TensorSpec, verify_folder
 from onnxkit.phases import Phases
-from onnxkit.settings import ENV_MODEL_DIR, ModelSettings
+from onnxkit.settings import ENV_MODEL_DIR, ForwardSettings, ModelSettings, Settings
 from onnxkit.store import MANIFEST_NAME, ModelStore
 
 logger = logging.getLogger(__name__)
@@ -287,3 +296,93 @@ def manifest_from_session(
         backend="sagemaker",
         metadata={"source": str(model_file.parent), "verified": False},
     )
+
+
+# --- choosing and opening the source ---------------------------------------------------------
+
+
+def open_store(settings: Settings, clients: AwsClients) -> ModelStore:
+    """The model store named by ``settings.model.store`` (S3 through the configured client)."""
+    if not settings.model.store.startswith("s3://"):
+        return ModelStore.from_uri(settings.model.store, cache_dir=settings.model.cache_dir)
+    return ModelStore.from_uri(
+        settings.model.store,
+        cache_dir=settings.model.cache_dir,
+        s3_client=clients.s3(),
+        parallel_from=settings.aws.s3_parallel_mb * 1024 * 1024,
+        max_concurrency=settings.aws.s3_max_concurrency,
+    )
+
+
+def open_source(settings: Settings, clients: AwsClients) -> ModelSource:
+    """A folder source when ``model_dir`` is set, else the store.
+
+    Raises:
+        ConfigurationError: The folder does not exist, or the store has no model name.
+    """
+    model = settings.model
+    if model.model_dir is not None:
+        return FolderSource(Path(model.model_dir), name=model.name, version=model.version)
+    return StoreSource(open_store(settings, clients), model)
+
+
+def choose_backend(forward: ForwardSettings, manifest: Manifest) -> str:
+    """``lambda`` or ``sagemaker`` for this model, in the function.
+
+    ``auto`` follows the manifest's ``backend`` (set at publish), and sends models whose
+    files exceed ``ONNXKIT_AUTO_MAX_LAMBDA_BYTES`` or whose metadata declares ``gpu: true``
+    to SageMaker; anything else runs in the function.
+    """
+    if forward.backend != "auto":
+        return forward.backend
+    if manifest.backend == "sagemaker" or bool(manifest.metadata.get("gpu")):
+        return "sagemaker"
+    return "sagemaker" if manifest.total_size > forward.auto_max_lambda_bytes else "lambda"
+
+
+@dataclass(frozen=True)
+class Prefetched:
+    """A first load's resolve and download, done before the rest of the code is imported.
+
+    Attributes:
+        manifest: The version to serve (None: a folder without a manifest).
+        model: The verified graph (path or bytes); None when the model is forwarded to
+            SageMaker, or the prefetch failed.
+        phases: The resolve, download and verify times (and the session's, when made).
+        error: Why the prefetch failed (the first load raises it; later ones start afresh).
+    """
+
+    manifest: Manifest | None
+    model: Path | bytes | None
+    phases: Phases
+    error: OnnxkitError | None = None
+    session: Any = None
+    """The onnxruntime session over ``model``, when the cold start made it already."""
+
+
+def prefetch(
+    source: ModelSource,
+    forward: ForwardSettings,
+    on_network: Callable[[], None] | None = None,
+) -> Prefetched:
+    """Resolve the served version and fetch its verified graph, timing each phase.
+
+    Needs boto3 (for a store) but neither onnxruntime nor the edges: the function's cold
+    start runs it in a thread before the rest of the code imports.
+
+    Args:
+        source: Where the model comes from.
+        forward: Which models go to SageMaker (their files are not fetched).
+        on_network: Called as the first request to the store starts.
+    """
+    phases = Phases()
+    if on_network is not None:
+        on_network()
+    try:
+        with phases.timed("resolve"):
+            manifest = source.resolve()
+        if manifest is not None and choose_backend(forward, manifest) == "sagemaker":
+            return Prefetched(manifest, None, phases)
+        return Prefetched(manifest, source.open(manifest, phases), phases)
+    except OnnxkitError as exc:
+        return Prefetched(None, None, phases, error=exc)

@@ -35,6 +35,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Protocol, Self
@@ -68,6 +69,8 @@ class VerifyingSink:
     It keeps them in memory (``out=None``) or writes them to ``out``. It is not seekable, so
     boto3's transfer manager hands it the parts of a parallel download in order. More bytes
     than the manifest lists stop the transfer at once (a bigger object can only be wrong).
+    The sha256 runs in a worker thread, in order (hashlib releases the GIL), so it overlaps
+    the transfer instead of pausing it after every part; :meth:`verify` waits for it.
 
     Args:
         entry: The manifest's entry for the file.
@@ -86,10 +89,10 @@ class VerifyingSink:
         self.entry = entry
         self.where = where
         self.size = 0
-        self.hash_seconds = 0.0
         self._out = out
         self._parts: list[bytes] = []
         self._digest = hashlib.sha256()
+        self._hasher: ThreadPoolExecutor | None = None
         self._progress = progress
 
     def seekable(self) -> bool:
@@ -105,24 +108,32 @@ class VerifyingSink:
         self.size += len(data)
         if self.size > self.entry.size:
             self._check(sha256=None)  # raises: the size already differs
-        started = time.perf_counter()
-        self._digest.update(data)  # hashlib releases the GIL on large buffers
-        self.hash_seconds += time.perf_counter() - started
+        data = bytes(data)  # immutable: the hasher reads it after this returns
+        if self._hasher is None:
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="onnxkit-sha256")
+        self._hasher.submit(self._digest.update, data)  # one worker: in order
         if self._out is not None:
             self._out.write(data)
         else:
-            self._parts.append(bytes(data))
+            self._parts.append(data)
         if self._progress:
             self._progress(len(data))
         return len(data)
 
     def verify(self) -> None:
-        """Check the size and digest of everything received.
+        """Wait for the hash to catch up, then check the size and digest of everything received.
 
         Raises:
             IntegrityError: They differ from the manifest.
         """
+        self.close()
         self._check(self._digest.hexdigest())
+
+    def close(self) -> None:
+        """Finish hashing what was received and stop the worker (also after a failure)."""
+        if self._hasher is not None:
+            self._hasher.shutdown(wait=True)
+            self._hasher = None
 
     def data(self) -> bytes:
         """The bytes received (kept in memory); the parts are released."""
@@ -524,14 +535,14 @@ class ModelStore:
                     f"are free in {self.cache_dir}; raise the function's ephemeral storage"
                 )
             started = time.perf_counter()
-            hashing = 0.0
+            verifying = 0.0
             for entry in manifest.files:
                 dest = folder / entry.path
                 if not _has_size(dest, entry.size):
-                    hashing += self._download(manifest, entry, dest, progress)
+                    verifying += self._download(manifest, entry, dest, progress)
             if phases is not None:
-                phases.add("download", (time.perf_counter() - started - hashing) * 1000)
-                phases.add("verify", hashing * 1000)
+                phases.add("download", (time.perf_counter() - started - verifying) * 1000)
+                phases.add("verify", verifying * 1000)
             (folder / _COMPLETE_MARKER).write_text(manifest.to_json().decode())
         except OnnxkitError:
             raise
@@ -556,7 +567,8 @@ class ModelStore:
     def _download(
         self, manifest: Manifest, entry: FileEntry, dest: Path, progress: Progress | None
     ) -> float:
-        """Download one file into place, verified; returns the seconds spent hashing."""
+        """Download one file into place, verified; returns the seconds spent verifying after
+        the last byte arrived (the hash runs beside the transfer)."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".partial-")
         tmp = Path(tmp_name)
@@ -564,14 +576,19 @@ class ModelStore:
         try:
             with os.fdopen(fd, "wb") as out:
                 sink = VerifyingSink(entry, key, out, progress)
-                self.blobs.download(key, sink)
-            sink.verify()
+                try:
+                    self.blobs.download(key, sink)
+                    started = time.perf_counter()
+                    sink.verify()
+                    verifying = time.perf_counter() - started
+                finally:
+                    sink.close()
             os.replace(tmp, dest)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
-        return sink.hash_seconds
+        return verifying
 
     def cached(self, manifest: Manifest) -> Path | None:
         """The folder of a complete, verified cached copy, or None."""
@@ -594,12 +611,14 @@ class ModelStore:
             raise ValueError("only a single-file model can be read into memory")
         entry = manifest.model_file
         sink = VerifyingSink(entry, file_key(manifest, entry))
-        started = time.perf_counter()
-        self.blobs.download(sink.where, sink)
-        sink.verify()
-        if phases is not None:  # hashing ran inside the transfer: count it apart
-            phases.add("download", (time.perf_counter() - started - sink.hash_seconds) * 1000)
-            phases.add("verify", sink.hash_seconds * 1000)
+        phases = phases or Phases()
+        try:
+            with phases.timed("download"):
+                self.blobs.download(sink.where, sink)
+            with phases.timed("verify"):  # what the hash adds after the last byte
+                sink.verify()
+        finally:
+            sink.close()
         return sink.data()
 
     def evict(self, keep: Path | None = None, *, also: tuple[Path, ...] = ()) -> None:

@@ -220,7 +220,7 @@ def build_handler(
             starts it here.
     """
     loading = loading or start_loading(settings, clients=clients)
-    imports_ms = (time.perf_counter() - loading.started) * 1000
+    imports_ms = (time.perf_counter() - loading.caller_from) * 1000
     logger = Logger()
     # The library logs through stdlib loggers: give them Powertools' JSON format too.
     copy_config_to_registered_loggers(source_logger=logger, include={"onnxkit"})

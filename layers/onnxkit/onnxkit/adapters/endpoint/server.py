@@ -48,7 +48,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         could not start.
     """
     from onnxkit.aws import AwsClients
-    from onnxkit.compose import open_source
+    from onnxkit.sources import open_source
 
     environ = os.environ if environ is None else environ
     configure_logging()
