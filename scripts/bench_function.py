@@ -4,8 +4,9 @@ Each round starts two fresh Python processes, alternately, with an empty /tmp ca
 
   function   `functions/predict/app.py` as Lambda runs it: imports, Settings from the
              environment, alias -> manifest -> download -> sha256 -> session -> warm-up (init),
-             the first invoke of events/predict_infer_200.json (or a MiniLM request), then
-             --warm more invokes of it (the handler in-process: Powertools, v2 codecs, predictor)
+             the first invoke of events/predict_infer_200.json (MiniLM: one validation row,
+             batch 1 x 128 tokens, as bench_endpoint.py sends), then --warm more invokes of
+             it (the handler in-process: Powertools, v2 codecs, predictor)
   naive      the floor: the same imports (boto3, numpy, onnxruntime), one S3 GET of the model,
              InferenceSession from the bytes, one run, then --warm more `session.run` calls
 
@@ -99,14 +100,20 @@ def model_and_request(model: str) -> tuple[Path, str, dict]:
             tensor["name"]: {"data": tensor["data"], "shape": tensor["shape"], "dtype": "float32"}
         }
         return default_model_dir() / "int8" / "model.onnx", "digits", {"event": event, "feed": feed}
+    import numpy as np
+
+    from onnxkit.codecs import encode_tensor
     from onnxkit_tools.examples.minilm import default_minilm_dir, quick_int8
 
     int8 = quick_int8(default_minilm_dir())
+    # One validation row (batch 1, 128 tokens), the workload bench_endpoint.py measures too.
+    with np.load(default_minilm_dir() / "validation.npz") as rows:
+        inputs = {name: rows[name][:1] for name in ("input_ids", "attention_mask")}
     event = json.loads((REPO / "events" / "sagemaker_minilm_infer_200.json").read_text())
-    body = json.loads(event["body"])
+    event["body"] = json.dumps({"inputs": [encode_tensor(k, v) for k, v in inputs.items()]})
     feed = {
-        t["name"]: {"data": t["data"], "shape": t["shape"], "dtype": "int64"}
-        for t in body["inputs"]
+        name: {"data": array.ravel().tolist(), "shape": list(array.shape), "dtype": "int64"}
+        for name, array in inputs.items()
     }
     return int8, "minilm", {"event": event, "feed": feed}
 

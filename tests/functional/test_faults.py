@@ -10,7 +10,8 @@ from tests.functional.conftest import BUCKET, body_of
 
 INFER = json.loads(Path("events/predict_infer_200.json").read_text())
 READY = json.loads(Path("events/predict_health_ready_200.json").read_text())
-MODEL_KEY = "onnxkit/models/digits/1/model.onnx"
+# The graph the function reads: publish added the CPU twin, which a CPU function loads.
+MODEL_KEY = "onnxkit/models/digits/1/model.cpu.onnx"
 
 
 def cached_files(root: Path) -> list[Path]:

@@ -56,7 +56,8 @@ def test_alias_moves_are_served_without_a_restart(
 
     # WHEN version 3 is published with one byte changed in S3, then promoted
     publish_model(store, digits_dir / "int8" / "model.onnx", name="digits", version="3")
-    key = "onnxkit/models/digits/3/model.onnx"
+    # (the file the function reads: the CPU twin into memory; every file through /tmp)
+    key = f"onnxkit/models/digits/3/{'model.cpu.onnx' if path == 'memory' else 'model.onnx'}"
     good = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
     bad = bytearray(good)
     bad[100] ^= 0x01

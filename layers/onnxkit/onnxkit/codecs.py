@@ -7,6 +7,7 @@ against the model's signature and says exactly what is wrong, in our words.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -52,11 +53,7 @@ def check_content_type(content_type: str | None) -> None:
     """
     if not content_type or not content_type.strip():
         return
-    try:
-        kind, subtype, _ = mimeparse.parse_mime_type(content_type)
-        media = f"{kind}/{subtype}".strip().lower()
-    except (mimeparse.MimeTypeParseException, ValueError):
-        media = content_type.strip()
+    media = _media_type(content_type)
     if media in JSON_CONTENT_TYPES or media == "application/x-www-form-urlencoded":
         # curl -d without -H sends form-urlencoded; its body is still our JSON.
         return
@@ -64,6 +61,16 @@ def check_content_type(content_type: str | None) -> None:
         f"Content-Type {media!r} is not supported; send application/json "
         "(the Open Inference Protocol v2 JSON form)"
     )
+
+
+@functools.lru_cache(maxsize=256)  # clients repeat their headers: parse each value once
+def _media_type(content_type: str) -> str:
+    """``type/subtype`` of a Content-Type value, lower-case (the value itself if unparsable)."""
+    try:
+        kind, subtype, _ = mimeparse.parse_mime_type(content_type)
+        return f"{kind}/{subtype}".strip().lower()
+    except (mimeparse.MimeTypeParseException, ValueError):
+        return content_type.strip()
 
 
 def _reject_constant(token: str) -> Any:

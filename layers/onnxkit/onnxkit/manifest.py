@@ -59,6 +59,11 @@ class Manifest:
         backend: Where it should run: ``lambda`` or ``sagemaker``.
         created_at: ISO-8601 UTC timestamp.
         metadata: Free-form labels (task, dataset, accuracy...).
+        cpu_graph: The CPU twin of the graph, when publish made one: ``{"path", "onnxruntime",
+            "level", "max_abs_diff"}``. onnxruntime's extended graph optimizations are done
+            once at publish (and checked against the original's outputs) instead of at every
+            cold start; a CPU function with that onnxruntime version or newer loads the twin.
+            Its file is one of ``files``, never the first.
     """
 
     name: str
@@ -73,6 +78,7 @@ class Manifest:
     created_at: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    cpu_graph: dict[str, Any] | None = None
 
     @property
     def model_file(self) -> FileEntry:
@@ -80,15 +86,35 @@ class Manifest:
         return self.files[0]
 
     @property
+    def cpu_file(self) -> FileEntry | None:
+        """The CPU twin's entry (None without one)."""
+        if self.cpu_graph is None:
+            return None
+        return next(f for f in self.files if f.path == self.cpu_graph["path"])
+
+    @property
+    def model_files(self) -> tuple[FileEntry, ...]:
+        """The model's own files: the graph and its external data (not the CPU twin)."""
+        twin = self.cpu_graph["path"] if self.cpu_graph else None
+        return tuple(f for f in self.files if f.path != twin)
+
+    @property
     def total_size(self) -> int:
-        """Bytes over all files."""
+        """Bytes over the model's own files (what the model weighs; the twin not counted)."""
+        return sum(f.size for f in self.model_files)
+
+    @property
+    def stored_size(self) -> int:
+        """Bytes over every file stored for the version (the twin included)."""
         return sum(f.size for f in self.files)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict."""
+        """Plain JSON-able dict (without ``cpu_graph`` when there is none, as before it)."""
         data = asdict(self)
         data["inputs"] = [t.to_dict() for t in self.inputs]
         data["outputs"] = [t.to_dict() for t in self.outputs]
+        if data["cpu_graph"] is None:
+            del data["cpu_graph"]
         return data
 
     def to_json(self) -> bytes:
@@ -143,10 +169,27 @@ class Manifest:
             backend=str(data.get("backend", "lambda")),
             created_at=str(data.get("created_at", "")),
             metadata=dict(data.get("metadata", {})),
+            cpu_graph=_cpu_graph(data.get("cpu_graph"), files),
         )
         if manifest.backend not in BACKENDS:
             raise ValueError(f"backend {manifest.backend!r} is not one of {BACKENDS}")
         return manifest
+
+
+def _cpu_graph(data: Any, files: tuple[FileEntry, ...]) -> dict[str, Any] | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise TypeError("cpu_graph must be an object")
+    path = safe_relative(str(data["path"]))
+    if path not in {f.path for f in files[1:]}:
+        raise ValueError(f"cpu_graph {path!r} is not one of the version's files (after the graph)")
+    return {
+        "path": path,
+        "onnxruntime": str(data["onnxruntime"]),
+        "level": str(data.get("level", "extended")),
+        "max_abs_diff": float(data.get("max_abs_diff", 0.0)),
+    }
 
 
 def _spec(data: dict[str, Any]) -> TensorSpec:

@@ -8,6 +8,7 @@ here, once, so the edges cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -218,6 +219,7 @@ def negotiate(route: Route, *, content_type: str | None, accept: str | None) -> 
         check_content_type(content_type)
 
 
+@functools.lru_cache(maxsize=256)  # clients repeat their headers: parse each value once
 def accepts_json(accept: str | None) -> bool:
     """Whether an ``Accept`` header admits JSON (absent or unparsable: anything goes)."""
     if accept is None or not accept.strip():

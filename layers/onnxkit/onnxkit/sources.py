@@ -14,10 +14,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from onnxkit.aws import AwsClients
-from onnxkit.canary import Rollout
 from onnxkit.datatypes import BY_ORT
 from onnxkit.errors import (
     ConfigurationError,
@@ -30,6 +29,9 @@ from onnxkit.manifest import FileEntry, Manifest, TensorSpec, verify_folder
 from onnxkit.phases import Phases
 from onnxkit.settings import ENV_MODEL_DIR, ForwardSettings, ModelSettings, Settings
 from onnxkit.store import MANIFEST_NAME, ModelStore
+
+if TYPE_CHECKING:
+    from onnxkit.canary import Rollout  # imported when an alias is followed, not at cold start
 
 logger = logging.getLogger(__name__)
 
@@ -78,15 +80,23 @@ class ModelSource(Protocol):
 
 
 class StoreSource:
-    """A model in the registry, by alias (followed) or pinned version, cached and verified."""
+    """A model in the registry, by alias (followed) or pinned version, cached and verified.
 
-    def __init__(self, store: ModelStore, model: ModelSettings) -> None:
+    Args:
+        store: The model store.
+        model: Which model, and which alias or version.
+        cpu_graph: Load a version's CPU twin (``Manifest.cpu_graph``) when it has one that
+            this onnxruntime can read (sessions on CPU only; a GPU session needs the original).
+    """
+
+    def __init__(self, store: ModelStore, model: ModelSettings, *, cpu_graph: bool = True) -> None:
         if not model.name:
             raise ConfigurationError(["a model from the store needs ONNXKIT_MODEL_NAME"])
         self.name = model.name
         self.follows_alias = model.version is None
         self._store = store
         self._model = model
+        self._cpu_graph = cpu_graph
         self._saw_canary = False
 
     @property
@@ -107,6 +117,8 @@ class StoreSource:
         Raises:
             OnnxkitError: The store cannot be read, or a version is not published.
         """
+        from onnxkit.canary import Rollout
+
         if self._model.version is not None:
             return Rollout(self._store.get_manifest(self.name, self._model.version))
         record = self._store.get_alias(self.name, self._model.alias)
@@ -132,9 +144,26 @@ class StoreSource:
         cached = self._store.cached(manifest)
         if cached is not None:
             return cached / manifest.model_file.path
-        if len(manifest.files) == 1 and manifest.total_size <= IN_MEMORY_MAX_BYTES:
-            return self._store.read_model(manifest, phases)
+        graph = self.graph_for(manifest)
+        if len(manifest.model_files) == 1 and graph.size <= IN_MEMORY_MAX_BYTES:
+            return self._store.read_model(manifest, phases, entry=graph)
         return self._store.fetch(manifest, phases=phases) / manifest.model_file.path
+
+    def graph_for(self, manifest: Manifest) -> FileEntry:
+        """The graph file to load: the CPU twin when there is a usable one, else the original."""
+        twin = manifest.cpu_file
+        if twin is None or manifest.cpu_graph is None or not self._cpu_graph:
+            return manifest.model_file
+        made_with = _release(manifest.cpu_graph["onnxruntime"])
+        here = installed_onnxruntime()
+        if made_with is None or here is None or here < made_with:
+            logger.info(
+                "the CPU twin was made by onnxruntime %s, this is %s: loading the original graph",
+                manifest.cpu_graph["onnxruntime"],
+                ".".join(map(str, here)) if here else "unknown",
+            )
+            return manifest.model_file
+        return twin
 
     def release(self, keep: Manifest, *also: Manifest) -> None:
         # /tmp is small: keep only what is served (the stable version, and a canary's)
@@ -323,7 +352,9 @@ def open_source(settings: Settings, clients: AwsClients) -> ModelSource:
     model = settings.model
     if model.model_dir is not None:
         return FolderSource(Path(model.model_dir), name=model.name, version=model.version)
-    return StoreSource(open_store(settings, clients), model)
+    return StoreSource(
+        open_store(settings, clients), model, cpu_graph=not settings.session.wants_gpu
+    )
 
 
 def choose_backend(forward: ForwardSettings, manifest: Manifest) -> str:
@@ -386,3 +417,24 @@ def prefetch(
         return Prefetched(manifest, source.open(manifest, phases), phases)
     except OnnxkitError as exc:
         return Prefetched(None, None, phases, error=exc)
+
+
+def installed_onnxruntime() -> tuple[int, int] | None:
+    """The installed onnxruntime's (major, minor), read from its package metadata without
+    importing it (the cold start reads the store before onnxruntime is imported)."""
+    from importlib import metadata
+
+    for distribution in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            return _release(metadata.version(distribution))
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _release(version: str) -> tuple[int, int] | None:
+    parts = version.split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return None

@@ -595,21 +595,24 @@ class ModelStore:
         folder = self.local_dir(manifest)
         return folder if self._is_complete(folder, manifest) else None
 
-    def read_model(self, manifest: Manifest, phases: Phases | None = None) -> bytes:
-        """Download a single-file model into memory, verified (no /tmp round trip).
+    def read_model(
+        self, manifest: Manifest, phases: Phases | None = None, entry: FileEntry | None = None
+    ) -> bytes:
+        """Download a single-file model's graph into memory, verified (no /tmp round trip).
 
         Args:
             manifest: The version to read.
             phases: Where the download and hashing (verify) times are counted.
+            entry: Which graph: the original (default) or the CPU twin.
 
         Raises:
-            ValueError: The model has more than one file (external data needs a folder).
+            ValueError: The model has external data (that needs a folder).
             IntegrityError: The size or sha256 differs from the manifest.
             StoreUnavailableError: The store cannot be read.
         """
-        if len(manifest.files) != 1:
+        if len(manifest.model_files) != 1:
             raise ValueError("only a single-file model can be read into memory")
-        entry = manifest.model_file
+        entry = entry or manifest.model_file
         sink = VerifyingSink(entry, file_key(manifest, entry))
         phases = phases or Phases()
         try:

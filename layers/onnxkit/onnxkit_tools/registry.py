@@ -486,6 +486,7 @@ def publish_model(
     backend: str = "lambda",
     report_path: Path | None = None,
     progress: Progress | None = None,
+    cpu_graph: bool = True,
 ) -> Manifest:
     """Describe, checksum and upload a model; then point ``alias`` at it.
 
@@ -498,6 +499,9 @@ def publish_model(
         backend: ``lambda`` or ``sagemaker``.
         report_path: A quantization report (JSON) to record in the manifest.
         progress: Byte-count callback for a progress bar.
+        cpu_graph: Also publish the CPU twin (:mod:`onnxkit_tools.cpu_graph`) of a
+            single-file model that runs in the function, so cold starts skip the graph
+            optimizations.
 
     Returns:
         The published manifest.
@@ -516,10 +520,40 @@ def publish_model(
         quantization=quantization,
         backend=backend,
     )
-    store.publish(manifest, model_path.parent, progress)
+    with tempfile.TemporaryDirectory(prefix="onnxkit-publish-") as staging:
+        source_dir = model_path.parent
+        if cpu_graph and _wants_cpu_graph(manifest):
+            manifest, source_dir = _with_cpu_graph(manifest, model_path, Path(staging))
+        store.publish(manifest, source_dir, progress)
     if alias:
         store.set_alias(name, alias, manifest.version)
     return manifest
+
+
+def _wants_cpu_graph(manifest: Manifest) -> bool:
+    from onnxkit.sources import IN_MEMORY_MAX_BYTES
+
+    # Only what a CPU function reads into memory: one file, not routed to SageMaker/GPU.
+    return (
+        len(manifest.files) == 1
+        and manifest.backend == "lambda"
+        and not manifest.metadata.get("gpu")
+        and manifest.model_file.size <= IN_MEMORY_MAX_BYTES
+    )
+
+
+def _with_cpu_graph(manifest: Manifest, model_path: Path, staging: Path) -> tuple[Manifest, Path]:
+    """The manifest with the CPU twin added, and a folder holding every file to upload (the
+    original linked, the twin written there: the user's folder is left as it was)."""
+    from onnxkit_tools.cpu_graph import build_cpu_graph, twin_path
+
+    (staging / model_path.name).symlink_to(model_path.resolve())
+    twin = twin_path(staging / model_path.name)
+    record = build_cpu_graph(model_path, twin, manifest.inputs)
+    if record is None:
+        return manifest, model_path.parent
+    entry = FileEntry(path=twin.name, sha256=sha256_file(twin), size=twin.stat().st_size)
+    return replace(manifest, files=(*manifest.files, entry), cpu_graph=record), staging
 
 
 def write_manifest(

@@ -19,7 +19,6 @@ from http import HTTPStatus
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
 
@@ -243,9 +242,13 @@ def build_handler(
     register_snapstart_hooks(predictor, loading.clients)
     _report_init(loading, imports_ms, (time.perf_counter() - waited) * 1000, observer, logger)
 
-    @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+    @logger.inject_lambda_context
     @metrics.log_metrics(capture_cold_start_metric=True)
     def handler(event: dict, context: Any) -> dict:
+        # API Gateway's request id correlates the logs (a dict lookup: Powertools'
+        # correlation_id_path would run a JMESPath query on every request).
+        gateway = event.get("requestContext") if isinstance(event, dict) else None
+        logger.set_correlation_id(gateway.get("requestId") if isinstance(gateway, dict) else None)
         return app.resolve(event, context)
 
     if settings.function.tracing:  # the X-Ray SDK is imported only when it is used

@@ -33,6 +33,13 @@ from onnxkit_tools.registry import publish_model, pull, resolve_ref
     "--kms-key-id",
     help="encrypt the uploads with this KMS key (SSE-KMS); default: the bucket's encryption",
 )
+@click.option(
+    "--cpu-graph/--no-cpu-graph",
+    default=True,
+    show_default=True,
+    help="also publish the graph with onnxruntime's extended optimizations done (checked "
+    "against the original's outputs), so a CPU function's cold start skips them",
+)
 @memory_mb_option
 @click.option(
     "--strict-init-budget",
@@ -48,6 +55,7 @@ def publish(
     backend: str,
     report: Path | None,
     kms_key_id: str | None,
+    cpu_graph: bool,
     memory_mb: int | None,
     strict_init_budget: bool,
     store: str | None,
@@ -55,7 +63,8 @@ def publish(
     """Publish MODEL (an .onnx file, external data beside it) as a new immutable version.
 
     Every file is checksummed and uploaded, the manifest written last; --alias then moves an
-    alias (prod) to the new version.
+    alias (prod) to the new version. A single-file model for the function is published with
+    its CPU twin (--no-cpu-graph: without), which the function loads instead.
 
     First, for --backend lambda, it runs `onnxkit check` with its defaults: the model's
     on-demand init time at the stack's MemorySize (template.yaml / samconfig.toml here, or
@@ -65,6 +74,7 @@ def publish(
     registry = open_registry(store, kms_key_id=kms_key_id)
     if backend == "lambda":
         check_before_publish(model, memory_mb, strict=strict_init_budget)
+    # (the bar counts the model; a CPU twin adds about as much again)
     with progress_bar(model.stat().st_size, f"upload {model.name}") as progress:
         manifest = publish_model(
             registry,
@@ -75,10 +85,17 @@ def publish(
             backend=backend,
             report_path=report,
             progress=progress,
+            cpu_graph=cpu_graph,
         )
     moved = f", {alias} -> {manifest.version}" if alias else ""
     click.echo(f"published {manifest.name} version {manifest.version} to {registry.uri}{moved}")
     click.echo(f"sha256 {manifest.model_file.sha256}  {manifest.total_size} bytes")
+    if manifest.cpu_file is not None and manifest.cpu_graph is not None:
+        click.echo(
+            f"cpu graph {manifest.cpu_file.path}: onnxruntime {manifest.cpu_graph['onnxruntime']}"
+            f" {manifest.cpu_graph['level']} optimizations, outputs within "
+            f"{manifest.cpu_graph['max_abs_diff']:.1g} of the original's"
+        )
     return 0
 
 
@@ -207,9 +224,9 @@ def pull_model(ref: str, out: Path, store: str | None) -> int:
     registry = open_registry(store)
     manifest = resolve_ref(registry, ref)
     label = f"download {manifest.name}@{manifest.version}"
-    with progress_bar(manifest.total_size, label) as progress:
+    with progress_bar(manifest.stored_size, label) as progress:
         pull(registry, manifest, out, progress)
     click.echo(
-        f"{manifest.name}@{manifest.version} -> {out} (verified, {manifest.total_size} bytes)"
+        f"{manifest.name}@{manifest.version} -> {out} (verified, {manifest.stored_size} bytes)"
     )
     return 0

@@ -148,7 +148,12 @@ def test_the_registry_commands_round_trip_a_model(
     assert shown["files"][0]["sha256"] == sha256_file(tiny_model.path)
     assert sha256_file(out / "model.onnx") == sha256_file(tiny_model.path)
     assert json.loads((out / "manifest.json").read_text())["version"] == "1"
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
+    # (with the CPU twin publish made beside the graph)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "model.cpu.onnx",
+        "model.onnx",
+    ]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pulled-")]  # no leftovers
 
 
