@@ -1,28 +1,34 @@
 """The function's cold start and warm invoke in a fresh process, against a naive script.
 
-Each round starts two fresh Python processes, alternately, with an empty /tmp cache:
+For each model (digits; MiniLM int8; a synthetic model of --synthetic-mb MB, 320 by default,
+to show how it scales with size), each round starts two fresh Python processes, alternately,
+with an empty /tmp cache:
 
   function   `functions/predict/app.py` as Lambda runs it: imports, Settings from the
              environment, alias -> manifest -> download -> sha256 -> session -> warm-up (init),
              the first invoke of events/predict_infer_200.json (MiniLM: one validation row,
-             batch 1 x 128 tokens, as bench_endpoint.py sends), then --warm more invokes of
-             it (the handler in-process: Powertools, v2 codecs, predictor)
-  naive      the floor: the same imports (boto3, numpy, onnxruntime), one S3 GET of the model,
-             InferenceSession from the bytes, one run, then --warm more `session.run` calls
+             batch 1 x 128 tokens, as bench_endpoint.py sends; synthetic: 16 ids), then
+             --warm more invokes of it (the handler in-process: Powertools, v2 codecs, predictor)
+  naive      the floor: the same imports (boto3, numpy, onnxruntime), one S3 GET of the model
+             as the user brought it, InferenceSession from the bytes, one run, then --warm
+             more `session.run` calls
 
-S3 is a moto server on 127.0.0.1 (its own process), with the model published as version 1,
-alias prod. Cold: from process start to the first answer (the function also reports its
-import, init and first-invoke times). Warm: the median of the --warm calls. Prints the median
-over rounds and its spread (min-max), and the ratios of the medians. `--package-dir` runs
-another checkout's runtime package in the function (its `layers/onnxkit`), to compare two
-versions of the code on the same floor.
+S3 is a moto server on 127.0.0.1 (its own process, on the same CPUs), with each model
+published as `onnxkit publish` does (version 1, alias prod; small models with their CPU twin).
+Cold: from process start to the first answer; the function also logs its own init breakdown
+(its thread loads while the main thread imports, so the phases overlap). Warm: the median of
+the --warm calls in each process. Prints the median over rounds and its spread (min-max), the
+ratios of the medians, and a summary over the models. The runtime package is byte-compiled
+first, as `pip install` does in the image. `--package-dir` runs another checkout's runtime
+package in the function (its `layers/onnxkit`), to compare two versions on the same floor.
 
-    .venv/bin/python scripts/bench_function.py [--model digits|minilm] [--rounds 7]
+    .venv/bin/python scripts/bench_function.py [--model all|digits|minilm|synthetic] [--rounds 7]
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import statistics
@@ -56,17 +62,29 @@ response = app.lambda_handler(event, Context())
 done = time.perf_counter()
 answered_at = time.time()
 assert response["statusCode"] == 200, response
+# Warm: blocks of handler invokes alternate with blocks of bare session.run on the very
+# session the handler runs (same process, same inputs); the first calls of each block dropped.
+import numpy as np
+session = app.lambda_handler.predictor.load()._session
+feed = {t["name"]: np.asarray(t["data"], np.dtype(t["datatype"].lower().replace("fp", "float")))
+        .reshape(t["shape"]) for t in json.loads(event["body"])["inputs"]}
 sys.stdout = open(os.devnull, "w")  # the metrics Powertools prints on every invoke
-warm = []
-for _ in range(int(os.environ["WARM"])):
-    t = time.perf_counter()
-    app.lambda_handler(event, Context())
-    warm.append((time.perf_counter() - t) * 1000)
+warm, bare = [], []
+calls = {"handler": lambda: app.lambda_handler(event, Context()),
+         "bare": lambda: session.run(None, feed)}
+for _ in range(max(1, int(os.environ["WARM"]) // 20)):
+    for kind, times in (("handler", warm), ("bare", bare)):
+        for i in range(25):
+            t = time.perf_counter()
+            calls[kind]()
+            if i >= 5:
+                times.append((time.perf_counter() - t) * 1000)
 sys.stdout = sys.__stdout__
 print(json.dumps({"init_ms": (initialised - started) * 1000,
                   "first_invoke_ms": (done - initialised) * 1000,
                   "answered_at": answered_at,
-                  "warm_ms": sorted(warm)[len(warm) // 2]}))
+                  "warm_ms": sorted(warm)[len(warm) // 2],
+                  "bare_ms": sorted(bare)[len(bare) // 2]}))
 """
 
 NAIVE = r"""
@@ -88,8 +106,16 @@ print(json.dumps({"answered_at": answered_at, "warm_ms": sorted(warm)[len(warm) 
 """
 
 
-def model_and_request(model: str) -> tuple[Path, str, dict]:
+def model_and_request(model: str, synthetic_mb: int = 320) -> tuple[Path, str, dict]:
     """The model file, the model name, and one request (event body + the naive script's feed)."""
+    if model == "synthetic":
+        ids = [[(7 * i) % 1000 for i in range(16)]]
+        event = json.loads((REPO / "events" / "predict_infer_200.json").read_text())
+        tensor = {"name": "ids", "shape": [1, 16], "datatype": "INT64", "data": ids[0]}
+        event["body"] = json.dumps({"inputs": [tensor]})
+        event["path"] = "/v2/models/synthetic/infer"
+        feed = {"ids": {"data": ids[0], "shape": [1, 16], "dtype": "int64"}}
+        return synthetic_model(synthetic_mb), "synthetic", {"event": event, "feed": feed}
     if model == "digits":
         from onnxkit_tools.local.s3 import default_model_dir
 
@@ -129,6 +155,37 @@ INIT_KEYS = {  # the function's own breakdown; the load runs in a thread beside 
 }
 
 
+def synthetic_model(size_mb: int) -> Path:
+    """A single-file model of about ``size_mb`` MB: ids INT64 [N, 16] -> Gather from a float32
+    table [rows, 1024] -> mean over the ids -> y FP32 [N, 1024]. Cached by size."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder = Path.home() / ".cache" / "onnxkit" / "bench" / f"synthetic-{size_mb}mb-v1"
+    path = folder / "model.onnx"
+    if path.is_file():
+        return path
+    rows = size_mb * 1_000_000 // (4 * 1024)
+    table = np.random.default_rng(0).standard_normal((rows, 1024), dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["rows"]),
+            helper.make_node("ReduceMean", ["rows", "axes"], ["y"], keepdims=0),
+        ],
+        "synthetic",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1024])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([1]), "axes")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / ".model.onnx.partial"
+    onnx.save_model(model, str(partial))
+    partial.replace(path)
+    return path
+
+
 def one_run(script: str, env: dict[str, str]) -> dict[str, float]:
     """A fresh interpreter running ``script``: its report, and ``cold_ms``, the wall-clock time
     from just before the process was started to its first answer (so the warm calls after it
@@ -158,23 +215,126 @@ def spread_fine(values: list[float]) -> str:
     return f"{statistics.median(values):7.3f} ms  ({min(values):.3f}-{max(values):.3f})"
 
 
+def bench_model(
+    model: str,
+    args: argparse.Namespace,
+    moto: MotoProcess,
+    base: dict[str, str],
+    extra_env: dict[str, str],
+) -> dict[str, list[dict[str, float]]]:
+    """Publish ``model`` to the moto store and time ``--rounds`` fresh processes of each kind
+    (``extra_env``: more settings for the function)."""
+    from onnxkit_tools.registry import Registry, publish_model
+
+    model_file, name, request = model_and_request(model, args.synthetic_mb)
+    with tempfile.TemporaryDirectory() as tmp:
+        registry = Registry.from_uri(STORE, cache_dir=tmp, s3_client=moto.client())
+        manifest = publish_model(registry, model_file, name=name, version="1", alias="prod")
+    key = f"onnxkit/models/{name}/1/{manifest.model_file.path}"  # the original, for the floor
+    function_env = {
+        **base,
+        "APP_DIR": str(REPO / "functions" / "predict"),
+        "EVENT": json.dumps(request["event"]),
+        "ONNXKIT_MODEL_STORE": STORE,
+        "ONNXKIT_MODEL_NAME": name,
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+        "POWERTOOLS_LOG_LEVEL": "INFO",  # for the init breakdown line
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048",
+        # in the function even past ONNXKIT_AUTO_MAX_LAMBDA_BYTES (the synthetic model)
+        "ONNXKIT_BACKEND": "lambda",
+        **extra_env,
+    }
+    if args.package_dir is not None:
+        function_env["PYTHONPATH"] = str(args.package_dir.resolve())
+    naive_env = {**base, "BUCKET": BUCKET, "KEY": key, "FEED": json.dumps(request["feed"])}
+    function_env["WARM"] = naive_env["WARM"] = str(args.warm)
+    runs: dict[str, list[dict[str, float]]] = {"function": [], "naive": []}
+    for _ in range(args.rounds):
+        with tempfile.TemporaryDirectory() as cache:  # a cold /tmp every time
+            runs["function"].append(one_run(FUNCTION, {**function_env, "ONNXKIT_CACHE_DIR": cache}))
+        runs["naive"].append(one_run(NAIVE, naive_env))
+
+    size = manifest.total_size / 1e6
+    twin = "with its CPU twin" if manifest.cpu_graph else "no CPU twin"
+    how = ", ".join(f"{k}={v}" for k, v in extra_env.items())
+    print(f"\n{name} ({size:.1f} MB, {twin}), {args.rounds} rounds, {os.cpu_count()} CPUs {how}")
+    function, naive = runs["function"], runs["naive"]
+    print("cold: process start to the first answer")
+    print(f"  function                             {spread([r['cold_ms'] for r in function])}")
+    print(f"    init (import app: imports + load)   {spread([r['init_ms'] for r in function])}")
+    for key_ in INIT_KEYS:
+        values = [r[f"init.{key_}"] for r in function if f"init.{key_}" in r]
+        if values:
+            print(f"      {INIT_KEYS[key_]:<33}{spread(values)}")
+    first = spread([r["first_invoke_ms"] for r in function])
+    print(f"    first invoke                        {first}")
+    print(f"  naive script                         {spread([r['cold_ms'] for r in naive])}")
+    print(f"  function / naive (medians): {ratio(runs, 'cold_ms'):.2f}x")
+    print(
+        f"warm: {args.warm} handler invokes alternating in blocks with as many bare "
+        "session.run calls on the handler's own session, per round"
+    )
+    print(f"  handler invoke                       {spread_fine([r['warm_ms'] for r in function])}")
+    print(f"  session.run (same process)           {spread_fine([r['bare_ms'] for r in function])}")
+    print(f"  session.run (naive script)           {spread_fine([r['warm_ms'] for r in naive])}")
+    print(f"  handler / session.run (medians): {warm_ratio(runs):.3f}x")
+    return runs
+
+
+def warm_ratio(runs: dict[str, list[dict[str, float]]]) -> float:
+    """The handler's warm median over bare session.run's, in the same processes."""
+    function = runs["function"]
+    return statistics.median(r["warm_ms"] for r in function) / statistics.median(
+        r["bare_ms"] for r in function
+    )
+
+
+def ratio(runs: dict[str, list[dict[str, float]]], key: str) -> float:
+    """The function's median over the naive script's."""
+    function = statistics.median(row[key] for row in runs["function"])
+    return function / statistics.median(row[key] for row in runs["naive"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", choices=("digits", "minilm"), default="digits")
+    parser.add_argument("--model", choices=("all", "digits", "minilm", "synthetic"), default="all")
     parser.add_argument("--rounds", type=int, default=7, help="fresh processes of each kind")
     parser.add_argument("--warm", type=int, default=300, help="warm calls after the first")
+    parser.add_argument(
+        "--synthetic-mb", type=int, default=320, help="size of the synthetic model (MB)"
+    )
+    parser.add_argument(
+        "--ranged-gets",
+        action="store_true",
+        help="also run the synthetic model with the default parallel ranged GETs (slow on moto)",
+    )
     parser.add_argument(
         "--package-dir",
         type=Path,
         help="a checkout's layers/onnxkit to import the runtime from (default: the installed one)",
     )
     args = parser.parse_args()
+    # moto answers each ranged GET by copying the whole object: against it, the parallel ranged
+    # GETs the function makes for large files (ONNXKIT_S3_PARALLEL_MB) measure moto, not the
+    # kit. The floor reads with one GET too; --ranged-gets adds the default path as a case.
+    one_get = {"ONNXKIT_S3_PARALLEL_MB": "0"}
+    cases = [
+        (model, one_get if model == "synthetic" else {})
+        for model in (("digits", "minilm", "synthetic") if args.model == "all" else (args.model,))
+    ]
+    if args.ranged_gets and any(model == "synthetic" for model, _ in cases):
+        cases.append(("synthetic", {}))
 
-    from onnxkit_tools.registry import Registry, publish_model
+    # The image's pip install byte-compiles the package; do the same for the code measured.
+    package = args.package_dir or Path(__import__("onnxkit").__file__).parents[1]
+    compileall.compile_dir(str(package / "onnxkit"), quiet=1)
+    compileall.compile_dir(str(REPO / "functions" / "predict"), quiet=1)
+    print(f"code: {package} (byte-compiled)")
 
-    model_file, name, request = model_and_request(args.model)
+    results = {}
     with MotoProcess() as moto:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ONNXKIT_"))}
         base.update(
@@ -185,60 +345,20 @@ def main() -> int:
                 "AWS_ENDPOINT_URL_S3": moto.endpoint,
             }
         )
-        client = moto.client()
-        ensure_bucket(client, BUCKET)
-        with tempfile.TemporaryDirectory() as tmp:
-            registry = Registry.from_uri(STORE, cache_dir=tmp, s3_client=client)
-            manifest = publish_model(registry, model_file, name=name, version="1", alias="prod")
-        key = f"onnxkit/models/{name}/1/{manifest.model_file.path}"
-        function_env = {
-            **base,
-            "APP_DIR": str(REPO / "functions" / "predict"),
-            "EVENT": json.dumps(request["event"]),
-            "ONNXKIT_MODEL_STORE": STORE,
-            "ONNXKIT_MODEL_NAME": name,
-            "POWERTOOLS_TRACE_DISABLED": "true",
-            "POWERTOOLS_METRICS_DISABLED": "true",
-            "POWERTOOLS_LOG_LEVEL": "INFO",  # for the init breakdown line
-            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048",
-        }
-        if args.package_dir is not None:
-            function_env["PYTHONPATH"] = str(args.package_dir.resolve())
-        naive_env = {**base, "BUCKET": BUCKET, "KEY": key, "FEED": json.dumps(request["feed"])}
-        function_env["WARM"] = naive_env["WARM"] = str(args.warm)
-        runs: dict[str, list[dict[str, float]]] = {"function": [], "naive": []}
-        for _ in range(args.rounds):
-            with tempfile.TemporaryDirectory() as cache:  # a cold /tmp every time
-                runs["function"].append(
-                    one_run(FUNCTION, {**function_env, "ONNXKIT_CACHE_DIR": cache})
-                )
-            runs["naive"].append(one_run(NAIVE, naive_env))
+        ensure_bucket(moto.client(), BUCKET)
+        for model, extra_env in cases:
+            label = model + (" (ranged GETs)" if model == "synthetic" and not extra_env else "")
+            results[label] = bench_model(model, args, moto, base, extra_env)
 
-    size = model_file.stat().st_size / 1e6
-    code = args.package_dir or "the installed onnxkit"
-    print(f"{name} ({size:.1f} MB), {args.rounds} rounds, {os.cpu_count()} CPUs, code: {code}")
-    function, naive = runs["function"], runs["naive"]
-
-    def median(rows: list[dict[str, float]], key: str) -> float:
-        return statistics.median(row[key] for row in rows)
-
-    print("cold: process start to the first answer")
-    print(f"  function                             {spread([r['cold_ms'] for r in function])}")
-    print(f"    init (import app: imports + load)   {spread([r['init_ms'] for r in function])}")
-    for key in INIT_KEYS:
-        values = [r[f"init.{key}"] for r in function if f"init.{key}" in r]
-        if values:
-            print(f"      {INIT_KEYS[key]:<33}{spread(values)}")
-    first = spread([r["first_invoke_ms"] for r in function])
-    print(f"    first invoke                        {first}")
-    print(f"  naive script                         {spread([r['cold_ms'] for r in naive])}")
-    cold_ratio = median(function, "cold_ms") / median(naive, "cold_ms")
-    print(f"  function / naive (medians): {cold_ratio:.2f}x")
-    print(f"warm: median of {args.warm} calls in the same process, per round")
-    print(f"  handler invoke                       {spread_fine([r['warm_ms'] for r in function])}")
-    print(f"  session.run                          {spread_fine([r['warm_ms'] for r in naive])}")
-    warm_ratio = median(function, "warm_ms") / median(naive, "warm_ms")
-    print(f"  handler / session.run (medians): {warm_ratio:.1f}x")
+    print("\nsummary (medians; function / naive script)")
+    print("  model                    cold function   cold naive   ratio   warm ratio")
+    for model, runs in results.items():
+        cold = statistics.median(r["cold_ms"] for r in runs["function"])
+        floor = statistics.median(r["cold_ms"] for r in runs["naive"])
+        print(
+            f"  {model:<23} {cold:10.0f} ms {floor:9.0f} ms {ratio(runs, 'cold_ms'):6.2f}x"
+            f" {warm_ratio(runs):9.3f}x"
+        )
     return 0
 
 
