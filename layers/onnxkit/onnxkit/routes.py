@@ -1,7 +1,7 @@
 """The one route table: every HTTP route of both edges, what it calls, and how it negotiates.
 
-The Lambda function's Powertools resolver, the endpoint container's Starlette app and the
-OpenAPI document are all generated from :data:`ROUTES`. Which routes an edge serves, 404
+The Lambda function's edge matches its events here, and the endpoint container's Starlette app
+and the OpenAPI document are generated from :data:`ROUTES`. Which routes an edge serves, 404
 versus 405, and what a request may send (``Content-Type``) and accept (``Accept``) are decided
 here, once, so the edges cannot drift apart.
 """
