@@ -20,7 +20,7 @@ from onnxkit.errors import ConfigurationError, ModelNotReadyError
 from onnxkit.manifest import FileEntry, Manifest, TensorSpec
 from onnxkit.phases import LOAD_PHASES, Phases
 from onnxkit.settings import ForwardSettings, Settings
-from onnxkit.sources import FolderSource, StoreSource, choose_backend, open_source
+from onnxkit.sources import FolderSource, StoreSource, choose_backend, open_source, prefetch
 from onnxkit_tools.registry import describe_model
 from tests.unit.conftest import BuiltModel, StoreHarness
 
@@ -286,3 +286,47 @@ def test_a_complete_cached_copy_is_reused_without_a_download(
 
     # THEN nothing was downloaded again
     assert downloads == []
+
+
+def test_a_failed_prefetch_fails_the_first_load_once_then_loads_afresh(
+    store: StoreHarness, tiny_model: BuiltModel
+) -> None:
+    # GIVEN the cold start's prefetch found nothing (the model is published only afterwards)
+    settings = store_settings(store)
+    clients = clients_for(store)
+    source = open_source(settings, clients)
+    early = prefetch(source, settings.forward)
+    assert early.error is not None
+    assert early.error.code == "model_not_found"
+    predictor = build_predictor(
+        settings, role="function", clients=clients, source=source, prefetched=early
+    )
+
+    # WHEN the first load runs, THEN it reports the prefetch's failure without a second try
+    assert predictor.try_load() is False
+    assert predictor.last_error is not None
+
+    # AND once the model is published, the next load reads the store again and serves it
+    publish_tiny(store, tiny_model)
+    x = np.ones((1, 4), np.float32)
+    assert predictor.load().run({"x": x})["y"].tolist() == [[3.0, 1.75]]
+
+
+def test_a_prefetched_model_is_not_downloaded_again(
+    store: StoreHarness, tiny_model: BuiltModel, downloads: list[str]
+) -> None:
+    # GIVEN the graph already read by the cold start's prefetch
+    publish_tiny(store, tiny_model)
+    settings = store_settings(store)
+    source = open_source(settings, clients_for(store))
+    early = prefetch(source, settings.forward)
+    assert downloads == ["models/tiny/1/model.onnx"]
+
+    # WHEN the predictor loads from it
+    predictor = build_predictor(
+        settings, role="function", clients=clients_for(store), source=source, prefetched=early
+    )
+    predictor.load()
+
+    # THEN nothing more came down
+    assert downloads == ["models/tiny/1/model.onnx"]

@@ -7,8 +7,8 @@ creation can, because they release it. The cold start is scheduled around that:
    makes the S3 client, then reads the alias, the manifest and the verified artifact (into
    memory for small models), then creates the onnxruntime session, warms it up and builds the
    predictor.
-2. Meanwhile the main thread (:meth:`Loading.import_beside`) waits for the first request to
-   the store, imports numpy and onnxruntime while the network works (the thread needs them
+2. Meanwhile the main thread (:meth:`Loading.import_beside`) waits for the download to
+   start, imports numpy and onnxruntime while the bytes come down (the thread needs them
    next), then waits for the session to start and returns: the caller imports the rest (the
    composition root, the route table, the codecs, Powertools) while onnxruntime builds it.
 3. :meth:`Loading.wait` joins the thread before init ends, so Lambda's init phase still pays
@@ -65,7 +65,7 @@ class Loading:
         self.clients = clients or AwsClients(settings.aws, settings.forward)
         self._predictor: Predictor | None = None
         self._error: BaseException | None = None
-        self._network = threading.Event()
+        self._download = threading.Event()
         self._session = threading.Event()
         self._thread = threading.Thread(target=self._run, name="onnxkit-load", daemon=True)
         self._thread.start()
@@ -75,7 +75,7 @@ class Loading:
             from onnxkit.sources import open_source, prefetch
 
             source = open_source(self._settings, self.clients)
-            ready = prefetch(source, self._settings.forward, on_network=self._network.set)
+            ready = prefetch(source, self._settings.forward, on_download=self._download.set)
             ready = _with_session(ready, self._settings, on_start=self._session.set)
             self._session.set()  # (also when there was no session to make)
 
@@ -96,11 +96,11 @@ class Loading:
         except BaseException as exc:  # re-raised in wait(), on the main thread
             self._error = exc
         finally:
-            self._network.set()
+            self._download.set()
             self._session.set()
 
     def import_beside(self, timeout: float = 2.0) -> None:
-        """Import numpy and onnxruntime while the load reads the store, then return once the
+        """Import numpy and onnxruntime while the model downloads, then return once the
         session is being made (or the load is over): the caller's own imports then run
         beside onnxruntime's work instead of against the load's Python work.
 
@@ -108,7 +108,7 @@ class Loading:
             timeout: The longest to wait at each step (a slow store must not hold the
                 caller's imports back past the point where they cost nothing).
         """
-        self._network.wait(timeout)
+        self._download.wait(timeout)
         import onnxkit.session  # noqa: F401  numpy and onnxruntime, which the session needs
 
         self._session.wait(timeout)

@@ -394,7 +394,7 @@ class Prefetched:
 def prefetch(
     source: ModelSource,
     forward: ForwardSettings,
-    on_network: Callable[[], None] | None = None,
+    on_download: Callable[[], None] | None = None,
 ) -> Prefetched:
     """Resolve the served version and fetch its verified graph, timing each phase.
 
@@ -404,14 +404,16 @@ def prefetch(
     Args:
         source: Where the model comes from.
         forward: Which models go to SageMaker (their files are not fetched).
-        on_network: Called as the first request to the store starts.
+        on_download: Called once the version is resolved, as its files start to come down
+            (the long network wait, which other Python work can share; the two small reads
+            before it are mostly Python work themselves).
     """
     phases = Phases()
-    if on_network is not None:
-        on_network()
     try:
         with phases.timed("resolve"):
             manifest = source.resolve()
+        if on_download is not None:
+            on_download()
         if manifest is not None and choose_backend(forward, manifest) == "sagemaker":
             return Prefetched(manifest, None, phases)
         return Prefetched(manifest, source.open(manifest, phases), phases)
