@@ -229,7 +229,15 @@ def bench_model(
     model_file, name, request = model_and_request(model, args.synthetic_mb)
     with tempfile.TemporaryDirectory() as tmp:
         registry = Registry.from_uri(STORE, cache_dir=tmp, s3_client=moto.client())
-        manifest = publish_model(registry, model_file, name=name, version="1", alias="prod")
+        # Another checkout is measured as it published: without the CPU twin it cannot read.
+        manifest = publish_model(
+            registry,
+            model_file,
+            name=name,
+            version="1",
+            alias="prod",
+            cpu_graph=args.package_dir is None,
+        )
     key = f"onnxkit/models/{name}/1/{manifest.model_file.path}"  # the original, for the floor
     function_env = {
         **base,
@@ -245,8 +253,9 @@ def bench_model(
         "ONNXKIT_BACKEND": "lambda",
         **extra_env,
     }
-    if args.package_dir is not None:
+    if args.package_dir is not None:  # that checkout's runtime package and app.py
         function_env["PYTHONPATH"] = str(args.package_dir.resolve())
+        function_env["APP_DIR"] = str(args.package_dir.resolve().parents[1] / "functions/predict")
     naive_env = {**base, "BUCKET": BUCKET, "KEY": key, "FEED": json.dumps(request["feed"])}
     function_env["WARM"] = naive_env["WARM"] = str(args.warm)
     runs: dict[str, list[dict[str, float]]] = {"function": [], "naive": []}
@@ -331,7 +340,7 @@ def main() -> int:
     # The image's pip install byte-compiles the package; do the same for the code measured.
     package = args.package_dir or Path(__import__("onnxkit").__file__).parents[1]
     compileall.compile_dir(str(package / "onnxkit"), quiet=1)
-    compileall.compile_dir(str(REPO / "functions" / "predict"), quiet=1)
+    compileall.compile_dir(str(package.parents[1] / "functions" / "predict"), quiet=1)
     print(f"code: {package} (byte-compiled)")
 
     results = {}

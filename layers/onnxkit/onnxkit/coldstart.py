@@ -109,7 +109,8 @@ class Loading:
                 caller's imports back past the point where they cost nothing).
         """
         self._download.wait(timeout)
-        import onnxkit.session  # noqa: F401  numpy and onnxruntime, which the session needs
+        import numpy  # noqa: F401  what the session needs next, while the bytes come down
+        import onnxruntime  # noqa: F401
 
         self._session.wait(timeout)
         self.caller_from = time.perf_counter()
