@@ -83,6 +83,18 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+def run_onnxkit(*args: str, endpoint: str, store: str) -> str:
+    """The `onnxkit` CLI against the store ``store`` on the moto server at ``endpoint``; its
+    stdout (a non-zero exit fails the test with the CLI's stderr)."""
+    env = {**cli_env(), "AWS_ENDPOINT_URL_S3": endpoint, "ONNXKIT_MODEL_STORE": store}
+    result = subprocess.run(
+        [ONNXKIT, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
 @pytest.fixture(scope="session")
 def start_api(rie: Path, env_vars: Path) -> Iterator[str]:
     """`onnxkit local start-api` on a free port; yields the base URL."""

@@ -17,7 +17,7 @@ import pytest
 
 from onnxkit_tools.net import wait_http
 from tests.conftest import REPO
-from tests.integration.conftest import ONNXKIT, cli_env, function_env
+from tests.integration.conftest import ONNXKIT, cli_env, function_env, run_onnxkit
 
 pytestmark = pytest.mark.integration
 
@@ -50,13 +50,7 @@ def test_binomial_bounds_match_a_hand_worked_case() -> None:
 
 
 def onnxkit(*args: str, endpoint: str) -> str:
-    env = {**cli_env(), "AWS_ENDPOINT_URL_S3": endpoint, "ONNXKIT_MODEL_STORE": STORE}
-    result = subprocess.run(
-        [ONNXKIT, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-        check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
+    return run_onnxkit(*args, endpoint=endpoint, store=STORE)
 
 
 def infer(base: str) -> tuple[int, str]:
