@@ -268,13 +268,17 @@ class S3Blobs:
     def replace(self, key: str, data: bytes, *, if_match: str) -> None:
         # S3's conditional write: replaces only the object we read, else 412 (mapped to
         # VersionConflictError). The bucket's default encryption applies.
+        self.put_json(key, data, IfMatch=if_match)
+
+    def put_json(self, key: str, data: bytes, **conditions: str) -> None:
+        """PutObject of a JSON document, with S3's conditions/encryption as extra arguments."""
         with self._errors(key):
             self._client.put_object(
                 Bucket=self._bucket,
                 Key=self._key(key),
                 Body=data,
                 ContentType="application/json",
-                IfMatch=if_match,
+                **conditions,
             )
 
     @contextlib.contextmanager

@@ -195,14 +195,7 @@ class S3WritableBlobs(S3Blobs):
             extra["IfNoneMatch"] = "*"
         if if_match is not None:
             extra["IfMatch"] = if_match
-        with self._errors(key):
-            self._client.put_object(
-                Bucket=self._bucket,
-                Key=self._key(key),
-                Body=data,
-                ContentType="application/json",
-                **extra,
-            )
+        self.put_json(key, data, **extra)
 
     def upload(self, path: Path, key: str, progress: Progress | None = None) -> None:
         # upload_file switches to multipart for large files and retries parts by itself; it
