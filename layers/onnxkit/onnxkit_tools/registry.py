@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -480,6 +480,7 @@ def publish_model(
     report_path: Path | None = None,
     progress: Progress | None = None,
     cpu_graph: bool = True,
+    on_upload_size: Callable[[int], object] | None = None,
 ) -> Manifest:
     """Describe, checksum and upload a model; then point ``alias`` at it.
 
@@ -495,6 +496,8 @@ def publish_model(
         cpu_graph: Also publish the CPU twin (:mod:`onnxkit_tools.cpu_graph`) of a
             single-file model that runs in the function, so cold starts skip the graph
             optimizations.
+        on_upload_size: Called with the bytes to upload (the twin included) before the upload
+            starts (a progress bar's total).
 
     Returns:
         The published manifest.
@@ -517,6 +520,8 @@ def publish_model(
         source_dir = model_path.parent
         if cpu_graph and _wants_cpu_graph(manifest):
             manifest, source_dir = _with_cpu_graph(manifest, model_path, Path(staging))
+        if on_upload_size is not None:
+            on_upload_size(manifest.stored_size)
         store.publish(manifest, source_dir, progress)
     if alias:
         store.set_alias(name, alias, manifest.version)

@@ -129,3 +129,26 @@ def test_a_manifest_without_a_twin_reads_and_writes_as_before(tiny_model: BuiltM
 
     assert "cpu_graph" not in json.loads(manifest.to_json())
     assert Manifest.from_json(manifest.to_json()) == manifest
+
+
+def test_publish_says_how_much_it_uploads_before_it_starts(
+    store: StoreHarness, tiny_model: BuiltModel
+) -> None:
+    # GIVEN a progress bar that learns its total from the publish
+    totals: list[int] = []
+    moved: list[int] = []
+
+    # WHEN a model is published with its twin
+    publish_model(
+        store.store,
+        tiny_model.path,
+        name="tiny",
+        version="1",
+        progress=moved.append,
+        on_upload_size=totals.append,
+    )
+
+    # THEN the total announced is what was uploaded: the graph's bytes and the twin's
+    twin = store.get_raw("models/tiny/1/model.cpu.onnx")
+    assert totals == [tiny_model.path.stat().st_size + len(twin)]
+    assert sum(moved) == totals[0]

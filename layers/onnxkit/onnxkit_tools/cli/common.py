@@ -52,9 +52,24 @@ def open_registry(
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, description: str) -> Iterator[Callable[[int], object]]:
-    """A byte-count progress bar on stderr (tqdm); yields its update function."""
+def progress_bar(total: int, description: str) -> Iterator[ByteProgress]:
+    """A byte-count progress bar on stderr (tqdm); yields a callable that advances it."""
     from tqdm import tqdm
 
     with tqdm(total=total, unit="B", unit_scale=True, desc=description, file=sys.stderr) as bar:
-        yield bar.update
+        yield ByteProgress(bar)
+
+
+class ByteProgress:
+    """Advances a tqdm bar by a byte count; :meth:`resize` sets its total once it is known."""
+
+    def __init__(self, bar: Any) -> None:
+        self._bar = bar
+
+    def __call__(self, count: int) -> object:
+        return self._bar.update(count)
+
+    def resize(self, total: int) -> None:
+        """Set the bar's total (a publish learns it once the CPU twin is made)."""
+        self._bar.total = total
+        self._bar.refresh()

@@ -74,7 +74,6 @@ def publish(
     registry = open_registry(store, kms_key_id=kms_key_id)
     if backend == "lambda":
         check_before_publish(model, memory_mb, strict=strict_init_budget)
-    # (the bar counts the model; a CPU twin adds about as much again)
     with progress_bar(model.stat().st_size, f"upload {model.name}") as progress:
         manifest = publish_model(
             registry,
@@ -86,6 +85,7 @@ def publish(
             report_path=report,
             progress=progress,
             cpu_graph=cpu_graph,
+            on_upload_size=progress.resize,  # the CPU twin adds to it
         )
     moved = f", {alias} -> {manifest.version}" if alias else ""
     click.echo(f"published {manifest.name} version {manifest.version} to {registry.uri}{moved}")
