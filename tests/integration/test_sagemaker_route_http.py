@@ -55,41 +55,46 @@ def servers(minilm: Path, local_s3: Any, tmp_path_factory) -> Iterator[dict[str,
     from onnxkit_tools.net import free_port
 
     folder = tmp_path_factory.mktemp("route")
-    ports = {name: free_port() for name in ("endpoint", "routed", "lambda")}
     common = function_env(local_s3.endpoint, folder / "tmp-a")["PredictFunction"]
     common.update({"ONNXKIT_MODEL_STORE": STORE, "ONNXKIT_MODEL_NAME": "minilm"})
-    routed = {
-        **common,
-        "ONNXKIT_BACKEND": "sagemaker",
-        "ONNXKIT_SAGEMAKER_ENDPOINT": "onnxkit-local",
-        "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": f"http://127.0.0.1:{ports['endpoint']}",
-    }
-    in_process = {**common, "ONNXKIT_BACKEND": "lambda", "ONNXKIT_CACHE_DIR": str(folder / "b")}
-    files = {}
-    for name, values in (("routed", routed), ("lambda", in_process), ("endpoint", common)):
-        files[name] = folder / f"{name}.json"
-        files[name].write_text(json.dumps({"PredictFunction": values}))
     env = {**cli_env(), "AWS_ENDPOINT_URL_S3": local_s3.endpoint}
-    processes = [
-        start(["local", "start-endpoint", "--port", str(ports["endpoint"]),
-               "--env-vars", str(files["endpoint"])], env, folder / "endpoint.log"),
-        start(["local", "start-api", "--port", str(ports["routed"]),
-               "--env-vars", str(files["routed"])], cli_env(), folder / "routed.log"),
-        start(["local", "start-api", "--port", str(ports["lambda"]),
-               "--env-vars", str(files["lambda"])], cli_env(), folder / "lambda.log"),
-    ]  # fmt: skip
-    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    processes: list[subprocess.Popen] = []
+    urls: dict[str, str] = {}
+
+    def serve(name: str, command: str, values: dict[str, str], ready: str, environ: dict) -> None:
+        # One at a time, each on a port picked just before it starts: a server already
+        # running (or its emulator) cannot take the port of one still starting.
+        files = folder / f"{name}.json"
+        files.write_text(json.dumps({"PredictFunction": values}))
+        port = free_port()
+        process = start(
+            ["local", command, "--port", str(port), "--env-vars", str(files)],
+            environ,
+            folder / f"{name}.log",
+        )
+        processes.append(process)
+        urls[name] = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(f"{urls[name]}{ready}", timeout_s=90, process=process)
+        except AssertionError as exc:
+            log = (folder / f"{name}.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"{name}: {exc}\n{log}") from exc
+
     try:
-        for (name, path), process in zip(
-            (("endpoint", "/ping"), ("routed", "/v2/health/ready"), ("lambda", "/v2/health/ready")),
-            processes,
-            strict=True,
-        ):
-            try:
-                wait_http(f"{urls[name]}{path}", timeout_s=90, process=process)
-            except AssertionError as exc:
-                log = (folder / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise AssertionError(f"{name}: {exc}\n{log}") from exc
+        serve("endpoint", "start-endpoint", common, "/ping", env)
+        routed = {
+            **common,
+            "ONNXKIT_BACKEND": "sagemaker",
+            "ONNXKIT_SAGEMAKER_ENDPOINT": "onnxkit-local",
+            "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": urls["endpoint"],
+        }
+        serve("routed", "start-api", routed, "/v2/health/ready", cli_env())
+        in_process = {
+            **common,
+            "ONNXKIT_BACKEND": "lambda",
+            "ONNXKIT_CACHE_DIR": str(folder / "b"),
+        }
+        serve("lambda", "start-api", in_process, "/v2/health/ready", cli_env())
         yield urls
     finally:
         for process in processes:
