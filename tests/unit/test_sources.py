@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from onnxkit import sources
 from onnxkit.errors import ConfigurationError, IntegrityError, ModelLoadError, ModelNotFoundError
 from onnxkit.manifest import Manifest, TensorSpec
+from onnxkit.phases import Phases
 from onnxkit.session import load_session
 from onnxkit.settings import ModelSettings
 from onnxkit.sources import (
@@ -171,7 +173,7 @@ def test_the_only_onnx_file_is_used_when_model_onnx_is_absent(tiny_model: BuiltM
 
 
 def test_a_store_source_follows_its_alias_unless_a_version_is_pinned(
-    store: StoreHarness, tiny_model: BuiltModel
+    store: StoreHarness, tiny_model: BuiltModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN versions 1 and 2, prod on 2
     for version in ("1", "2"):
@@ -187,9 +189,12 @@ def test_a_store_source_follows_its_alias_unless_a_version_is_pinned(
     assert by_alias.resolve().version == "2"
     assert pinned.resolve().version == "1"
 
-    # WHEN both are fetched
-    alias_file = by_alias.fetch(by_alias.resolve())
-    pinned_file = pinned.fetch(pinned.resolve())
+    # WHEN both are fetched through the /tmp cache (as a large model is)
+    monkeypatch.setattr(sources, "IN_MEMORY_MAX_BYTES", 0)
+    alias_file = by_alias.open(by_alias.resolve(), Phases())
+    pinned_file = pinned.open(pinned.resolve(), Phases())
+    assert isinstance(alias_file, Path)
+    assert isinstance(pinned_file, Path)
 
     # THEN each got its verified graph
     assert alias_file.read_bytes() == pinned_file.read_bytes() == tiny_model.path.read_bytes()

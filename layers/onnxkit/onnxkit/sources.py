@@ -56,14 +56,6 @@ class ModelSource(Protocol):
         """
         ...
 
-    def fetch(self, manifest: Manifest | None) -> Path:
-        """The path of the verified graph file (external data beside it).
-
-        Raises:
-            OnnxkitError: Integrity, cache or store failures.
-        """
-        ...
-
     def open(self, manifest: Manifest | None, phases: Phases) -> Path | bytes:
         """What onnxruntime should load: the verified graph's path, or its verified bytes.
 
@@ -132,10 +124,6 @@ class StoreSource:
     def saw_canary(self) -> bool:
         """Whether the alias named a canary when it was last read."""
         return self._saw_canary
-
-    def fetch(self, manifest: Manifest | None) -> Path:
-        assert manifest is not None, "a store always has a manifest"
-        return self._store.fetch(manifest) / manifest.model_file.path
 
     def open(self, manifest: Manifest | None, phases: Phases) -> Path | bytes:
         # A copy already in the cache (a re-init on a warm /tmp) costs no download. A small
