@@ -14,12 +14,18 @@ import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from onnxkit.errors import OnnxkitError, VersionConflictError
 from onnxkit.manifest import Manifest
-from onnxkit.store import AliasRecord, Blobs, alias_document, alias_key, parse_alias
+from onnxkit.store import (
+    AliasRecord,
+    Blobs,
+    alias_document,
+    alias_key,
+    parse_alias,
+    utc_now,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -189,9 +195,9 @@ def abort_canary(
             name=name,
             alias=alias,
             version=record.version,
-            updated_at=(now or _now)(),
+            updated_at=(now or utc_now)(),
             history=record.history,
-            aborted={"version": version, "reason": reason, "at": (now or _now)()},
+            aborted={"version": version, "reason": reason, "at": (now or utc_now)()},
         )
         try:
             blobs.replace(key, alias_document(aborted), if_match=etag)
@@ -217,10 +223,6 @@ class CanaryAborter:
         """Abort ``version``; see :func:`abort_canary`."""
         with self._lock:  # one instance writes once even when several threads trip together
             return abort_canary(self._blobs, self._name, self._alias, version, reason)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def memory_limit_bytes(megabytes: int | None) -> int | None:

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Protocol, Self
 from urllib.parse import urlparse
@@ -665,6 +666,11 @@ def split_store_uri(uri: str) -> tuple[str, str, str]:
     if parsed.scheme == "file":
         return "file", parsed.netloc + parsed.path, ""
     raise ValueError(f"model store must be s3://bucket/prefix or file:///dir, not {uri!r}")
+
+
+def utc_now() -> str:
+    """The time stamp manifests and alias documents carry: ISO-8601 UTC, to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def file_key(manifest: Manifest, entry: FileEntry) -> str:

@@ -15,7 +15,6 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from onnxkit.store import (
     alias_document,
     alias_key,
     atomic_write,
+    utc_now,
 )
 
 ALIAS_HISTORY = 50
@@ -135,7 +135,7 @@ def describe_model(
         producer={"name": proto.producer_name, "version": proto.producer_version},
         quantization=quantization,
         backend=backend,
-        created_at=_now(),
+        created_at=utc_now(),
         metadata=dict(metadata or {}),
     )
 
@@ -324,7 +324,7 @@ class Registry(ModelStore):
             name=name,
             alias=alias,
             version=version,
-            updated_at=_now(),
+            updated_at=utc_now(),
             history=tuple(history[:ALIAS_HISTORY]),
         )
         self._write_alias(record, etag)
@@ -360,7 +360,9 @@ class Registry(ModelStore):
                 f"({current.canary_weight}%); finish it (promote --finish) or roll it back first",
                 code="canary_running",
             )
-        record = replace(current, updated_at=_now(), canary_version=version, canary_weight=weight)
+        record = replace(
+            current, updated_at=utc_now(), canary_version=version, canary_weight=weight
+        )
         if current.canary_version is None:
             record = replace(record, aborted=None)  # a new canary: the last abort is history
         self._write_alias(record, etag)
@@ -380,7 +382,7 @@ class Registry(ModelStore):
             name=name,
             alias=alias,
             version=current.canary_version,
-            updated_at=_now(),
+            updated_at=utc_now(),
             history=tuple([*history, *current.history][:ALIAS_HISTORY]),
         )
         self._write_alias(record, etag)
@@ -401,7 +403,7 @@ class Registry(ModelStore):
         if current is None:
             raise ModelNotFoundError(f"model {name!r} has no alias {alias!r} in {self.uri}")
         if current.canary_version is not None:
-            now = _now()
+            now = utc_now()
             record = replace(
                 current,
                 updated_at=now,
@@ -426,7 +428,7 @@ class Registry(ModelStore):
             name=name,
             alias=alias,
             version=target,
-            updated_at=_now(),
+            updated_at=utc_now(),
             history=current.history[1:],
             aborted=current.aborted,
         )
@@ -454,10 +456,6 @@ def _refuse_while_canary(current: AliasRecord, action: str) -> None:
             f"you {action}",
             code="canary_running",
         )
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # --- publishing a model file ----------------------------------------------------------------
