@@ -109,9 +109,7 @@ def _samples(inputs: tuple[TensorSpec, ...]) -> list[dict[str, np.ndarray]]:
                 feed[spec.name] = np.zeros(shape, dtype)
             elif dtype.kind == "f":
                 feed[spec.name] = rng.standard_normal(shape).astype(dtype)
-            elif dtype.kind == "b":
-                feed[spec.name] = rng.integers(0, 2, shape).astype(dtype)
-            else:  # small non-negative integers: token ids, masks, indices
+            else:  # booleans, or small non-negative integers: token ids, masks, indices
                 feed[spec.name] = rng.integers(0, 2, shape).astype(dtype)
         samples.append(feed)
     return samples

@@ -115,7 +115,7 @@ def model_on_disk(model: str, store: str | None) -> Iterator[LocalModel]:
     with tempfile.TemporaryDirectory(prefix="onnxkit-check-") as scratch:
         out = Path(scratch) / "model"
         label = f"download {manifest.name}@{manifest.version}"
-        with progress_bar(manifest.total_size, label) as progress:
+        with progress_bar(manifest.stored_size, label) as progress:  # (the twin too)
             pull(registry, manifest, out, progress)
         yield LocalModel(out / manifest.model_file.path, manifest)
 
