@@ -61,6 +61,7 @@ def s3(aws: None) -> Any:
 @pytest.fixture
 def published(s3: Any, digits_dir: Path, tmp_path: Path) -> Any:
     """digits int8 published as version 1 with alias prod; returns the manifest."""
+    from onnxkit_tools.examples.digits import digits_processing
     from onnxkit_tools.registry import Registry, publish_model
 
     store = Registry.from_uri(STORE, cache_dir=tmp_path / "publisher-cache", s3_client=s3)
@@ -71,6 +72,7 @@ def published(s3: Any, digits_dir: Path, tmp_path: Path) -> Any:
         version="1",
         alias="prod",
         report_path=digits_dir / "report.json",
+        processing=digits_processing(digits_dir),
     )
 
 

@@ -36,6 +36,7 @@ def rie() -> Path:
 @pytest.fixture(scope="session")
 def local_s3(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoProcess]:
     """A moto S3 server (its own process) with digits int8 published as version 1, alias prod."""
+    from onnxkit_tools.examples.digits import digits_processing
     from onnxkit_tools.registry import Registry, publish_model
 
     with MotoProcess() as s3:
@@ -49,6 +50,7 @@ def local_s3(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             version="1",
             alias="prod",
             report_path=digits_dir / "report.json",
+            processing=digits_processing(digits_dir),
         )
         yield s3
 

@@ -266,7 +266,7 @@ def test_a_small_model_loads_from_memory_once_and_reports_every_phase(
     # AND every phase of the load was timed, once
     ((version, phases),) = seen
     assert version == "1"
-    assert list(phases.ms) == list(LOAD_PHASES)
+    assert list(phases.ms) == [p for p in LOAD_PHASES if p != "processing"]  # none declared
     assert all(ms >= 0 for ms in phases.ms.values())
 
 

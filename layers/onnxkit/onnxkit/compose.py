@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onnxkit.aws import AwsClients
 from onnxkit.backends import Backend
@@ -17,7 +17,7 @@ from onnxkit.backends.batching import BatchingBackend
 from onnxkit.backends.onnxruntime import OnnxruntimeBackend
 from onnxkit.backends.sagemaker import SageMakerBackend
 from onnxkit.canary import CanaryAborter, CanaryPolicy, MemoryProbe, memory_limit_bytes
-from onnxkit.errors import ModelNotReadyError
+from onnxkit.errors import IntegrityError, ModelNotReadyError
 from onnxkit.manifest import Manifest
 from onnxkit.phases import Phases
 from onnxkit.predictor import Observer, Predictor, Refresh
@@ -32,6 +32,9 @@ from onnxkit.sources import (
     choose_backend,
     open_source,
 )
+
+if TYPE_CHECKING:
+    from onnxkit.processing import Pipeline
 
 Role = Edge
 """``function``: may forward to SageMaker, loads on the request path. ``endpoint``: runs every
@@ -87,7 +90,11 @@ def build_predictor(
             and manifest is not None
             and choose_backend(settings.forward, manifest) == "sagemaker"
         ):
-            return _forwarding_backend(settings.forward, manifest, clients)
+            # Processing runs here, before the request crosses the network: the endpoint
+            # gets the model's tensors, validated.
+            forwarding = _forwarding_backend(settings.forward, manifest, clients)
+            forwarding.processing = load_pipeline(source, manifest, phases)
+            return forwarding
         if model is None:
             model = source.open(manifest, phases)
         if session is None:
@@ -100,6 +107,7 @@ def build_predictor(
         with phases.timed("warmup"):
             warm_up(session, manifest.inputs)
         backend: Backend = OnnxruntimeBackend(manifest, session)
+        backend.processing = load_pipeline(source, manifest, phases)
         if role == ENDPOINT and settings.endpoint.batching:
             backend = BatchingBackend(
                 backend,
@@ -147,6 +155,27 @@ def build_predictor(
         background=role == ENDPOINT,
         canary=canary_policy(settings, source),
     )
+
+
+def load_pipeline(source: ModelSource, manifest: Manifest, phases: Phases) -> Pipeline | None:
+    """A version's declared processing with its files read and verified (None: none declared).
+
+    Raises:
+        IntegrityError: A file does not hold what its declaration needs.
+        OnnxkitError: A file cannot be read from the store.
+    """
+    if not manifest.processing:
+        return None
+    from onnxkit.processing import Pipeline
+
+    with phases.timed("processing"):
+        try:
+            return Pipeline(manifest, lambda path: source.read(manifest, path))
+        except ValueError as exc:
+            raise IntegrityError(
+                f"{manifest.name} {manifest.version}: its processing cannot be loaded ({exc}); "
+                "publish the version again with valid processing files"
+            ) from exc
 
 
 def canary_policy(settings: Settings, source: ModelSource) -> CanaryPolicy:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -64,6 +64,10 @@ class Manifest:
             once at publish (and checked against the original's outputs) instead of at every
             cold start; a CPU function with that onnxruntime version or newer loads the twin.
             Its file is one of ``files``, never the first.
+        processing: What turns the requests people have into the model's tensors, and its
+            outputs into answers (:mod:`onnxkit.processing`): ``{"text", "image",
+            "postprocess"}`` declarations, data only. The files they name (a tokenizer, a
+            labels file) are among ``files``, never the first, and verified like the graph.
     """
 
     name: str
@@ -79,6 +83,7 @@ class Manifest:
     metadata: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     cpu_graph: dict[str, Any] | None = None
+    processing: dict[str, Any] | None = None
 
     @property
     def model_file(self) -> FileEntry:
@@ -93,10 +98,23 @@ class Manifest:
         return next(f for f in self.files if f.path == self.cpu_graph["path"])
 
     @property
+    def processing_files(self) -> tuple[FileEntry, ...]:
+        """The files the processing declarations name (a tokenizer, a labels file)."""
+        if not self.processing:
+            return ()
+        from onnxkit.processing import processing_files
+
+        named = set(processing_files(self.processing))
+        return tuple(f for f in self.files if f.path in named)
+
+    @property
     def model_files(self) -> tuple[FileEntry, ...]:
-        """The model's own files: the graph and its external data (not the CPU twin)."""
-        twin = self.cpu_graph["path"] if self.cpu_graph else None
-        return tuple(f for f in self.files if f.path != twin)
+        """The model's own files: the graph and its external data (not the CPU twin, not the
+        processing files)."""
+        other = {f.path for f in self.processing_files}
+        if self.cpu_graph:
+            other.add(self.cpu_graph["path"])
+        return tuple(f for f in self.files if f.path not in other)
 
     @property
     def total_size(self) -> int:
@@ -113,8 +131,9 @@ class Manifest:
         data = asdict(self)
         data["inputs"] = [t.to_dict() for t in self.inputs]
         data["outputs"] = [t.to_dict() for t in self.outputs]
-        if data["cpu_graph"] is None:
-            del data["cpu_graph"]
+        for optional in ("cpu_graph", "processing"):  # absent, as before they existed
+            if data[optional] is None:
+                del data[optional]
         return data
 
     def to_json(self) -> bytes:
@@ -173,6 +192,8 @@ class Manifest:
         )
         if manifest.backend not in BACKENDS:
             raise ValueError(f"backend {manifest.backend!r} is not one of {BACKENDS}")
+        if data.get("processing") is not None:
+            manifest = replace(manifest, processing=_processing(data["processing"], manifest))
         return manifest
 
 
@@ -190,6 +211,22 @@ def _cpu_graph(data: Any, files: tuple[FileEntry, ...]) -> dict[str, Any] | None
         "level": str(data.get("level", "extended")),
         "max_abs_diff": float(data.get("max_abs_diff", 0.0)),
     }
+
+
+def _processing(data: Any, manifest: Manifest) -> dict[str, Any]:
+    """The processing declarations, validated against the signature and the files (the
+    processing package, and numpy with it, is imported only for a model that declares some)."""
+    from onnxkit.processing import Processing
+
+    if not isinstance(data, dict):
+        raise TypeError("processing must be an object")
+    processing = Processing.from_dict(data)
+    listed = {f.path for f in manifest.files[1:]}
+    for path in processing.files:
+        if safe_relative(path) not in listed:
+            raise ValueError(f"processing names {path!r}, which is not one of the version's files")
+    processing.check(manifest.inputs, manifest.outputs)
+    return processing.to_dict()
 
 
 def _spec(data: dict[str, Any]) -> TensorSpec:

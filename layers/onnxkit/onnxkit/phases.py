@@ -1,4 +1,5 @@
-"""Milliseconds spent in each phase of a model load: resolve, download, verify, session, warm-up."""
+"""Milliseconds spent in each phase of a model load: resolve, download, verify, session,
+processing (a tokenizer or labels, when declared), warm-up."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-LOAD_PHASES = ("resolve", "download", "verify", "session", "warmup")
+LOAD_PHASES = ("resolve", "download", "verify", "session", "processing", "warmup")
 """The phases of a model load, in the order they run."""
 
 

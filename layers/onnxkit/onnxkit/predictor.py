@@ -17,23 +17,40 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from onnxkit import __version__
 from onnxkit.backends import Backend
 from onnxkit.canary import CanaryHealth, CanaryPolicy, Rollout, canary_memory_need, should_roll_back
 from onnxkit.codecs import (
+    InferenceRequest,
     InferenceResponse,
+    Reply,
+    check_size,
     decode_request,
-    encode_response,
-    parse_json,
+    encode_reply,
+    media_type,
+    split_body,
 )
-from onnxkit.errors import ModelNotFoundError, ModelNotReadyError, OnnxkitError
+from onnxkit.errors import (
+    InvalidInputError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    OnnxkitError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
 from onnxkit.errors import error_body as _error_body
 from onnxkit.manifest import Manifest
 from onnxkit.settings import ApiSettings
 
+if TYPE_CHECKING:
+    from onnxkit.processing import Pipeline
+
 logger = logging.getLogger(__name__)
+
+BARE_MEDIA_TYPES = ("text/plain", "image/png", "image/jpeg")
+"""Bodies that are one input, not a v2 request: a sentence or an image (models with processing)."""
 
 SERVER_NAME = "onnxkit"
 SERVER_EXTENSIONS = ("model_repository_metadata",)
@@ -512,19 +529,29 @@ class Predictor:
             ModelNotFoundError: Another model or version than the one served.
             OnnxkitError: The model cannot be loaded now.
         """
-        manifest = self._served(name, version).manifest
+        backend = self._served(name, version)
+        manifest, pipeline = backend.manifest, backend.processing
+        parameters: dict[str, Any] = {
+            "opset": manifest.opset,
+            "quantization": manifest.quantization,
+            "backend": manifest.backend,
+            "sha256": manifest.model_file.sha256,
+        }
+        inputs, outputs = manifest.inputs, manifest.outputs
+        if pipeline is not None:
+            # The processed inputs are what most clients send; the model's own tensors are
+            # still accepted, and listed here.
+            inputs, outputs = pipeline.inputs, pipeline.outputs
+            parameters["processing"] = manifest.processing
+            parameters["tensor_inputs"] = [spec.to_dict() for spec in manifest.inputs]
+            parameters["content_types"] = pipeline.accepted_media_types()
         return {
             "name": manifest.name,
             "versions": [manifest.version],
             "platform": "onnxruntime_onnx",
-            "inputs": [spec.to_dict() for spec in manifest.inputs],
-            "outputs": [spec.to_dict() for spec in manifest.outputs],
-            "parameters": {
-                "opset": manifest.opset,
-                "quantization": manifest.quantization,
-                "backend": manifest.backend,
-                "sha256": manifest.model_file.sha256,
-            },
+            "inputs": [spec.to_dict() for spec in inputs],
+            "outputs": [spec.to_dict() for spec in outputs],
+            "parameters": parameters,
         }
 
     def model_ready(self, name: str, version: str | None = None) -> dict[str, Any]:
@@ -532,36 +559,106 @@ class Predictor:
         manifest = self._served(name, version).manifest
         return {"name": manifest.name, "version": manifest.version, "ready": True}
 
-    def infer(self, name: str, version: str | None, body: bytes | str | None) -> dict[str, Any]:
-        """``POST /v2/models/{name}[/versions/{version}]/infer``: decode, run, encode.
+    def infer(
+        self,
+        name: str,
+        version: str | None,
+        body: bytes | str | None,
+        *,
+        content_type: str | None = None,
+        header_length: str | None = None,
+    ) -> Reply:
+        """``POST /v2/models/{name}[/versions/{version}]/infer``: decode, process, run, encode.
 
-        The media type was negotiated by the route table already.
+        The body is a v2 request (JSON, or JSON followed by binary tensors when
+        ``header_length`` is set), or, for a model with declared processing, a bare body:
+        one sentence (``text/plain``), one image (``image/png``, ``image/jpeg``) or a JSON
+        list of sentences. The route table accepted the media type already.
+
+        Args:
+            name: The model name in the path.
+            version: The version in the path, if any.
+            body: The request body (already base64-decoded by the edge where needed).
+            content_type: The request's ``Content-Type``.
+            header_length: The ``Inference-Header-Content-Length`` header (binary tensors).
+
+        Returns:
+            The encoded answer: JSON, or the binary form when the request asked for it.
 
         Raises:
             OnnxkitError: 4xx for anything the caller sent wrong, 5xx for our faults.
         """
-        data = parse_json(body, max_bytes=self._limits.max_request_bytes)
+        media = media_type(content_type) if content_type else ""
+        bare = media in BARE_MEDIA_TYPES
+        if bare:
+            check_size(body, max_bytes=self._limits.max_request_bytes)
+            data: dict[str, Any] | list[Any] = {}
+            binary = b""
+        else:
+            data, binary = split_body(
+                body, header_length, max_bytes=self._limits.max_request_bytes, allow_list=True
+            )
         backend = self._served(name, version, route=True)
         manifest = backend.manifest
+        pipeline = backend.processing
         try:
-            request = decode_request(
-                data, manifest.inputs, max_batch_size=self._limits.max_batch_size
-            )
+            request = self._decode(pipeline, manifest, media, body, data, binary)
+            wanted = pipeline.model_outputs(request.outputs) if pipeline else request.outputs
+            inputs = pipeline.preprocess(request.inputs) if pipeline else request.inputs
             started = time.perf_counter()
-            outputs = backend.run(request.inputs, request.outputs)
+            outputs = backend.run(inputs, wanted)
+            elapsed = (time.perf_counter() - started) * 1000
+            if pipeline is not None:
+                outputs = pipeline.postprocess(outputs, request.outputs)
+            reply = encode_reply(
+                InferenceResponse(
+                    model_name=manifest.name,
+                    model_version=manifest.version,
+                    outputs=outputs,
+                    id=request.id,
+                ),
+                request,
+            )
         except Exception as exc:
             raise self._failed(backend, exc) from exc
-        elapsed = (time.perf_counter() - started) * 1000
-        batch = max((a.shape[0] for a in request.inputs.values() if a.ndim), default=1)
+        batch = max((a.shape[0] for a in inputs.values() if a.ndim), default=1)
         self._observer.inference_done(manifest, elapsed, batch)
         self._count_canary(backend, failed=False)
-        return encode_response(
-            InferenceResponse(
-                model_name=manifest.name,
-                model_version=manifest.version,
-                outputs=outputs,
-                id=request.id,
-            )
+        return reply
+
+    def _decode(
+        self,
+        pipeline: Pipeline | None,
+        manifest: Manifest,
+        media: str,
+        body: bytes | str | None,
+        data: dict[str, Any] | list[Any],
+        binary: bytes,
+    ) -> InferenceRequest:
+        """The request's inputs: a bare body's or list's through the processing, else v2."""
+        if media in BARE_MEDIA_TYPES:
+            if pipeline is None:
+                raise UnsupportedMediaTypeError(
+                    f"Content-Type {media!r} needs a model published with processing "
+                    f"(a tokenizer or an image preprocessing); {manifest.name} "
+                    f"{manifest.version} takes application/json (v2 tensors)"
+                )
+            if not body:
+                raise InvalidInputError("the request body is empty")
+            return InferenceRequest(inputs=pipeline.from_body(media, body))
+        if isinstance(data, list):
+            if pipeline is None:
+                raise InvalidInputError("the body must be a JSON object with an 'inputs' list")
+            if len(data) > self._limits.max_batch_size:
+                raise PayloadTooLargeError(
+                    f"{len(data)} sentences are over the batch limit of "
+                    f"{self._limits.max_batch_size}; split them into smaller requests"
+                )
+            return InferenceRequest(inputs=pipeline.from_list(data))
+        names = {raw.get("name") for raw in data.get("inputs") or () if isinstance(raw, dict)}
+        signature = pipeline.signature_for(names) if pipeline else manifest.inputs
+        return decode_request(
+            data, signature, max_batch_size=self._limits.max_batch_size, binary=binary
         )
 
     def _failed(self, backend: Backend, error: Exception) -> OnnxkitError:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import mimeparse
 
-from onnxkit.codecs import check_content_type
+from onnxkit.codecs import BINARY, HEADER_LENGTH, check_content_type, media_type
 from onnxkit.errors import MethodNotAllowedError, NotAcceptableError, RouteNotFoundError
-from onnxkit.predictor import Predictor
+from onnxkit.predictor import BARE_MEDIA_TYPES, Predictor
 
 JSON = "application/json"
 Edge = Literal["function", "endpoint"]
@@ -27,6 +27,8 @@ ENDPOINT: Edge = "endpoint"
 BOTH = frozenset({FUNCTION, ENDPOINT})
 OPENAPI_PATH = "/v2/openapi.json"
 _PARAM = re.compile(r"\{([a-z_]+)\}")
+BODY_MEDIA_TYPES = frozenset({BINARY, *BARE_MEDIA_TYPES})
+"""What an inference body may be besides JSON: binary tensors, a bare sentence or image."""
 
 
 @dataclass(frozen=True)
@@ -108,10 +110,14 @@ class Call:
     Attributes:
         params: The path parameters, decoded.
         body: The request body (already base64-decoded where the edge had to).
+        content_type: The request's ``Content-Type``.
     """
 
     params: dict[str, str]
     body: bytes | str | None = None
+    content_type: str | None = None
+    header_length: str | None = None
+    """``Inference-Header-Content-Length``: the JSON part's length when binary tensors follow."""
 
 
 Operation = Callable[[Predictor, Call, "RouteTable"], Any]
@@ -119,7 +125,13 @@ Operation = Callable[[Predictor, Call, "RouteTable"], Any]
 
 def _infer(predictor: Predictor, call: Call, _: RouteTable) -> Any:
     name = call.params.get("name", predictor.model_name)
-    return predictor.infer(name, call.params.get("version"), call.body)
+    return predictor.infer(
+        name,
+        call.params.get("version"),
+        call.body,
+        content_type=call.content_type,
+        header_length=call.header_length,
+    )
 
 
 def _ping(predictor: Predictor, _: Call, __: RouteTable) -> None:
@@ -197,34 +209,66 @@ class RouteTable:
         route: Route,
         params: dict[str, str],
         body: bytes | str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         """Perform the route's operation on a request already negotiated (:func:`negotiate`).
+
+        Args:
+            predictor: The model served.
+            route: The matched route.
+            params: Its path parameters.
+            body: The request body (base64 already decoded).
+            headers: The request headers, names in lower case (``content-type`` and
+                ``inference-header-content-length`` are read).
+
+        Returns:
+            A JSON-able answer, or a :class:`~onnxkit.codecs.Reply` already encoded.
 
         Raises:
             OnnxkitError: 4xx for what the caller sent wrong, 5xx for our faults.
         """
-        return OPERATIONS[route.operation](predictor, Call(params, body), self)
+        headers = headers or {}
+        call = Call(
+            params,
+            body,
+            content_type=headers.get("content-type"),
+            header_length=headers.get(HEADER_LENGTH),
+        )
+        return OPERATIONS[route.operation](predictor, call, self)
 
 
 def negotiate(route: Route, *, content_type: str | None, accept: str | None) -> None:
     """Check what the request sends and what it accepts against what the route speaks.
 
+    An inference route also takes binary tensors (``application/octet-stream`` after the JSON
+    header) and, for models with processing, a bare sentence or image (the predictor refuses
+    them, 415, for a model without); it may answer binary tensors.
+
     Raises:
-        UnsupportedMediaTypeError: A body route got a body that is not JSON (415).
-        NotAcceptableError: The client accepts no JSON from a route that answers JSON (406).
+        UnsupportedMediaTypeError: A body route got a media type it never takes (415).
+        NotAcceptableError: The client accepts nothing the route answers (406).
     """
-    if route.answers_json and not accepts_json(accept):
-        raise NotAcceptableError(f"Accept {accept!r} admits no JSON; this API answers {JSON} only")
-    if route.takes_body:
+    binary_ok = route.takes_body and accepts(accept, BINARY)
+    if route.answers_json and not binary_ok and not accepts_json(accept):
+        raise NotAcceptableError(
+            f"Accept {accept!r} admits no JSON; this API answers {JSON}"
+            + (f" (and {BINARY} for binary tensors)" if route.takes_body else " only")
+        )
+    if route.takes_body and media_type(content_type or "") not in BODY_MEDIA_TYPES:
         check_content_type(content_type)
 
 
-@functools.lru_cache(maxsize=256)  # clients repeat their headers: parse each value once
 def accepts_json(accept: str | None) -> bool:
     """Whether an ``Accept`` header admits JSON (absent or unparsable: anything goes)."""
+    return accepts(accept, JSON)
+
+
+@functools.lru_cache(maxsize=256)  # clients repeat their headers: parse each value once
+def accepts(accept: str | None, media: str) -> bool:
+    """Whether an ``Accept`` header admits ``media`` (absent or unparsable: anything goes)."""
     if accept is None or not accept.strip():
         return True
     try:  # media types are case-insensitive; mimeparse compares them as given
-        return bool(mimeparse.best_match([JSON], accept.lower()))
+        return bool(mimeparse.best_match([media], accept.lower()))
     except (mimeparse.MimeTypeParseException, ValueError):
         return True  # RFC 9110 lets a server ignore a malformed Accept

@@ -66,6 +66,14 @@ class ModelSource(Protocol):
         """
         ...
 
+    def read(self, manifest: Manifest, path: str) -> bytes:
+        """One of the version's other files (a tokenizer, a labels file), verified.
+
+        Raises:
+            OnnxkitError: Integrity or store failures.
+        """
+        ...
+
     def release(self, keep: Manifest, *also: Manifest) -> None:
         """Free the files of every version but ``keep`` and ``also`` (after a swap)."""
         ...
@@ -136,6 +144,14 @@ class StoreSource:
         if len(manifest.model_files) == 1 and graph.size <= IN_MEMORY_MAX_BYTES:
             return self._store.read_model(manifest, phases, entry=graph)
         return self._store.fetch(manifest, phases=phases) / manifest.model_file.path
+
+    def read(self, manifest: Manifest, path: str) -> bytes:
+        # From the verified cached copy when there is one, else straight from the store.
+        entry = _entry(manifest, path)
+        cached = self._store.cached(manifest)
+        if cached is not None:
+            return (cached / entry.path).read_bytes()
+        return self._store.read_file(manifest, entry)
 
     def graph_for(self, manifest: Manifest) -> FileEntry:
         """The graph file to load: the CPU twin when there is a usable one, else the original."""
@@ -224,12 +240,24 @@ class FolderSource:
         with phases.timed("verify"):
             return self.fetch(manifest)
 
+    def read(self, manifest: Manifest, path: str) -> bytes:
+        # open() verified every file of the folder against the manifest already
+        return (self._folder / _entry(manifest, path).path).read_bytes()
+
     def release(self, keep: Manifest, *also: Manifest) -> None:
         pass  # the folder is not ours to clean
 
     def describe(self, session: Any, model_file: Path) -> Manifest:
         """A manifest for a folder without one, from what the session reports."""
         return manifest_from_session(session, model_file, name=self.name, version=self._version)
+
+
+def _entry(manifest: Manifest, path: str) -> FileEntry:
+    """The manifest's entry for a file (a declaration only names files the manifest lists)."""
+    for entry in manifest.files:
+        if entry.path == path:
+            return entry
+    raise IntegrityError(f"{path} is not one of {manifest.name} {manifest.version}'s files")
 
 
 def read_manifest(folder: Path) -> Manifest | None:

@@ -617,7 +617,17 @@ class ModelStore:
         """
         if len(manifest.model_files) != 1:
             raise ValueError("only a single-file model can be read into memory")
-        entry = entry or manifest.model_file
+        return self.read_file(manifest, entry or manifest.model_file, phases)
+
+    def read_file(
+        self, manifest: Manifest, entry: FileEntry, phases: Phases | None = None
+    ) -> bytes:
+        """Download one of a version's files into memory, verified against its entry.
+
+        Raises:
+            IntegrityError: The size or sha256 differs from the manifest.
+            StoreUnavailableError: The store cannot be read.
+        """
         sink = VerifyingSink(entry, file_key(manifest, entry))
         phases = phases or Phases()
         try:

@@ -16,9 +16,13 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onnxkit.datatypes import BY_ONNX
+
+if TYPE_CHECKING:
+    from onnxkit.processing import Processing
+    from onnxkit_tools.processing import ProcessingOptions
 from onnxkit.errors import (
     AliasConflictError,
     InvalidInputError,
@@ -479,6 +483,7 @@ def publish_model(
     progress: Progress | None = None,
     cpu_graph: bool = True,
     on_upload_size: Callable[[int], object] | None = None,
+    processing: ProcessingOptions | None = None,
 ) -> Manifest:
     """Describe, checksum and upload a model; then point ``alias`` at it.
 
@@ -496,12 +501,15 @@ def publish_model(
             optimizations.
         on_upload_size: Called with the bytes to upload (the twin included) before the upload
             starts (a progress bar's total).
+        processing: Processing to declare with the version (a tokenizer, an image
+            preprocessing, labels); its files are stored and checksummed with the graph.
 
     Returns:
         The published manifest.
 
     Raises:
         VersionConflictError: The version exists already.
+        ProcessingOptionError: The processing does not fit the model or its files.
     """
     quantization: dict[str, Any] | None = None
     if report_path is not None:
@@ -514,10 +522,17 @@ def publish_model(
         quantization=quantization,
         backend=backend,
     )
+    declared = None
+    if processing is not None:
+        from onnxkit_tools.processing import declare_processing
+
+        declared = declare_processing(processing, manifest)
     with tempfile.TemporaryDirectory(prefix="onnxkit-publish-") as staging:
         source_dir = model_path.parent
         if cpu_graph and _wants_cpu_graph(manifest):
             manifest, source_dir = _with_cpu_graph(manifest, model_path, Path(staging))
+        if declared is not None:
+            manifest, source_dir = _with_processing(manifest, source_dir, Path(staging), *declared)
         if on_upload_size is not None:
             on_upload_size(manifest.stored_size)
         store.publish(manifest, source_dir, progress)
@@ -550,6 +565,35 @@ def _with_cpu_graph(manifest: Manifest, model_path: Path, staging: Path) -> tupl
         return manifest, model_path.parent
     entry = FileEntry(path=twin.name, sha256=sha256_file(twin), size=twin.stat().st_size)
     return replace(manifest, files=(*manifest.files, entry), cpu_graph=record), staging
+
+
+def _with_processing(
+    manifest: Manifest,
+    source_dir: Path,
+    staging: Path,
+    processing: Processing,
+    files: dict[str, Path],
+) -> tuple[Manifest, Path]:
+    """The manifest with the processing declared and its files listed, and a staging folder
+    holding every file to upload under its stored name (links: nothing is copied)."""
+    from onnxkit_tools.processing import ProcessingOptionError
+
+    for entry in manifest.files:
+        staged = staging / entry.path
+        if not staged.exists():
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            staged.symlink_to((source_dir / entry.path).resolve())
+    taken = {entry.path for entry in manifest.files}
+    entries = []
+    for stored, local in files.items():
+        if stored in taken:
+            raise ProcessingOptionError(
+                f"the model already has a file named {stored}; rename it before publishing"
+            )
+        (staging / stored).symlink_to(local.resolve())
+        entries.append(FileEntry(stored, sha256_file(local), local.stat().st_size))
+    manifest = replace(manifest, files=(*manifest.files, *entries), processing=processing.to_dict())
+    return manifest, staging
 
 
 def write_manifest(

@@ -24,7 +24,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from onnxkit.adapters.snapstart import register_snapstart_hooks
 from onnxkit.aws import AwsClients
-from onnxkit.codecs import encode_json
+from onnxkit.codecs import Reply, encode_json
 from onnxkit.coldstart import INIT_PHASES, Loading, start_loading
 from onnxkit.errors import InvalidInputError, error_body
 from onnxkit.manifest import Manifest
@@ -101,6 +101,25 @@ def json_response(status: int, body: Any, headers: Mapping[str, str] | None = No
     }
 
 
+def reply_response(reply: Reply) -> dict:
+    """A REST proxy response for an encoded inference reply: JSON as text, binary tensors
+    base64-encoded (API Gateway turns them back into bytes: the API's binary media types)."""
+    headers = {"Content-Type": [reply.content_type], **{k: [v] for k, v in reply.headers.items()}}
+    if reply.content_type == JSON:
+        return {
+            "statusCode": int(HTTPStatus.OK),
+            "multiValueHeaders": headers,
+            "body": reply.body.decode(),
+            "isBase64Encoded": False,
+        }
+    return {
+        "statusCode": int(HTTPStatus.OK),
+        "multiValueHeaders": headers,
+        "body": base64.b64encode(reply.body).decode(),
+        "isBase64Encoded": True,
+    }
+
+
 class LambdaEdge:
     """Answers API Gateway REST proxy events from the route table, bound to one predictor.
 
@@ -142,9 +161,11 @@ class LambdaEdge:
             headers = _lowered(event)
             negotiate(route, content_type=headers.get("content-type"), accept=headers.get("accept"))
             body = _body(event) if route.takes_body else None
-            answer = self._table.perform(self._predictor, route, params, body)
+            answer = self._table.perform(self._predictor, route, params, body, headers)
         except Exception as exc:
             return self._fail(exc)
+        if isinstance(answer, Reply):
+            return reply_response(answer)
         return json_response(HTTPStatus.OK, answer)
 
     def _fail(self, error: Exception) -> dict:

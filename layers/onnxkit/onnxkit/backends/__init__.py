@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from onnxkit.errors import InvalidInputError
 from onnxkit.manifest import Manifest
+
+if TYPE_CHECKING:
+    from onnxkit.processing import Pipeline
 
 
 def requested_outputs(manifest: Manifest, outputs: list[str] | None) -> list[str]:
@@ -29,9 +32,17 @@ def requested_outputs(manifest: Manifest, outputs: list[str] | None) -> list[str
 
 
 class Backend(Protocol):
-    """A loaded model that turns named input arrays into named output arrays."""
+    """A loaded model that turns named input arrays into named output arrays.
+
+    Attributes:
+        manifest: The version it runs.
+        processing: The version's declared processing, loaded (None: tensors only). The
+            predictor applies it around :meth:`run`; it travels with the backend so that a
+            swap or a canary always pairs a version with its own tokenizer and labels.
+    """
 
     manifest: Manifest
+    processing: Pipeline | None
 
     def run(
         self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None

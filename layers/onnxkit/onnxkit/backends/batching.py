@@ -75,6 +75,7 @@ class BatchingBackend:
             raise ValueError("max_size must be at least 1")
         self._backend = backend
         self.manifest: Manifest = backend.manifest
+        self.processing = backend.processing
         self._max_size = max_size
         self._max_wait = max_wait_ms / 1000
         self._observer = observer

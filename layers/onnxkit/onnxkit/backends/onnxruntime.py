@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from onnxkit.backends import requested_outputs
 from onnxkit.errors import InferenceError
 from onnxkit.manifest import Manifest
+
+if TYPE_CHECKING:
+    from onnxkit.processing import Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +23,7 @@ class OnnxruntimeBackend:
     def __init__(self, manifest: Manifest, session: Any) -> None:
         self.manifest = manifest
         self._session = session
+        self.processing: Pipeline | None = None
 
     def run(
         self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from onnxkit.errors import (
     OnnxkitError,
 )
 from onnxkit.manifest import Manifest
+
+if TYPE_CHECKING:
+    from onnxkit.processing import Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ class SageMakerBackend:
         self.manifest = manifest
         self._client = client
         self._endpoint = endpoint_name
+        self.processing: Pipeline | None = None
 
     def run(
         self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -40,6 +41,55 @@ from onnxkit_tools.registry import publish_model, pull, resolve_ref
     help="also publish the graph with onnxruntime's extended optimizations done (checked "
     "against the original's outputs), so a CPU function's cold start skips them",
 )
+@click.option(
+    "--tokenizer",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="a Hugging Face tokenizer.json: the model then takes sentences (a BYTES input, "
+    "text/plain, or a JSON list of strings) and feeds input_ids/attention_mask/token_type_ids",
+)
+@click.option(
+    "--text-input", default="text", show_default=True, help="the name of the sentences input"
+)
+@click.option(
+    "--max-length",
+    type=click.IntRange(1, 1_000_000),
+    default=128,
+    show_default=True,
+    help="tokens per sentence, special tokens included",
+)
+@click.option(
+    "--truncation/--no-truncation",
+    default=True,
+    show_default=True,
+    help="cut longer sentences to --max-length, or refuse them (400)",
+)
+@click.option(
+    "--padding",
+    type=click.Choice(["longest", "max_length"]),
+    default="longest",
+    show_default=True,
+    help="pad a batch to its longest sentence, or every sentence to --max-length",
+)
+@click.option(
+    "--preprocess",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="image preprocessing (JSON: color, resize/crop, layout, scale, mean, std, dtype, "
+    "max_pixels): the model then takes PNG/JPEG images (a BYTES input, image/png, image/jpeg)",
+)
+@click.option(
+    "--labels",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="class labels, one per line in the order of the scores: answers add the top-k labels",
+)
+@click.option("--top-k", type=click.IntRange(1, 1000), help="classes to list (default 5, or fewer)")
+@click.option("--softmax", is_flag=True, help="turn the class scores into probabilities first")
+@click.option("--output", "scores_output", help="the output holding the class scores")
+@click.option(
+    "--l2-normalize",
+    multiple=True,
+    metavar="OUTPUT",
+    help="divide this output by its L2 norm (embeddings); repeatable",
+)
 @memory_mb_option
 @click.option(
     "--strict-init-budget",
@@ -56,6 +106,17 @@ def publish(
     report: Path | None,
     kms_key_id: str | None,
     cpu_graph: bool,
+    tokenizer: Path | None,
+    text_input: str,
+    max_length: int,
+    truncation: bool,
+    padding: str,
+    preprocess: Path | None,
+    labels: Path | None,
+    top_k: int | None,
+    softmax: bool,
+    scores_output: str | None,
+    l2_normalize: tuple[str, ...],
     memory_mb: int | None,
     strict_init_budget: bool,
     store: str | None,
@@ -70,7 +131,27 @@ def publish(
     on-demand init time at the stack's MemorySize (template.yaml / samconfig.toml here, or
     --memory-mb) against Lambda's 10 s init limit. Over budget it warns, or with
     --strict-init-budget refuses before uploading anything.
+
+    Processing is published with the version and versioned with it: --tokenizer (sentences
+    in), --preprocess (images in), --labels/--top-k/--softmax (labels out), --l2-normalize
+    (embeddings). Its files are checksummed like the graph and loaded once here, so a bad file
+    fails now rather than in the function.
     """
+    from onnxkit_tools.processing import ProcessingOptions
+
+    options = ProcessingOptions(
+        tokenizer=tokenizer,
+        text_input=text_input,
+        max_length=max_length,
+        truncation=truncation,
+        padding=padding,
+        preprocess=preprocess,
+        labels=labels,
+        top_k=top_k,
+        softmax=softmax,
+        output=scores_output,
+        l2_normalize=l2_normalize,
+    )
     registry = open_registry(store, kms_key_id=kms_key_id)
     if backend == "lambda":
         check_before_publish(model, memory_mb, strict=strict_init_budget)
@@ -86,6 +167,7 @@ def publish(
             progress=progress,
             cpu_graph=cpu_graph,
             on_upload_size=progress.resize,  # the CPU twin adds to it
+            processing=options if options.wanted else None,
         )
     moved = f", {alias} -> {manifest.version}" if alias else ""
     click.echo(f"published {manifest.name} version {manifest.version} to {registry.uri}{moved}")
@@ -96,7 +178,29 @@ def publish(
             f" {manifest.cpu_graph['level']} optimizations, outputs within "
             f"{manifest.cpu_graph['max_abs_diff']:.1g} of the original's"
         )
+    if manifest.processing:
+        click.echo(f"processing {describe_processing(manifest.processing)}")
     return 0
+
+
+def describe_processing(processing: dict[str, Any]) -> str:
+    """One line: what a version's processing takes and adds."""
+    parts = []
+    if "text" in processing:
+        text = processing["text"]
+        parts.append(
+            f"text -> {text['input']!r} (tokenizer {text['tokenizer']}, max {text['max_length']} "
+            f"tokens, truncation {'on' if text['truncation'] else 'off'})"
+        )
+    if "image" in processing:
+        image = processing["image"]
+        parts.append(f"images -> {image['input']!r} (feeds {image['feeds']!r})")
+    for step in processing.get("postprocess", []):
+        done = [k for k in ("softmax", "l2_normalize") if step.get(k)]
+        if step.get("top_k"):
+            done.append(f"top {step['top_k']}" + (" with labels" if step.get("labels") else ""))
+        parts.append(f"{step['output']}: {', '.join(done) or 'as is'}")
+    return "; ".join(parts)
 
 
 @click.group()
@@ -135,8 +239,15 @@ def describe_alias(record: AliasRecord) -> str:
 @click.argument("ref")
 @store_option
 def show(ref: str, store: str | None) -> int:
-    """The manifest of REF: NAME (its prod alias), NAME@VERSION or NAME@ALIAS."""
-    click.echo(resolve_ref(open_registry(store), ref).to_json().decode(), nl=False)
+    """The manifest of REF: NAME (its prod alias), NAME@VERSION or NAME@ALIAS.
+
+    Prints the manifest (JSON) on stdout; a version with processing also gets a one-line
+    summary of it on stderr.
+    """
+    manifest = resolve_ref(open_registry(store), ref)
+    click.echo(manifest.to_json().decode(), nl=False)
+    if manifest.processing:
+        click.echo(f"processing: {describe_processing(manifest.processing)}", err=True)
     return 0
 
 

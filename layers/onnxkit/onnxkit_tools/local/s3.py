@@ -122,6 +122,7 @@ def seed_default_model(client: Any, store_uri: str = LOCAL_STORE) -> None:
     import tempfile
     from urllib.parse import urlparse
 
+    from onnxkit_tools.examples.digits import digits_processing
     from onnxkit_tools.registry import Registry, publish_model
 
     ensure_bucket(client, urlparse(store_uri).netloc)
@@ -137,4 +138,5 @@ def seed_default_model(client: Any, store_uri: str = LOCAL_STORE) -> None:
             version="1",
             alias="prod",
             report_path=folder / "report.json",
+            processing=digits_processing(folder),
         )

@@ -27,7 +27,7 @@ from onnxkit.adapters.endpoint.workers import (
     readiness_folder,
     resolve_settings,
 )
-from onnxkit.codecs import encode_json
+from onnxkit.codecs import Reply, encode_json
 from onnxkit.errors import ModelNotReadyError, OnnxkitError, PayloadTooLargeError, error_body
 from onnxkit.predictor import Predictor
 from onnxkit.routes import ENDPOINT, JSON, Route, RouteTable, negotiate
@@ -88,16 +88,19 @@ class EndpointApp:
             body = await self._read_body(request) if route.takes_body else None
             if route.operation == "ping" and self.siblings is not None and self.predictor.ready:
                 self.siblings.check()
-            perform = partial(self.table.perform, self.predictor, route, params, body)
+            perform = partial(self.table.perform, self.predictor, route, params, body, headers)
             if self._limiter is None or not route.takes_body:
                 answer = perform()  # on the event loop: no hand-off for a small CPU model
             else:  # only inference goes to the threads: /ping never waits behind the model
                 answer = await anyio.to_thread.run_sync(perform, limiter=self._limiter)
-            response = (
-                Response(encode_json(answer), media_type=JSON)
-                if route.answers_json
-                else Response(b"")
-            )
+            if isinstance(answer, Reply):  # JSON or binary tensors, encoded already
+                response = Response(
+                    answer.body, headers=answer.headers, media_type=answer.content_type
+                )
+            elif route.answers_json:
+                response = Response(encode_json(answer), media_type=JSON)
+            else:
+                response = Response(b"")
         except ClientDisconnect:
             return Response(b"", HTTPStatus.BAD_REQUEST)  # nobody is left to read it
         except Exception as exc:
