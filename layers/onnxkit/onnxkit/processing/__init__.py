@@ -99,7 +99,7 @@ class Processing:
         """Model input -> the public input whose processing produces it."""
         feeds: dict[str, str] = {}
         if self.text is not None:
-            feeds.update(dict.fromkeys(self.text.feeds.values(), self.text.input))
+            feeds.update(dict.fromkeys(dict(self.text.feeds).values(), self.text.input))
         if self.image is not None:
             feeds[self.image.feeds] = self.image.input
         return feeds
@@ -119,12 +119,12 @@ class Processing:
                     f"processing feeds {model_input!r}, which is not one of the model's inputs "
                     f"({', '.join(by_input)})"
                 )
-        if self.text and self.image and set(self.text.feeds.values()) & {self.image.feeds}:
+        if self.text and self.image and set(dict(self.text.feeds).values()) & {self.image.feeds}:
             raise ValueError("the tokenizer and the image preprocessing feed the same input")
         if self.image is not None:
             self.image.check_input(by_input[self.image.feeds])
         if self.text is not None:
-            for model_input in self.text.feeds.values():
+            for model_input in dict(self.text.feeds).values():
                 if not BY_NAME[by_input[model_input].datatype].is_integer:
                     raise ValueError(
                         f"the tokenizer feeds {model_input!r}, which takes "
