@@ -274,7 +274,8 @@ class Pipeline:
             items = list(inputs[text.input].reshape(-1))
             feeds.update(self._text.encode(items, self._dtypes))
         if image is not None and self._image is not None and image.input in inputs:
-            feeds[image.feeds] = self._image.decode(list(inputs[image.input].reshape(-1)))
+            items = [_image_bytes(i, item) for i, item in enumerate(inputs[image.input].ravel())]
+            feeds[image.feeds] = self._image.decode(items)
         missing = [spec.name for spec in self._manifest.inputs if spec.name not in feeds]
         if missing:
             raise InvalidInputError(
@@ -298,3 +299,36 @@ class Pipeline:
         if requested is None:
             return outputs
         return {name: outputs[name] for name in requested}
+
+
+# What encoded images start with (PNG, JPEG, GIF, BMP, RIFF/WebP, TIFF): such bytes are an image;
+# anything else in an image input is read as base64 (the one way an image fits in JSON).
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF", b"II*\x00", b"MM\x00*")
+
+
+def _image_bytes(index: int, item: Any) -> bytes:
+    """An image input's element: the encoded image itself, or its base64 text.
+
+    Binary tensors carry the image's bytes; JSON carries strings, so a JSON ``BYTES`` element
+    holds the image in base64. Encoded images never start like base64 text, so the two cannot
+    be confused.
+
+    Raises:
+        InvalidInputError: Neither an image nor valid base64.
+    """
+    import base64
+    import binascii
+
+    if not isinstance(item, bytes | bytearray):
+        raise InvalidInputError(f"image #{index} must be bytes (BYTES), not {type(item).__name__}")
+    raw = bytes(item)
+    if not raw or raw.startswith(_IMAGE_MAGIC):
+        return raw
+    try:
+        # line breaks are allowed (`base64` wraps its output), anything else is refused
+        return base64.b64decode(b"".join(raw.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInputError(
+            f"image #{index} is neither an encoded image nor its base64 (in JSON, send each "
+            "image as a base64 string)"
+        ) from exc
