@@ -132,6 +132,37 @@ def typed_model(tmp_path: Path) -> BuiltModel:
     return BuiltModel(path=path, compute=_typed_compute)
 
 
+def _strings_compute(text: np.ndarray) -> dict[str, np.ndarray]:
+    return {"same": text, "shape": np.array(text.shape, dtype=np.int64)}
+
+
+@pytest.fixture
+def strings_model(tmp_path: Path) -> BuiltModel:
+    """text STRING [N, 2] -> Identity -> same STRING [N, 2], and its shape INT64 [2]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["text"], ["same"]),
+            helper.make_node("Shape", ["text"], ["shape"]),
+        ],
+        "strings",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["N", 2])],
+        [
+            helper.make_tensor_value_info("same", TensorProto.STRING, ["N", 2]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [2]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    folder = tmp_path / "strings-src"
+    folder.mkdir()
+    path = folder / "model.onnx"
+    onnx.save_model(model, str(path))
+    return BuiltModel(path=path, compute=_strings_compute)
+
+
 # --- AWS (moto, in-process) -----------------------------------------------------------------
 
 

@@ -18,7 +18,12 @@ from onnxkit.codecs import (
     parse_json,
 )
 from onnxkit.datatypes import BY_NAME, SUPPORTED_NAMES
-from onnxkit.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError
+from onnxkit.errors import (
+    InvalidInputError,
+    NotAcceptableError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
 from onnxkit.manifest import TensorSpec
 
 X = TensorSpec("x", "FP32", (-1, 4))
@@ -144,13 +149,14 @@ def test_wrong_datatype_names_the_one_the_model_wants() -> None:
     assert "send datatype 'FP32'" in error.message
 
 
-@pytest.mark.parametrize("datatype", ["FLOAT", "fp32", "BYTES", None, 32])
+@pytest.mark.parametrize("datatype", ["FLOAT", "fp32", "BF16", "STRING", None, 32])
 def test_unsupported_datatype_lists_the_supported_ones(datatype: Any) -> None:
     error = invalid(tensor("x", datatype, [1, 4], [1, 2, 3, 4]))
 
     assert "is not supported" in error.message
     assert "FP32" in error.message
     assert "UINT64" in error.message
+    assert "BYTES" in error.message
 
 
 ROUND_TRIP = {
@@ -166,7 +172,15 @@ ROUND_TRIP = {
     "FP16": [-65_504.0, -0.5, 0.0, 65_504.0],
     "FP32": [-(2.0**127), -0.25, 0.0, 1.5],
     "FP64": [-1.0e308, -0.1, 0.0, 1.0e308],
+    "BYTES": ["", "plain", "é ☃ 🐍", "tab\tnul\u0000end"],
 }
+
+
+def held(datatype: str, values: list[Any]) -> np.ndarray:
+    """The array a decoded tensor must equal: BYTES elements are UTF-8 ``bytes``."""
+    if datatype == "BYTES":
+        values = [text.encode() for text in values]
+    return np.array(values, dtype=BY_NAME[datatype].numpy)
 
 
 def test_round_trip_table_covers_every_supported_datatype() -> None:
@@ -188,7 +202,7 @@ def test_every_datatype_round_trips(datatype: str) -> None:
     # THEN the dtype, shape and every value survive
     assert array.dtype == BY_NAME[datatype].numpy
     assert array.shape == (2, 2)
-    np.testing.assert_array_equal(array.ravel(), np.array(values, dtype=BY_NAME[datatype].numpy))
+    np.testing.assert_array_equal(array.ravel(), held(datatype, values))
     assert encoded == {"name": "t", "datatype": datatype, "shape": [2, 2], "data": values}
     assert again.dtype == array.dtype
     np.testing.assert_array_equal(again, array)
@@ -269,6 +283,59 @@ def test_large_integer_literals_are_valid_where_the_datatype_holds_them(
 
     assert array.dtype == dtype
     np.testing.assert_array_equal(array, np.array(data, dtype=dtype))
+
+
+# --- decode_tensor: BYTES in JSON ----------------------------------------------------------
+
+
+def test_bytes_strings_become_an_object_array_of_utf8_bytes() -> None:
+    spec = TensorSpec("text", "BYTES", (-1, 2))
+
+    array = decode_tensor(
+        tensor("text", "BYTES", [2, 2], [["a", "é"], ["", "long " * 3]]), spec, max_batch_size=4
+    )
+
+    assert array.dtype == np.dtype(object)
+    assert array.shape == (2, 2)
+    assert [type(item) for item in array.ravel()] == [bytes] * 4
+    assert array.tolist() == [[b"a", "é".encode()], [b"", b"long long long "]]
+
+
+def test_bytes_flat_data_is_reshaped_and_counted_like_numbers() -> None:
+    spec = TensorSpec("text", "BYTES", (-1, 2))
+
+    array = decode_tensor(tensor("text", "BYTES", [2, 2], list("abcd")), spec, max_batch_size=4)
+    error = invalid(tensor("text", "BYTES", [2, 2], list("abc")), spec)
+
+    assert array.tolist() == [[b"a", b"b"], [b"c", b"d"]]
+    assert "shape [2, 2] needs 4 values, got 3" in error.message
+
+
+def test_bytes_elements_equal_to_each_other_stay_separate_objects_of_any_length() -> None:
+    # numpy would read a list of equal-length bytes as one fixed-width |S array; it must not.
+    spec = TensorSpec("text", "BYTES", (3,))
+
+    array = decode_tensor(tensor("text", "BYTES", [3], ["ab", "ab", "ab"]), spec, max_batch_size=1)
+
+    assert array.dtype == np.dtype(object)
+    assert array.tolist() == [b"ab", b"ab", b"ab"]
+
+
+@pytest.mark.parametrize(
+    "data", [[1, 2], ["a", 2], ["a", None], [True, "b"], ["a", 1.5], [{"s": "a"}, "b"]]
+)
+def test_bytes_data_must_be_strings(data: list[Any]) -> None:
+    spec = TensorSpec("text", "BYTES", (2,))
+
+    error = invalid(tensor("text", "BYTES", [2], data), spec)
+
+    assert "input 'text': BYTES data must be strings" in error.message
+
+
+def test_strings_are_refused_for_a_numeric_input() -> None:
+    error = invalid(tensor("x", "FP32", [1, 4], ["1", "2", "3", "4"]))
+
+    assert "'data' must hold only numbers" in error.message
 
 
 # --- decode_tensor: batch limit --------------------------------------------------------------
@@ -548,7 +615,40 @@ def test_encode_response_leaves_out_empty_id_and_parameters() -> None:
     }
 
 
-@pytest.mark.parametrize("array", [np.array([1 + 2j]), np.array(["a", "b"])])
+@pytest.mark.parametrize("array", [np.array([1 + 2j]), np.array(["a", "b"]), np.array([b"a"])])
 def test_encode_tensor_refuses_dtypes_v2_json_cannot_carry(array: np.ndarray) -> None:
     with pytest.raises(TypeError, match="v2 JSON cannot carry"):
         encode_tensor("z", array)
+
+
+def test_encode_tensor_writes_bytes_as_utf8_strings() -> None:
+    array = np.array([[b"a", "é".encode()], [b"", b"\x00"]], dtype=object)
+
+    assert encode_tensor("text", array) == {
+        "name": "text",
+        "datatype": "BYTES",
+        "shape": [2, 2],
+        "data": ["a", "é", "", "\x00"],
+    }
+
+
+def test_a_bytes_output_that_is_not_utf8_is_406_and_names_binary_data() -> None:
+    array = np.array([b"ok", b"\xff\xfe"], dtype=object)
+
+    with pytest.raises(NotAcceptableError) as caught:
+        encode_response(InferenceResponse("m", "1", {"blob": array}))
+
+    assert caught.value.status == 406
+    assert "output 'blob' holds bytes that are not UTF-8 text" in caught.value.message
+    assert '"outputs": [{"name":"blob","parameters":{"binary_data":true}}]' in (
+        caught.value.message
+    )
+
+
+@pytest.mark.parametrize("item", ["text", 1, None])
+def test_a_bytes_output_must_hold_bytes_objects(item: Any) -> None:
+    # A backend that hands back str (as onnxruntime does) is our bug: a 500, not client text.
+    array = np.array([b"ok", item], dtype=object)
+
+    with pytest.raises(TypeError, match="a BYTES tensor must hold bytes"):
+        encode_tensor("text", array)

@@ -198,6 +198,17 @@ def test_warm_up_feeds_zeros_with_dynamic_dims_set_to_one() -> None:
     assert not any(a.any() for a in feed.values())
 
 
+def test_warm_up_feeds_empty_strings_to_a_bytes_input() -> None:
+    # onnxruntime's string tensors take str; it would run on integer zeros too, as "0".
+    fake = RecordingSession()
+
+    warm_up(fake, (TensorSpec("text", "BYTES", (-1, 2)),))
+
+    ((_, feed),) = fake.calls
+    assert feed["text"].dtype == np.dtype(object)
+    assert feed["text"].tolist() == [["", ""]]
+
+
 def test_warm_up_runs_a_real_session(typed_model: BuiltModel) -> None:
     session = load_session(typed_model.path, intra_op_threads=1)
     inputs = (TensorSpec("ids", "INT64", (-1, 3)), TensorSpec("mask", "BOOL", (-1, 3)))

@@ -1,5 +1,9 @@
 """Tensor datatypes: Open Inference Protocol v2 names, numpy dtypes, ONNX element types.
 
+``BYTES`` (ONNX ``STRING``) is held in memory as a numpy array of dtype ``object`` whose
+elements are :class:`bytes`, everywhere: codecs decode to it and encode from it, and the
+onnxruntime backend converts to and from the ``str`` elements onnxruntime wants.
+
 numpy is imported on first use of a dtype, not with this module: the manifest (and so the
 model store) needs only the names, and the function's cold start reads the store before
 numpy is imported (:mod:`onnxkit.coldstart`).
@@ -48,6 +52,11 @@ class Datatype:
         """Signed or unsigned integers (not BOOL)."""
         return self.numpy.kind in "iu"
 
+    @property
+    def is_bytes(self) -> bool:
+        """BYTES: variable-length byte strings, an object array of ``bytes``."""
+        return self.numpy_name == "object"
+
 
 _TABLE = (
     Datatype("BOOL", "bool", 9, "tensor(bool)"),
@@ -62,6 +71,7 @@ _TABLE = (
     Datatype("FP16", "float16", 10, "tensor(float16)"),
     Datatype("FP32", "float32", 1, "tensor(float)"),
     Datatype("FP64", "float64", 11, "tensor(double)"),
+    Datatype("BYTES", "object", 8, "tensor(string)"),
 )
 
 BY_NAME = {d.name: d for d in _TABLE}

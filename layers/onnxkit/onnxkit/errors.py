@@ -67,7 +67,8 @@ class UnsupportedMediaTypeError(OnnxkitError):
 
 
 class NotAcceptableError(OnnxkitError):
-    """The client accepts no media type this endpoint produces (it answers JSON only)."""
+    """The client accepts no media type this endpoint produces, or asked for an output in a
+    form that cannot carry it (a BYTES output that is not UTF-8 text, as JSON)."""
 
     status = HTTPStatus.NOT_ACCEPTABLE
     code = "not_acceptable"

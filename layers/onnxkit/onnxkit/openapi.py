@@ -28,10 +28,12 @@ def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
 
 _STRING = {"type": "string"}
 _PARAMETERS = {"type": "object", "additionalProperties": True}
-# v2 tensor data: flat in row-major order, or nested lists of the same values.
+# v2 tensor data: flat in row-major order, or nested lists of the same values (BYTES: strings).
 _DATA = {
     "type": "array",
-    "items": {"anyOf": [{"type": "number"}, {"type": "boolean"}, {"type": "array"}]},
+    "items": {
+        "anyOf": [{"type": "number"}, {"type": "boolean"}, {"type": "string"}, {"type": "array"}]
+    },
 }
 _SHAPE = {"type": "array", "items": {"type": "integer", "minimum": 0}}
 _DATATYPE = {"type": "string", "enum": list(SUPPORTED_NAMES)}

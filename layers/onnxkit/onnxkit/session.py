@@ -111,19 +111,25 @@ def load_session(
 def warm_up(session: Any, inputs: tuple[TensorSpec, ...]) -> None:
     """Run once on zeros (dynamic dimensions set to 1) so the first request pays nothing extra.
 
+    String inputs (BYTES) get empty strings, the zero onnxruntime's string tensors take.
+
     Raises:
         ModelLoadError: The model cannot run even on zeros.
     """
     from onnxkit.datatypes import BY_NAME
 
-    feed = {
-        spec.name: np.zeros([d if d > 0 else 1 for d in spec.shape], BY_NAME[spec.datatype].numpy)
-        for spec in inputs
-    }
+    feed = {spec.name: _zeros(spec, BY_NAME[spec.datatype].numpy) for spec in inputs}
     try:
         session.run(None, feed)
     except Exception as exc:
         raise ModelLoadError(f"warm-up run failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _zeros(spec: TensorSpec, dtype: np.dtype) -> np.ndarray:
+    shape = [d if d > 0 else 1 for d in spec.shape]
+    if dtype.kind == "O":  # BYTES: onnxruntime's string tensors want str elements
+        return np.full(shape, "", dtype=object)
+    return np.zeros(shape, dtype)
 
 
 # --- execution providers: ask only for what this build offers, and say when we fell back ------

@@ -12,6 +12,7 @@ GPU sessions keep loading the original.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,9 @@ def build_cpu_graph(
             if want.shape != have.shape or want.dtype != have.dtype:
                 logger.warning("CPU twin of %s changes an output's shape or type", model_path)
                 return None
-            if want.size:
+            if want.dtype.kind == "O":  # strings: the twin must give exactly the same
+                worst = max(worst, 0.0 if np.array_equal(want, have) else math.inf)
+            elif want.size:
                 scale = max(1.0, float(np.abs(want.astype(np.float64)).max()))
                 diff = float(np.abs(want.astype(np.float64) - have.astype(np.float64)).max())
                 worst = max(worst, diff / scale)
@@ -105,7 +108,10 @@ def _samples(inputs: tuple[TensorSpec, ...]) -> list[dict[str, np.ndarray]]:
         for spec in inputs:
             shape = [d if d > 0 else dynamic for d in spec.shape]
             dtype = BY_NAME[spec.datatype].numpy
-            if not random:
+            if dtype.kind == "O":  # BYTES: onnxruntime's string tensors take str elements
+                values = rng.integers(0, 2, shape) if random else np.zeros(shape, np.int64)
+                feed[spec.name] = values.astype(str).astype(object)
+            elif not random:
                 feed[spec.name] = np.zeros(shape, dtype)
             elif dtype.kind == "f":
                 feed[spec.name] = rng.standard_normal(shape).astype(dtype)

@@ -13,7 +13,7 @@ from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
-from onnxkit.backends.sagemaker import SageMakerBackend
+from onnxkit.backends.sagemaker import SageMakerBackend, decode_outputs
 from onnxkit.errors import OnnxkitError
 from onnxkit.manifest import FileEntry, Manifest, TensorSpec
 
@@ -175,3 +175,72 @@ def test_unknown_output_is_refused_before_any_call(client) -> None:
     with Stubber(client), pytest.raises(OnnxkitError) as raised:  # no response queued
         SageMakerBackend(MANIFEST, client, "e").run({"ids": IDS}, ["logits"])
     assert raised.value.status == 400
+
+
+def test_bytes_outputs_in_json_become_utf8_bytes() -> None:
+    raw = json.dumps(
+        {
+            "outputs": [
+                {"name": "label", "datatype": "BYTES", "shape": [2, 1], "data": ["cat", "é"]},
+                {"name": "nested", "datatype": "BYTES", "shape": [1, 2], "data": [["a", "b"]]},
+            ]
+        }
+    ).encode()
+
+    out = decode_outputs(raw, ["label", "nested"])
+
+    assert out["label"].dtype == np.dtype(object)
+    assert out["label"].tolist() == [[b"cat"], ["é".encode()]]
+    assert out["nested"].tolist() == [[b"a", b"b"]]
+
+
+@pytest.mark.parametrize("data", [[1, 2], ["a", None], "ab"])
+def test_bytes_outputs_that_are_not_strings_are_a_bad_endpoint_response(data: object) -> None:
+    raw = json.dumps(
+        {"outputs": [{"name": "label", "datatype": "BYTES", "shape": [2], "data": data}]}
+    ).encode()
+
+    with pytest.raises(OnnxkitError) as raised:
+        decode_outputs(raw, ["label"])
+
+    assert raised.value.status == 502
+
+
+def test_a_bytes_input_that_is_not_utf8_cannot_be_forwarded_as_json() -> None:
+    manifest = Manifest(
+        name="m",
+        version="1",
+        files=(FileEntry("model.onnx", "0" * 64, 1),),
+        inputs=(TensorSpec("text", "BYTES", (-1,)),),
+        outputs=(TensorSpec("emb", "FP32", (-1, 2)), TensorSpec("norm", "FP32", (-1,))),
+        opset=17,
+        backend="sagemaker",
+    )
+    client = Recording()
+
+    with pytest.raises(OnnxkitError) as raised:
+        SageMakerBackend(manifest, client, "e").run({"text": np.array([b"\xff"], dtype=object)})
+
+    assert raised.value.status == 400
+    assert "not UTF-8 text" in raised.value.message
+    assert client.calls == []
+
+
+def test_a_bytes_input_is_forwarded_as_strings() -> None:
+    manifest = Manifest(
+        name="m",
+        version="1",
+        files=(FileEntry("model.onnx", "0" * 64, 1),),
+        inputs=(TensorSpec("text", "BYTES", (-1,)),),
+        outputs=(TensorSpec("emb", "FP32", (-1, 2)), TensorSpec("norm", "FP32", (-1,))),
+        opset=17,
+        backend="sagemaker",
+    )
+    client = Recording()
+
+    SageMakerBackend(manifest, client, "e").run({"text": np.array([b"hi", b""], dtype=object)})
+
+    seen = json.loads(client.calls[0]["Body"])
+    assert seen["inputs"] == [
+        {"name": "text", "datatype": "BYTES", "shape": [2], "data": ["hi", ""]}
+    ]

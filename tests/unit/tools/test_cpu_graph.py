@@ -39,6 +39,41 @@ def test_the_twin_computes_what_the_original_does(tiny_model: BuiltModel, tmp_pa
     np.testing.assert_allclose(y, tiny_model.compute(x)["y"], rtol=1e-6)
 
 
+def test_a_string_model_gets_a_twin_checked_by_equality(
+    strings_model: BuiltModel, tmp_path: Path
+) -> None:
+    manifest = describe_model(strings_model.path, name="strings", version="1")
+
+    record = cpu_graph.build_cpu_graph(strings_model.path, tmp_path / "s.onnx", manifest.inputs)
+
+    assert record is not None
+    assert record["max_abs_diff"] == 0.0
+
+
+def test_a_string_twin_that_answers_differently_is_not_published(
+    strings_model: BuiltModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a twin session whose string output differs from the original's
+    manifest = describe_model(strings_model.path, name="strings", version="1")
+    real = ort.InferenceSession
+
+    class Changed:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self._session = real(*args, **kwargs)
+
+        def run(self, *args: object) -> list[np.ndarray]:
+            same, shape = self._session.run(*args)
+            return [np.full_like(same, "other"), shape]
+
+    sessions = iter([real, Changed])
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, **k: next(sessions)(*a, **k))
+
+    # WHEN its twin is built THEN it is not published
+    assert (
+        cpu_graph.build_cpu_graph(strings_model.path, tmp_path / "s.onnx", manifest.inputs) is None
+    )
+
+
 def test_a_twin_outside_the_tolerance_is_not_published(
     tiny_model: BuiltModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

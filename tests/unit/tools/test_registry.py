@@ -112,18 +112,28 @@ def test_describe_model_refuses_element_types_v2_json_cannot_carry(tmp_path: Pat
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["text"], ["same"])],
-        "strings",
-        [helper.make_tensor_value_info("text", TensorProto.STRING, [1])],
-        [helper.make_tensor_value_info("same", TensorProto.STRING, [1])],
+        [helper.make_node("Identity", ["z"], ["same"])],
+        "complex",
+        [helper.make_tensor_value_info("z", TensorProto.COMPLEX64, [1])],
+        [helper.make_tensor_value_info("same", TensorProto.COMPLEX64, [1])],
     )
-    path = tmp_path / "strings.onnx"
+    path = tmp_path / "complex.onnx"
     onnx.save_model(helper.make_model(graph), str(path))
 
     with pytest.raises(InvalidInputError) as caught:
-        describe_model(path, name="strings", version="1")
+        describe_model(path, name="complex", version="1")
 
-    assert "tensor 'text' has ONNX element type 8" in caught.value.message
+    assert "tensor 'z' has ONNX element type 14" in caught.value.message
+
+
+def test_describe_model_reads_string_tensors_as_bytes(strings_model: BuiltModel) -> None:
+    manifest = describe_model(strings_model.path, name="strings", version="1")
+
+    assert [(s.name, s.datatype) for s in manifest.inputs] == [("text", "BYTES")]
+    assert [(s.name, s.datatype) for s in manifest.outputs] == [
+        ("same", "BYTES"),
+        ("shape", "INT64"),
+    ]
 
 
 def test_describe_model_refuses_external_data_outside_the_model_folder(tmp_path: Path) -> None:

@@ -25,6 +25,8 @@ from onnxkit.errors import (
     BackendThrottledError,
     BackendTimeoutError,
     BackendUnavailableError,
+    InvalidInputError,
+    NotAcceptableError,
     OnnxkitError,
 )
 from onnxkit.manifest import Manifest
@@ -58,8 +60,15 @@ class SageMakerBackend:
     ) -> dict[str, np.ndarray]:
         """Invoke the endpoint; see :class:`onnxkit.backends.Backend`."""
         names = requested_outputs(self.manifest, outputs)
+        try:
+            tensors = [encode_tensor(name, array) for name, array in inputs.items()]
+        except NotAcceptableError as exc:
+            raise InvalidInputError(
+                "a BYTES input holds bytes that are not UTF-8 text; this model runs on a "
+                "SageMaker endpoint, which is sent JSON, and JSON carries text only"
+            ) from exc
         request: dict[str, Any] = {
-            "inputs": [encode_tensor(name, array) for name, array in inputs.items()],
+            "inputs": tensors,
             "outputs": [{"name": name} for name in names],
         }
         reply = self._invoke(encode_json(request))
@@ -131,7 +140,7 @@ def _container_client_error(response: dict[str, Any]) -> OnnxkitError | None:
 
 
 def decode_outputs(raw: bytes, names: list[str]) -> dict[str, np.ndarray]:
-    """Arrays from a v2 JSON response, in the order asked for.
+    """Arrays from a v2 JSON response, in the order asked for (BYTES: strings as UTF-8 bytes).
 
     Raises:
         BackendError: The response is not a v2 response with those outputs.
@@ -142,8 +151,26 @@ def decode_outputs(raw: bytes, names: list[str]) -> dict[str, np.ndarray]:
         result = {}
         for name in names:
             tensor = tensors[name]
-            dtype = BY_NAME[tensor["datatype"]].numpy
-            result[name] = np.asarray(tensor["data"], dtype=dtype).reshape(tensor["shape"])
+            datatype = BY_NAME[tensor["datatype"]]
+            if datatype.is_bytes:
+                result[name] = _bytes_array(tensor["data"]).reshape(tensor["shape"])
+            else:
+                values = np.asarray(tensor["data"], dtype=datatype.numpy)
+                result[name] = values.reshape(tensor["shape"])
         return result
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BackendError("the endpoint's response is not a valid v2 response") from exc
+
+
+def _bytes_array(data: Any) -> np.ndarray:
+    """A BYTES tensor from JSON strings (flat or nested) as an object array of UTF-8 bytes.
+
+    Raises:
+        TypeError: ``data`` is not a list of strings.
+    """
+    texts = np.asarray(data, dtype=object).ravel().tolist()
+    if not all(isinstance(text, str) for text in texts):
+        raise TypeError("BYTES data must be strings")
+    items = np.empty(len(texts), dtype=object)
+    items[:] = [text.encode() for text in texts]
+    return items
