@@ -104,7 +104,7 @@ def check_content_type(content_type: str | None, *, binary: bool = False) -> Non
     """
     if not content_type or not content_type.strip():
         return
-    media = _media_type(content_type)
+    media = media_type(content_type)
     if media in JSON_CONTENT_TYPES or media == "application/x-www-form-urlencoded":
         # curl -d without -H sends form-urlencoded; its body is still our JSON.
         return
@@ -118,7 +118,7 @@ def check_content_type(content_type: str | None, *, binary: bool = False) -> Non
 
 
 @functools.lru_cache(maxsize=256)  # clients repeat their headers: parse each value once
-def _media_type(content_type: str) -> str:
+def media_type(content_type: str) -> str:
     """``type/subtype`` of a Content-Type value, lower-case (the value itself if unparsable)."""
     try:
         kind, subtype, _ = mimeparse.parse_mime_type(content_type)
@@ -240,6 +240,16 @@ def split_body(
         )
     what = f"the body's first {length} bytes ({REPLY_HEADER_LENGTH})"
     return _parse_document(head, allow_list=allow_list, what=what), raw[length:]
+
+
+def check_size(body: bytes | str | None, *, max_bytes: int) -> None:
+    """Refuse a body over ``max_bytes`` (text counts in UTF-8).
+
+    Raises:
+        PayloadTooLargeError: The body is larger.
+    """
+    if body is not None:
+        _check_size(len(body.encode() if isinstance(body, str) else body), max_bytes)
 
 
 def _check_size(size: int, max_bytes: int) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from onnxkit import __version__
-from onnxkit.backends import Backend
+from onnxkit.backends import Backend, processing_of
 from onnxkit.canary import CanaryHealth, CanaryPolicy, Rollout, canary_memory_need, should_roll_back
 from onnxkit.codecs import (
     InferenceRequest,
@@ -530,7 +530,7 @@ class Predictor:
             OnnxkitError: The model cannot be loaded now.
         """
         backend = self._served(name, version)
-        manifest, pipeline = backend.manifest, backend.processing
+        manifest, pipeline = backend.manifest, processing_of(backend)
         parameters: dict[str, Any] = {
             "opset": manifest.opset,
             "quantization": manifest.quantization,
@@ -600,7 +600,7 @@ class Predictor:
             )
         backend = self._served(name, version, route=True)
         manifest = backend.manifest
-        pipeline = backend.processing
+        pipeline = processing_of(backend)
         try:
             request = self._decode(pipeline, manifest, media, body, data, binary)
             wanted = pipeline.model_outputs(request.outputs) if pipeline else request.outputs
@@ -655,7 +655,7 @@ class Predictor:
                     f"{self._limits.max_batch_size}; split them into smaller requests"
                 )
             return InferenceRequest(inputs=pipeline.from_list(data))
-        names = {raw.get("name") for raw in data.get("inputs") or () if isinstance(raw, dict)}
+        names = {str(raw.get("name")) for raw in data.get("inputs") or () if isinstance(raw, dict)}
         signature = pipeline.signature_for(names) if pipeline else manifest.inputs
         return decode_request(
             data, signature, max_batch_size=self._limits.max_batch_size, binary=binary

@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 import mimeparse
 
-from onnxkit.codecs import BINARY, HEADER_LENGTH, check_content_type, media_type
+from onnxkit.codecs import BINARY_CONTENT_TYPE as BINARY
+from onnxkit.codecs import HEADER_LENGTH, check_content_type, media_type
 from onnxkit.errors import MethodNotAllowedError, NotAcceptableError, RouteNotFoundError
 from onnxkit.predictor import BARE_MEDIA_TYPES, Predictor
 

@@ -119,7 +119,7 @@ def test_an_image_that_is_neither_bytes_of_one_nor_base64_is_refused(pipeline: P
 
 
 def test_a_model_input_no_one_sent_is_named(pipeline: Pipeline) -> None:
-    with pytest.raises(InvalidInputError, match="missing input.*'pixels'"):
+    with pytest.raises(InvalidInputError, match=r"missing input.*'pixels'"):
         pipeline.preprocess({"text": np.array([b"hello"], dtype=object)})
 
 
@@ -160,8 +160,11 @@ def test_the_signature_lists_what_processing_adds(pipeline: Pipeline) -> None:
     names = [spec.name for spec in pipeline.outputs]
     assert names == ["scores", "embedding", "top_indices", "top_scores", "top_labels"]
     assert pipeline.accepted_media_types() == [
-        "application/json", "text/plain", "image/png", "image/jpeg"
-    ]  # fmt: skip
+        "application/json",
+        "text/plain",
+        "image/png",
+        "image/jpeg",
+    ]
 
 
 def test_bare_bodies_are_one_sentence_or_one_image(pipeline: Pipeline) -> None:
@@ -194,12 +197,20 @@ def test_a_model_without_a_tokenizer_refuses_sentences() -> None:
         ({"image": {**IMAGE, "feeds": "nope"}}, "feeds 'nope'"),
         ({"postprocess": [{"output": "nope", "softmax": True}]}, "reads 'nope'"),
         ({"text": {**TEXT, "input": "pixels"}}, "name of one of the model's tensors"),
-        ({"postprocess": [{"output": "scores", "top_k": 1, "prefix": "top"},
-                          {"output": "embedding", "top_k": 1, "prefix": "top"}]},
-         "already taken"),  # fmt: skip
+        (
+            {
+                "postprocess": [
+                    {"output": "scores", "top_k": 1, "prefix": "top"},
+                    {"output": "embedding", "top_k": 1, "prefix": "top"},
+                ]
+            },
+            "already taken",
+        ),
         ({"text": {**TEXT, "feeds": {"input_ids": "pixels"}}}, "integer input"),
-        ({"postprocess": [{"output": "scores", "top_k": 1, "labels": "other.txt"}]},
-         "not one of the version's files"),  # fmt: skip
+        (
+            {"postprocess": [{"output": "scores", "top_k": 1, "labels": "other.txt"}]},
+            "not one of the version's files",
+        ),
         ({"video": {}}, "unknown processing part"),
     ],
 )
@@ -238,5 +249,8 @@ def test_labels_that_do_not_match_the_classes_fail_the_load() -> None:
 
 def test_processing_files_never_count_as_the_model() -> None:
     plain = manifest(None)
-    assert replace(plain, files=(*plain.files, FileEntry("x", "2" * 64, 1))).model_files[-1].path == "x"
+    assert (
+        replace(plain, files=(*plain.files, FileEntry("x", "2" * 64, 1))).model_files[-1].path
+        == "x"
+    )
     assert TensorSpec("text", "BYTES", (-1,)) in Pipeline(manifest(ALL), FILES.__getitem__).inputs
