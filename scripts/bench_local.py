@@ -67,7 +67,7 @@ def main() -> int:
     from onnxkit.adapters.lambda_api import build_handler
     from onnxkit.aws import AwsClients
     from onnxkit.settings import Settings
-    from onnxkit_tools.local.api_gateway import LocalApi
+    from onnxkit_tools.local.api_gateway import LocalApi, template_binary_media_types
     from onnxkit_tools.local.emulator import Emulator
     from onnxkit_tools.local.s3 import LOCAL_STORE, LocalS3, default_model_dir, seed_default_model
 
@@ -118,7 +118,9 @@ def main() -> int:
             assert first["statusCode"] == 200, first
             results["emulator invoke"] = timed(lambda: emulator.invoke(event), args.requests)
 
-            api = LocalApi(emulator.invoke, 0).start()
+            # The deployed API's binary media types, wherever the script is run from
+            binary = template_binary_media_types(REPO / "template.yaml")
+            api = LocalApi(emulator.invoke, 0, binary_media_types=binary).start()
             body = event["body"].encode()
             url = f"{api.url}/v2/models/digits/infer"
 

@@ -344,6 +344,20 @@ def test_rest_api_routes_reach_the_functions_by_proxy(overrides: dict[str, str])
         assert permission["Properties"]["FunctionName"]["Ref"].endswith("Aliaslive")
 
 
+@pytest.mark.parametrize("overrides", AUTH_AND_ZIP)
+def test_rest_api_takes_every_media_type_as_binary(overrides: dict[str, str]) -> None:
+    # GIVEN the one REST API, with the zip routes on it or not
+    _, api = one(deployed(**overrides)["Resources"], "AWS::ApiGateway::RestApi")
+    props = api["Properties"]
+
+    # THEN its OpenAPI body, which API Gateway imports, lists */* as the binary media types:
+    # every body reaches the functions base64-encoded (tritonclient's binary tensors, sent
+    # without Content-Type, too) and every base64 reply goes out as bytes, whatever the Accept
+    assert props["Body"]["x-amazon-apigateway-binary-media-types"] == ["*/*"]
+    # AND the RestApi property SAM keeps beside it says the same, in SAM's ~1-for-/ spelling
+    assert [media.replace("~1", "/") for media in props["BinaryMediaTypes"]] == ["*/*"]
+
+
 @pytest.mark.parametrize("auth", ["API_KEY", "IAM"])
 def test_stage_is_prod_traced_logged_and_throttled(auth: str) -> None:
     resources = deployed(AuthType=auth)["Resources"]

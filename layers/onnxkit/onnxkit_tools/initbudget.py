@@ -41,6 +41,7 @@ import yaml
 
 from onnxkit.manifest import TensorSpec
 from onnxkit.session import LAMBDA_MB_PER_VCPU
+from onnxkit_tools.template import load_template
 
 LAMBDA_INIT_LIMIT_S = 10.0
 DEFAULT_MARGIN = 0.8
@@ -522,7 +523,7 @@ def stack_memory(template: Path, *, config_env: str = "default") -> StackMemory:
         StackConfigError: The template is missing or unreadable, or a value is not a MemorySize.
     """
     try:
-        document = yaml.load(template.read_text(), Loader=_CloudFormationLoader)  # noqa: S506
+        document = load_template(template)
         default = document["Parameters"]["MemorySize"]["Default"]
     except OSError as exc:
         raise StackConfigError(
@@ -583,20 +584,3 @@ def _memory(value: Any, where: str) -> int:
             f"{where} is {value!r}, not a MemorySize ({MIN_MEMORY_MB}-{MAX_MEMORY_MB} MB)"
         )
     return memory
-
-
-class _CloudFormationLoader(yaml.SafeLoader):
-    """Safe YAML that reads CloudFormation's short forms (``!Ref``, ``!Sub``...) as plain data."""
-
-
-def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    return {f"!{suffix}": value}
-
-
-_CloudFormationLoader.add_multi_constructor("!", _intrinsic)

@@ -120,11 +120,22 @@ def invoke(
 @click.option("--port", type=click.IntRange(0, 65535), default=3000, show_default=True)
 @click.option("--stage", default="Prod", show_default=True, help="stage prefix also served")
 @click.option("--api-key", help="require this x-api-key header, as API Gateway would")
+@click.option(
+    "--binary-media-type",
+    "binary_media_types",
+    multiple=True,
+    metavar="TYPE",
+    help="a binary media type of the API, e.g. image/png, image/* or */* (repeatable; replaces "
+    "the template's list). A body whose Content-Type matches one reaches the function "
+    "base64-encoded; a base64 reply is sent as bytes when the first Accept type matches one. "
+    "[default: PredictApi's BinaryMediaTypes in ./template.yaml]",
+)
 @_function_options
 def start_api(
     port: int,
     stage: str,
     api_key: str | None,
+    binary_media_types: tuple[str, ...],
     env_vars: Path | None,
     function_dir: Path,
     memory: int,
@@ -133,10 +144,30 @@ def start_api(
     """Serve the REST API on 127.0.0.1 through the emulator, like `sam local start-api`.
 
     Each HTTP request becomes an API Gateway REST proxy event for the function. Paths work at
-    the root and under the stage (/Prod/v2/...). GET /v2/openapi.json serves the API's document
-    (ONNXKIT_SERVE_OPENAPI=false turns it off, as it is behind API Gateway by default).
+    the root and under the stage (/Prod/v2/...). Bodies and base64 replies follow the API's
+    binary media types as API Gateway does (template.yaml's, or --binary-media-type). GET
+    /v2/openapi.json serves the API's document (ONNXKIT_SERVE_OPENAPI=false turns it off, as it
+    is behind API Gateway by default).
     """
-    from onnxkit_tools.local.api_gateway import LocalApi
+    from onnxkit_tools.local.api_gateway import (
+        LocalApi,
+        normalize_media_types,
+        template_binary_media_types,
+    )
+    from onnxkit_tools.template import TemplateError
+
+    # Settled before anything starts: a bad value or an unreadable template fails at once.
+    try:
+        media_types = (
+            normalize_media_types(binary_media_types)
+            if binary_media_types
+            else template_binary_media_types()
+        )
+    except TemplateError as exc:
+        hint = "run from the project folder or pass --binary-media-type"
+        raise click.UsageError(f"{exc}; {hint}") from exc
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--binary-media-type") from exc
 
     env = function_env(env_vars, os.environ)
     env.setdefault(ENV_SERVE_OPENAPI, "true")
@@ -144,11 +175,14 @@ def start_api(
         with_local_store(env) as env,
         Emulator(function_dir, env, memory_mb=memory, timeout_s=timeout) as emulator,
     ):
-        api = LocalApi(emulator.invoke, port, stage=stage, api_key=api_key)
+        api = LocalApi(
+            emulator.invoke, port, stage=stage, api_key=api_key, binary_media_types=media_types
+        )
         click.echo(
             f"serving on {api.url} (also under /{stage}); try: curl {api.url}/v2/health/ready",
             err=True,
         )
+        click.echo(f"binary media types: {', '.join(media_types) or 'none'}", err=True)
         sys.stderr.flush()
         api.serve_forever()  # until Ctrl-C or SIGTERM
     return 0

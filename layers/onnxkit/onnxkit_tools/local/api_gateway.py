@@ -3,13 +3,16 @@
 Like ``sam local start-api``, each HTTP request becomes an API Gateway REST proxy event
 (resources ``/v2`` and ``/v2/{proxy+}``) and the function's proxy response becomes the HTTP
 response. Paths are served both at the root and under the stage (``/Prod/v2/...``), as the
-deployed URL has it. An optional API key is enforced the way API Gateway does (403). The HTTP
-side is uvicorn and Starlette; one invoke runs at a time, as one Lambda environment would.
+deployed URL has it. An optional API key is enforced the way API Gateway does (403). Bodies are
+base64-encoded, and base64 replies decoded, by the API's binary media types as API Gateway does
+(template.yaml's unless told otherwise; the rules are written out below). The HTTP side is
+uvicorn and Starlette; one invoke runs at a time, as one Lambda environment would.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import signal
@@ -17,24 +20,55 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
+import mimeparse
 import uvicorn
+import yaml
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from onnxkit_tools.template import DEFAULT_TEMPLATE, TemplateError, load_template
+
 Invoke = Callable[[dict[str, Any]], dict[str, Any]]
 
-# API Gateway's own limit is 10 MB; Lambda's synchronous payload limit (6 MB) bites first.
+# API Gateway's own limit is 10 MB; Lambda's synchronous payload limit (6 MB) bites first, and
+# it counts the event, where a binary body is base64 text (4/3 of its size).
 MAX_EVENT_BYTES = 6 * 1024 * 1024
 LOOPBACK = "127.0.0.1"
 _HOP_BY_HOP = frozenset({"content-length", "connection", "transfer-encoding"})
+PREDICT_API = "PredictApi"
+
+# Binary media types, as API Gateway (REST API, Lambda proxy integration) applies them. Sources,
+# all in the API Gateway developer guide: "Binary media types for REST APIs in API Gateway"
+# (api-gateway-payload-encodings.html), "Content type conversions in API Gateway"
+# (api-gateway-payload-encodings-workflow.html), "Return binary media from a Lambda proxy
+# integration in API Gateway" (lambda-proxy-binary-media.html), and "Method request behavior for
+# payloads without mapping templates" (integration-passthrough-behaviors.html).
+# - Request: when the request's Content-Type matches one of the API's binary media types, the
+#   function gets the body base64-encoded with ``isBase64Encoded: true``; otherwise as UTF-8 text
+#   with ``isBase64Encoded: false``. A request without Content-Type counts as application/json.
+# - The binary media types may use the wildcard: ``*/*`` matches every type, ``image/*`` every
+#   image type. The wildcard is the API's; a wildcard the request sends is taken as it is, so
+#   ``Accept: */*`` (curl's default) matches a ``*/*`` entry but not ``image/png``: the guide's
+#   browser example (``Accept: image/webp,image/*,*/*;q=0.8``) has to list image/webp itself.
+#   Media types compare without their parameters (``; charset=utf-8``), case-insensitively.
+# - Response: a proxy response with ``isBase64Encoded: true`` is decoded to its bytes when the
+#   first media type of the request's Accept header matches a binary media type; only the first
+#   counts. Otherwise the client gets the base64 text itself. The guide's answer for clients that
+#   order Accept themselves is ``*/*`` ("all content types"); it is taken to match every
+#   request here, one without Accept too.
+# - SAM templates spell ``/`` as ``~1`` in BinaryMediaTypes (SAM writes ``/`` into the API's
+#   OpenAPI body); the helpers below take either spelling and work with ``/``.
+# Not modelled: non-proxy integrations and contentHandling (this API has none).
+ASSUMED_CONTENT_TYPE = "application/json"
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +81,28 @@ def build_event(
     *,
     stage: str = "Prod",
     source_ip: str = LOOPBACK,
+    binary_media_types: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """An API Gateway REST proxy event for one HTTP request."""
+    """An API Gateway REST proxy event for one HTTP request.
+
+    Args:
+        method: The HTTP method.
+        raw_path: The path, without the stage, with its query string if any.
+        headers: The request headers (names in any case).
+        body: The request body as received.
+        stage: The stage name the event carries.
+        source_ip: The caller's address.
+        binary_media_types: The API's binary media types (``image/png``, ``*/*``): a body whose
+            Content-Type matches one is sent base64-encoded, any other as UTF-8 text. None reads
+            them from ./template.yaml (:func:`template_binary_media_types`).
+
+    Raises:
+        TemplateError: ``binary_media_types`` is None and template.yaml cannot give them.
+        ValueError: A binary media type is not a media type.
+    """
+    if binary_media_types is None:
+        binary_media_types = template_binary_media_types()
+    text, encoded = _event_body(body, headers, normalize_media_types(binary_media_types))
     parts = urlsplit(raw_path)
     path = parts.path or "/"
     query = parse_qs(parts.query, keep_blank_values=True)
@@ -57,11 +111,6 @@ def build_event(
         resource, path_parameters = "/v2/{proxy+}", {"proxy": path[len("/v2/") :]}
     elif path != "/v2":
         resource, path_parameters = "/{proxy+}", {"proxy": path.lstrip("/")}
-    try:
-        text: str | None = body.decode() if body else None
-        encoded = False
-    except UnicodeDecodeError:
-        text, encoded = base64.b64encode(body).decode(), True
     now = datetime.now(UTC)
     return {
         "resource": resource,
@@ -92,6 +141,129 @@ def build_event(
     }
 
 
+def normalize_media_types(media_types: Sequence[str]) -> tuple[str, ...]:
+    """Binary media types as API Gateway lists them: ``type/subtype``, SAM's ``~1`` as ``/``.
+
+    Raises:
+        ValueError: A value is not a media type (``image/png``, ``image/*``, ``*/*``).
+    """
+    found = []
+    for value in media_types:
+        media_type = value.replace("~1", "/").strip()
+        if _type_and_subtype(media_type) is None:
+            raise ValueError(f"{value!r} is not a media type (type/subtype, * allowed)")
+        found.append(media_type)
+    return tuple(found)
+
+
+def is_binary_media_type(media_type: str | None, binary_media_types: Sequence[str]) -> bool:
+    """Whether API Gateway treats a Content-Type or first Accept value as binary.
+
+    Args:
+        media_type: The request's value; None (or unparsable) is matched by ``*/*`` only.
+        binary_media_types: The API's binary media types, wildcards allowed.
+    """
+    sent = _type_and_subtype(media_type) if media_type else None
+    for entry in binary_media_types:
+        pattern = _type_and_subtype(entry)
+        if pattern == ("*", "*"):
+            return True
+        if pattern is None or sent is None:
+            continue
+        if pattern[0] in ("*", sent[0]) and pattern[1] in ("*", sent[1]):
+            return True
+    return False
+
+
+def template_binary_media_types(
+    template: Path = DEFAULT_TEMPLATE, api: str = PREDICT_API
+) -> tuple[str, ...]:
+    """The binary media types a SAM template gives an API, ``~1`` turned into ``/``.
+
+    ``Globals.Api.BinaryMediaTypes`` come first, then the API's own: SAM merges lists in
+    Globals by concatenation. None declared: an empty tuple (every body is text).
+
+    Args:
+        template: The SAM template.
+        api: Logical id of its ``AWS::Serverless::Api``.
+
+    Raises:
+        TemplateError: The template is missing or unreadable, has no such API, or its
+            BinaryMediaTypes are not a plain list of media types (an intrinsic such as ``!If``
+            cannot be resolved here).
+    """
+    try:
+        document = load_template(template)
+        resource = document["Resources"][api]
+        globals_api = (document.get("Globals") or {}).get("Api") or {}
+        own = (resource.get("Properties") or {}).get("BinaryMediaTypes") or []
+        shared = globals_api.get("BinaryMediaTypes") or []
+    except OSError as exc:
+        raise TemplateError(f"cannot read {template} ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise TemplateError(f"{template} is not YAML: {exc}") from exc
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise TemplateError(f"{template} has no {api} resource ({exc!r})") from exc
+    values = [*shared, *own] if isinstance(shared, list) and isinstance(own, list) else None
+    if values is None or not all(isinstance(value, str) for value in values):
+        raise TemplateError(
+            f"{template}: BinaryMediaTypes of {api} is not a list of media types "
+            f"(Globals: {shared!r}, {api}: {own!r})"
+        )
+    try:
+        return normalize_media_types(values)
+    except ValueError as exc:
+        raise TemplateError(f"{template}: BinaryMediaTypes of {api}: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=256)  # clients repeat their headers: parse each value once
+def _type_and_subtype(media_type: str) -> tuple[str, str] | None:
+    try:
+        kind, subtype, _ = mimeparse.parse_mime_type(media_type)
+    except (mimeparse.MimeTypeParseException, ValueError):
+        return None
+    kind, subtype = kind.strip().lower(), subtype.strip().lower()
+    return (kind, subtype) if kind and subtype else None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header's value, its name in any case (HTTP names are case-insensitive)."""
+    return next((value for key, value in headers.items() if key.lower() == name), None)
+
+
+def _first_accept(headers: Mapping[str, str]) -> str | None:
+    """The first media type of Accept: the only one API Gateway looks at."""
+    accept = _header(headers, "accept")
+    first = accept.split(",")[0].strip() if accept else ""
+    return first or None
+
+
+def _event_body(
+    body: bytes, headers: Mapping[str, str], binary_media_types: Sequence[str]
+) -> tuple[str | None, bool]:
+    """The event's ``body`` and ``isBase64Encoded`` for a request body."""
+    if not body:
+        return None, False
+    content_type = _header(headers, "content-type") or ASSUMED_CONTENT_TYPE
+    if is_binary_media_type(content_type, binary_media_types):
+        return base64.b64encode(body).decode("ascii"), True
+    try:
+        return body.decode("utf-8"), False
+    except UnicodeDecodeError:
+        # API Gateway passes such a body on as text, and its bytes do not survive that. Hand
+        # the function a mangled body too (U+FFFD for each bad sequence; the exact bytes AWS
+        # produces may differ): a request that only works locally would hide the missing binary
+        # media type until it is deployed. The warning says why the function sees garbage.
+        logger.warning(
+            "a %d-byte body that is not UTF-8 was sent as %s, which is not one of the binary "
+            "media types %s: passed on as mangled text, as API Gateway would",
+            len(body),
+            content_type,
+            list(binary_media_types),
+        )
+        return body.decode("utf-8", errors="replace"), False
+
+
 class LocalApi:
     """Serves the function over HTTP on loopback. One invoke at a time, as one Lambda would.
 
@@ -100,11 +272,26 @@ class LocalApi:
         port: TCP port on 127.0.0.1 (0 picks a free one).
         stage: The stage prefix also accepted in paths.
         api_key: If set, requests without this ``x-api-key`` get 403, as API Gateway does.
+        binary_media_types: The API's binary media types (see :func:`build_event`); None reads
+            them from ./template.yaml.
+
+    Raises:
+        TemplateError: ``binary_media_types`` is None and template.yaml cannot give them.
+        ValueError: A binary media type is not a media type.
     """
 
     def __init__(
-        self, invoke: Invoke, port: int = 3000, *, stage: str = "Prod", api_key: str | None = None
+        self,
+        invoke: Invoke,
+        port: int = 3000,
+        *,
+        stage: str = "Prod",
+        api_key: str | None = None,
+        binary_media_types: Sequence[str] | None = None,
     ) -> None:
+        if binary_media_types is None:
+            binary_media_types = template_binary_media_types()
+        self._binary_media_types = normalize_media_types(binary_media_types)
         self._invoke = invoke
         self._stage = stage
         self._api_key = api_key
@@ -129,6 +316,11 @@ class LocalApi:
     def port(self) -> int:
         """The bound port."""
         return int(self._socket.getsockname()[1])
+
+    @property
+    def binary_media_types(self) -> tuple[str, ...]:
+        """The binary media types this API applies."""
+        return self._binary_media_types
 
     @property
     def url(self) -> str:
@@ -170,21 +362,33 @@ class LocalApi:
         lowered = {k.lower(): v for k, v in headers.items()}
         if self._api_key is not None and lowered.get("x-api-key") != self._api_key:
             return _gateway_error(HTTPStatus.FORBIDDEN, "Forbidden")
-        if len(body) > MAX_EVENT_BYTES:
-            return _gateway_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request Too Long")
         prefix = f"/{self._stage}"
         if raw_path == prefix or raw_path.startswith(prefix + "/"):
             raw_path = raw_path[len(prefix) :] or "/"
-        event = build_event(method, raw_path, headers, body, stage=self._stage)
+        event = build_event(
+            method,
+            raw_path,
+            headers,
+            body,
+            stage=self._stage,
+            binary_media_types=self._binary_media_types,
+        )
+        if len((event["body"] or "").encode()) > MAX_EVENT_BYTES:  # base64 included, as Lambda
+            return _gateway_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request Too Long")
         result = self._invoke(event)
         if "statusCode" not in result:  # the function crashed or timed out
             return _gateway_error(HTTPStatus.BAD_GATEWAY, "Internal server error")
         out_headers = {k: str(v) for k, v in (result.get("headers") or {}).items()}
         for key, values in (result.get("multiValueHeaders") or {}).items():
             out_headers[key] = ", ".join(map(str, values))
+        status = int(result["statusCode"])
         payload = result.get("body") or ""
-        data = base64.b64decode(payload) if result.get("isBase64Encoded") else payload.encode()
-        return int(result["statusCode"]), out_headers, data
+        accept = _first_accept(headers)
+        if result.get("isBase64Encoded") and is_binary_media_type(accept, self._binary_media_types):
+            return status, out_headers, base64.b64decode(payload)
+        # Text, or a base64 reply the request's Accept does not take as binary: API Gateway then
+        # hands the client the base64 text itself.
+        return status, out_headers, payload.encode()
 
     async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Every request goes to the function, whatever its path: no routing here.

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,8 +16,10 @@ from openapi_spec_validator import validate
 from onnxkit.manifest import sha256_file
 from onnxkit_tools.cli import cli, main
 from onnxkit_tools.cli.build import EXIT_NONE_PASSED
+from onnxkit_tools.local import api_gateway
 from onnxkit_tools.quantize.report import REPORT_SCHEMA
 from tests.unit.conftest import BuiltModel
+from tests.unit.template_helpers import REPO
 from tests.unit.tools.quantize.helpers import embedding_model, token_ids
 
 COMMANDS = [
@@ -212,3 +217,77 @@ def test_start_endpoint_refuses_a_mistyped_model_dir_at_once(tmp_path: Path) -> 
 
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+# The module, not the `local` command group that onnxkit_tools.cli exports under its name
+local_cli = importlib.import_module("onnxkit_tools.cli.local")
+
+
+class _StartedApis:
+    """Stands in for the emulator, the local store and LocalApi: records what start-api builds."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.binary_media_types: list[tuple[str, ...]] = []
+        recorded = self.binary_media_types
+
+        class Emulator(contextlib.nullcontext):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(self)
+
+            def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
+                raise AssertionError("nothing is served in this test")
+
+        class LocalApi:
+            url = "http://127.0.0.1:0"
+
+            def __init__(self, invoke: Any, port: int, **kwargs: Any) -> None:
+                recorded.append(kwargs["binary_media_types"])
+
+            def serve_forever(self) -> None:
+                return None
+
+        monkeypatch.setattr(local_cli, "Emulator", Emulator)
+        monkeypatch.setattr(local_cli, "with_local_store", contextlib.nullcontext)
+        monkeypatch.setattr(api_gateway, "LocalApi", LocalApi)
+
+
+def test_start_api_serves_the_templates_binary_media_types_or_the_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN start-api run from the project folder, with nothing started for real
+    monkeypatch.chdir(REPO)
+    started = _StartedApis(monkeypatch)
+
+    # WHEN it starts without, then with --binary-media-type (SAM's ~1 spelling accepted)
+    default = CliRunner().invoke(cli, ["local", "start-api"])
+    options = [
+        "--binary-media-type",
+        "image~1png",
+        "--binary-media-type",
+        "application/octet-stream",
+    ]
+    given = CliRunner().invoke(cli, ["local", "start-api", *options])
+
+    # THEN the first serves template.yaml's types, the second exactly the options
+    assert (default.exit_code, given.exit_code) == (0, 0), default.output + given.output
+    assert started.binary_media_types == [("*/*",), ("image/png", "application/octet-stream")]
+    assert "binary media types: */*" in default.output
+
+
+def test_start_api_refuses_a_bad_media_type_or_a_missing_template_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = _StartedApis(monkeypatch)
+    monkeypatch.chdir(tmp_path)  # no template.yaml here
+    function_dir = str(REPO / "functions" / "predict")
+
+    bad = CliRunner().invoke(
+        cli, ["local", "start-api", "--function-dir", function_dir, "--binary-media-type", "png"]
+    )
+    missing = CliRunner().invoke(cli, ["local", "start-api", "--function-dir", function_dir])
+
+    assert bad.exit_code == missing.exit_code == 2
+    assert "'png' is not a media type" in bad.output
+    assert "cannot read template.yaml" in missing.output
+    assert "--binary-media-type" in missing.output
+    assert started.binary_media_types == []
