@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,3 +278,10 @@ def store(
 
     monkeypatch.setattr(blobs, "download", spying_download)
     return harness
+
+
+def infer_json(predictor: Any, *args: Any, **kwargs: Any) -> Any:
+    """A predictor's inference answer, parsed: the JSON document its reply carries."""
+    reply = predictor.infer(*args, **kwargs)
+    assert reply.content_type == "application/json", reply.content_type
+    return json.loads(reply.body)

@@ -20,6 +20,7 @@ from onnxkit.canary import (
 from onnxkit.errors import InferenceError, InvalidInputError, ModelNotFoundError, OnnxkitError
 from onnxkit.manifest import FileEntry
 from onnxkit.predictor import VERSION_HEADER, Predictor, Refresh
+from tests.unit.conftest import infer_json
 from tests.unit.test_predictor_refresh import BODY, LIMITS, manifest
 
 MIB = 1024 * 1024
@@ -91,7 +92,7 @@ class World:
 
 
 def served(predictor: Predictor, version: str | None = None) -> str:
-    return predictor.infer("m", version, BODY)["model_version"]
+    return infer_json(predictor, "m", version, BODY)["model_version"]
 
 
 # --- routing -----------------------------------------------------------------------------------
@@ -268,7 +269,7 @@ def test_client_errors_and_stable_failures_do_not_count_against_the_canary() -> 
         assert served(predictor) == "2"
     for _ in range(20):
         with pytest.raises(InvalidInputError):
-            predictor.infer("m", "2", b'{"inputs": [{"name": "x", "shape": [1, 2], '
+            infer_json(predictor, "m", "2", b'{"inputs": [{"name": "x", "shape": [1, 2], '
                             b'"datatype": "FP32", "data": [1]}]}')  # fmt: skip
 
     health = predictor.canary_health

@@ -24,7 +24,7 @@ from onnxkit.predictor import Predictor
 from onnxkit.session import load_session
 from onnxkit.settings import ApiSettings
 from onnxkit_tools.registry import describe_model
-from tests.unit.conftest import OPSET, BuiltModel
+from tests.unit.conftest import OPSET, BuiltModel, infer_json
 
 LIMITS = ApiSettings(max_request_bytes=10_000, max_batch_size=4)
 
@@ -97,7 +97,7 @@ def test_infer_returns_the_values_numpy_computes(
     rows = [[1.0, 2.0, 3.0, 4.0], [-0.5, 0.25, 8.0, -2.0]]
 
     # WHEN a batch of two rows is sent, as raw JSON bytes
-    response = predictor.infer("tiny", None, x_request(rows, id="r-1"))
+    response = infer_json(predictor, "tiny", None, x_request(rows, id="r-1"))
 
     # THEN the v2 response carries y = x @ W + b for each row
     expected = tiny_model.compute(np.array(rows, dtype=np.float32))["y"]
@@ -119,7 +119,7 @@ def test_infer_by_explicit_version(
 ) -> None:
     predictor, _, _ = make_predictor(tiny_model, "tiny")
 
-    response = predictor.infer("tiny", "1", x_request([[0.0, 0.0, 0.0, 0.0]]))
+    response = infer_json(predictor, "tiny", "1", x_request([[0.0, 0.0, 0.0, 0.0]]))
 
     assert response["outputs"][0]["data"] == [0.5, -1.0]  # the bias alone
     assert "id" not in response
@@ -136,7 +136,7 @@ def test_infer_int64_and_bool(make_predictor: Callable[..., Any], typed_model: B
         ]
     }
 
-    response = predictor.infer("typed", None, json.dumps(body))
+    response = infer_json(predictor, "typed", None, json.dumps(body))
 
     expected = typed_model.compute(np.array(ids, dtype=np.int64), np.array(mask))
     outputs = {o["name"]: o for o in response["outputs"]}
@@ -166,8 +166,10 @@ def test_requested_outputs_are_returned_in_the_requested_order(
 ) -> None:
     predictor, _, _ = make_predictor(typed_model, "typed")
 
-    only = predictor.infer("typed", None, typed_body([{"name": "inverted"}]))
-    both = predictor.infer("typed", None, typed_body([{"name": "inverted"}, {"name": "masked"}]))
+    only = infer_json(predictor, "typed", None, typed_body([{"name": "inverted"}]))
+    both = infer_json(
+        predictor, "typed", None, typed_body([{"name": "inverted"}, {"name": "masked"}])
+    )
 
     assert only["outputs"] == [
         {"name": "inverted", "datatype": "BOOL", "shape": [1, 3], "data": [False] * 3}
@@ -179,7 +181,7 @@ def test_unknown_output_is_400(make_predictor: Callable[..., Any], typed_model: 
     predictor, _, _ = make_predictor(typed_model, "typed")
 
     with pytest.raises(InvalidInputError) as caught:
-        predictor.infer("typed", None, typed_body([{"name": "probabilities"}]))
+        infer_json(predictor, "typed", None, typed_body([{"name": "probabilities"}]))
 
     assert caught.value.status == 400
     assert "unknown output(s) 'probabilities'" in caught.value.message
@@ -193,7 +195,7 @@ def test_an_empty_outputs_list_returns_every_output(
     # like leaving it out. It must never be a 500.
     predictor, _, _ = make_predictor(typed_model, "typed")
 
-    response = predictor.infer("typed", None, typed_body([]))
+    response = infer_json(predictor, "typed", None, typed_body([]))
 
     assert [o["name"] for o in response["outputs"]] == ["masked", "inverted"]
 
@@ -247,7 +249,7 @@ def test_unknown_model_name_is_404_without_loading(
     predictor, loader, _ = make_predictor(tiny_model, "tiny")
 
     with pytest.raises(ModelNotFoundError) as caught:
-        predictor.infer("digits", None, x_request([[1.0, 2.0, 3.0, 4.0]]))
+        infer_json(predictor, "digits", None, x_request([[1.0, 2.0, 3.0, 4.0]]))
 
     assert caught.value.status == 404
     assert caught.value.code == "model_not_found"
@@ -284,7 +286,7 @@ def test_body_over_the_limit_is_413(
     predictor, loader, _ = make_predictor(tiny_model, "tiny", limits=limits)
 
     with pytest.raises(PayloadTooLargeError) as caught:
-        predictor.infer("tiny", None, x_request([[1.0, 2.0, 3.0, 4.0]]))
+        infer_json(predictor, "tiny", None, x_request([[1.0, 2.0, 3.0, 4.0]]))
 
     assert caught.value.status == 413
     assert caught.value.code == "payload_too_large"
@@ -297,7 +299,7 @@ def test_batch_over_the_limit_is_413(
     predictor, _, observer = make_predictor(tiny_model, "tiny")
 
     with pytest.raises(PayloadTooLargeError) as caught:
-        predictor.infer("tiny", None, x_request([[1.0, 2.0, 3.0, 4.0]] * 5))
+        infer_json(predictor, "tiny", None, x_request([[1.0, 2.0, 3.0, 4.0]] * 5))
 
     assert "batch of 5 is over the limit of 4" in caught.value.message
     assert observer.inferred == []
@@ -311,7 +313,7 @@ def test_input_that_does_not_match_the_signature_is_400(
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
 
     with pytest.raises(InvalidInputError) as caught:
-        predictor.infer("tiny", None, json.dumps(body))
+        infer_json(predictor, "tiny", None, json.dumps(body))
 
     assert caught.value.status == 400
     assert "shape [1, 3] does not match the model's ['N', 4]" in caught.value.message
@@ -330,7 +332,7 @@ def test_failed_load_is_reported_then_retried_on_the_next_request(
 
     # WHEN the first request arrives
     with pytest.raises(OnnxkitError) as caught:
-        predictor.infer("tiny", None, body)
+        infer_json(predictor, "tiny", None, body)
 
     # THEN it gets the loader's own error, and the predictor remembers it
     assert caught.value is failure
@@ -339,14 +341,14 @@ def test_failed_load_is_reported_then_retried_on_the_next_request(
     assert predictor.last_error is failure
 
     # AND the next request loads again (no restart) and succeeds
-    response = predictor.infer("tiny", None, body)
+    response = infer_json(predictor, "tiny", None, body)
     np.testing.assert_allclose(response["outputs"][0]["data"], [3.0, 1.75], rtol=1e-6)
     assert predictor.ready is True
     assert predictor.last_error is None
     assert loader.calls == 2
 
     # AND later requests reuse the loaded model
-    predictor.infer("tiny", None, body)
+    infer_json(predictor, "tiny", None, body)
     assert loader.calls == 2
     assert observer.loaded == [("tiny", "1")]
 
@@ -388,7 +390,7 @@ def test_configured_model_missing_from_the_store_is_503_not_404(
     predictor, _, _ = make_predictor(tiny_model, "tiny", missing)
 
     with pytest.raises(ModelNotReadyError) as caught:
-        predictor.infer("tiny", None, x_request([[1.0, 2.0, 3.0, 4.0]]))
+        infer_json(predictor, "tiny", None, x_request([[1.0, 2.0, 3.0, 4.0]]))
 
     assert caught.value.status == 503
     assert "has no alias 'prod'" in caught.value.message
@@ -409,7 +411,7 @@ def test_in_the_background_a_request_never_loads_and_says_why_it_cannot_serve(
 
     # WHEN requests arrive before any load: 503 "still loading", and nothing is loaded for them
     with pytest.raises(ModelNotReadyError) as loading:
-        predictor.infer("tiny", None, x_request([[1.0, 2.0, 3.0, 4.0]]))
+        infer_json(predictor, "tiny", None, x_request([[1.0, 2.0, 3.0, 4.0]]))
     assert loader.calls == 0
     assert loading.value.headers == {"Retry-After": "1"}
     assert "still loading" in loading.value.message
@@ -429,7 +431,7 @@ def test_in_the_background_a_request_never_loads_and_says_why_it_cannot_serve(
     # THEN once the background load succeeds, requests are served
     assert predictor.try_load() is True
     predictor.check_ready()
-    response = predictor.infer("tiny", None, x_request([[1.0, 2.0, 3.0, 4.0]]))
+    response = infer_json(predictor, "tiny", None, x_request([[1.0, 2.0, 3.0, 4.0]]))
     assert response["outputs"][0]["shape"] == [1, 2]
     assert predictor.server_ready() == {"ready": True}
     assert loader.calls == 2

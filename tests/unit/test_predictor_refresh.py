@@ -8,6 +8,7 @@ from onnxkit.errors import IntegrityError, OnnxkitError
 from onnxkit.manifest import FileEntry, Manifest, TensorSpec
 from onnxkit.predictor import Predictor, Refresh
 from onnxkit.settings import ApiSettings
+from tests.unit.conftest import infer_json
 
 LIMITS = ApiSettings(max_request_bytes=10_000, max_batch_size=8)
 BODY = b'{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}'
@@ -69,7 +70,7 @@ class World:
 
 
 def served(predictor: Predictor) -> tuple[str, list[float]]:
-    body = predictor.infer("m", None, BODY)
+    body = infer_json(predictor, "m", None, BODY)
     return body["model_version"], body["outputs"][0]["data"]
 
 

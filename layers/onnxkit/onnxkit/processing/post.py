@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from onnxkit.datatypes import BY_NAME
 from onnxkit.errors import InferenceError
 from onnxkit.manifest import TensorSpec, safe_relative
+
+if TYPE_CHECKING:  # numpy is imported by the processor, not with the declarations
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,8 @@ class PostProcessor:
             InferenceError: The output is not floating point, not 2-D or has fewer classes than
                 ``top_k`` (with top-k), or has another number of classes than there are labels.
         """
+        import numpy as np
+
         result = dict(outputs)
         if self.spec.output not in outputs:
             return result
@@ -250,6 +253,8 @@ class PostProcessor:
         return result
 
     def _top_k(self, scores: np.ndarray) -> dict[str, np.ndarray]:
+        import numpy as np
+
         spec = self.spec
         if scores.ndim != 2 or scores.shape[1] < spec.top_k:
             raise InferenceError(
@@ -286,6 +291,8 @@ def _check_name(what: str, value: object) -> None:
 
 
 def _read_labels(path: str, raw: bytes) -> np.ndarray:
+    import numpy as np
+
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -307,6 +314,8 @@ def _read_labels(path: str, raw: bytes) -> np.ndarray:
 
 
 def _softmax(array: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     # float64 throughout, and the row's max subtracted, so exp never overflows.
     wide = array.astype(np.float64)
     wide -= wide.max(axis=-1, keepdims=True, initial=-np.inf)
@@ -316,6 +325,8 @@ def _softmax(array: np.ndarray) -> np.ndarray:
 
 
 def _l2_normalize(array: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     wide = array.astype(np.float64)
     # Scaled by the row's largest magnitude first, so squaring neither overflows nor underflows.
     scale = np.abs(wide).max(axis=-1, keepdims=True, initial=0.0)

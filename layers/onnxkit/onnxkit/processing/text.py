@@ -11,12 +11,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 
 from onnxkit.errors import InvalidInputError
 from onnxkit.manifest import safe_relative
 
 if TYPE_CHECKING:
+    import numpy as np
     from tokenizers import Encoding
 
 FIELDS = ("input_ids", "attention_mask", "token_type_ids")
@@ -183,6 +183,8 @@ class TextEncoder:
                 an array of another shape, or (truncation off) a text with more than
                 ``max_length`` tokens.
         """
+        import numpy as np
+
         if isinstance(texts, np.ndarray):
             texts = _as_rows(self.spec.input, texts)
         if len(texts) == 0:
@@ -214,6 +216,8 @@ class TextEncoder:
         field: str,
         dtype: np.dtype | type,
     ) -> np.ndarray:
+        import numpy as np
+
         pad = {"input_ids": self._pad_id, "token_type_ids": self._pad_type_id}.get(field, 0)
         array = np.full((len(encodings), width), pad, dtype=dtype)
         for row, (encoding, length) in enumerate(zip(encodings, lengths, strict=True)):

@@ -142,7 +142,14 @@ def test_the_real_keys_digest_the_builders_themselves() -> None:
         "onnxkit_tools.examples.digits"
     )
     assert "onnxkit_tools.quantize" in key["sources"]
-    assert set(key["versions"]) == {"scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy"}
+    assert set(key["versions"]) == {
+        "scikit-learn",
+        "skl2onnx",
+        "onnx",
+        "onnxruntime",
+        "numpy",
+        "pillow",
+    }
 
 
 class FakeBuild:
