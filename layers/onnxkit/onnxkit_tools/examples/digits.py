@@ -246,6 +246,4 @@ def digits_processing(out: Path) -> Any:
     """The processing digits is published with: PNG/JPEG in, top-3 labels out."""
     from onnxkit_tools.processing import ProcessingOptions
 
-    return ProcessingOptions(
-        preprocess=out / "image.json", labels=out / "labels.txt", top_k=TOP_K
-    )
+    return ProcessingOptions(preprocess=out / "image.json", labels=out / "labels.txt", top_k=TOP_K)
