@@ -1,8 +1,10 @@
-"""Processing declarations from publish options: a tokenizer, an image preprocessing, labels.
+"""Processing declarations from command options: a tokenizer, an image preprocessing, labels.
 
 ``onnxkit publish --tokenizer tokenizer.json --labels labels.txt --preprocess image.json``
 becomes a :class:`~onnxkit.processing.Processing` checked against the model's signature, and the
 files it names, stored beside the graph under fixed names and verified like it.
+``onnxkit quantize`` builds the input half of the same declaration from the same options
+(:func:`declare_inputs`) to turn sentences and images into the gate's data.
 """
 
 from __future__ import annotations
@@ -86,11 +88,10 @@ def declare_processing(
     if not options.wanted:
         return None
     files: dict[str, Path] = {}
-    text = None
+    text = text_spec(options, manifest.inputs) if options.tokenizer is not None else None
     if options.tokenizer is not None:
-        text = _text_spec(options, manifest.inputs)
         files[TOKENIZER_FILE] = options.tokenizer
-    image = _image_spec(options.preprocess, manifest.inputs) if options.preprocess else None
+    image = image_spec(options.preprocess, manifest.inputs) if options.preprocess else None
     post = []
     for name in options.l2_normalize:
         post.append(PostSpec(output=name, l2_normalize=True))
@@ -107,8 +108,54 @@ def declare_processing(
     return processing, files
 
 
-def _text_spec(options: ProcessingOptions, inputs: tuple[TensorSpec, ...]) -> TextSpec:
-    """The tokenizer feeds the model inputs named like its fields (BERT's names)."""
+def declare_inputs(
+    options: ProcessingOptions,
+    inputs: tuple[TensorSpec, ...],
+    outputs: tuple[TensorSpec, ...] = (),
+) -> Processing:
+    """The input half of what :func:`declare_processing` declares: the tokenizer and the image
+    preprocessing (no postprocessing), checked against the model's inputs.
+
+    ``onnxkit quantize`` turns its sentences and images into model inputs with this, so the gate
+    measures the model behind the processing ``onnxkit publish`` records from the same options.
+
+    Raises:
+        ProcessingOptionError: The options do not fit the model's inputs.
+    """
+    text = text_spec(options, inputs) if options.tokenizer is not None else None
+    image = image_spec(options.preprocess, inputs) if options.preprocess else None
+    try:
+        processing = Processing(text=text, image=image)
+        processing.check(inputs, outputs)
+    except (ValueError, TypeError) as exc:
+        raise ProcessingOptionError(str(exc)) from exc
+    return processing
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """The labels of a ``--labels`` file, class 0 first, read as the function reads them.
+
+    Raises:
+        ProcessingOptionError: The file cannot be read, is empty, has a blank line or is not
+            UTF-8.
+    """
+    from onnxkit.processing.post import PostProcessor
+
+    # The file is read by the postprocessing that serves it (one label per line, none blank).
+    spec = PostSpec(output="scores", top_k=1, labels=LABELS_FILE)
+    try:
+        return PostProcessor(spec, path.read_bytes()).labels
+    except (OSError, ValueError) as exc:
+        raise ProcessingOptionError(f"--labels {path}: {exc}") from exc
+
+
+def text_spec(options: ProcessingOptions, inputs: tuple[TensorSpec, ...]) -> TextSpec:
+    """The text declaration of the tokenizer options: it feeds the model inputs named like its
+    fields (BERT's names).
+
+    Raises:
+        ProcessingOptionError: The model has no ``input_ids`` input, or an option is invalid.
+    """
     names = {spec.name for spec in inputs}
     feeds = {field_name: field_name for field_name in TOKENIZER_FIELDS if field_name in names}
     if "input_ids" not in feeds:
@@ -131,8 +178,13 @@ def _text_spec(options: ProcessingOptions, inputs: tuple[TensorSpec, ...]) -> Te
         raise ProcessingOptionError(f"--tokenizer: {exc}") from exc
 
 
-def _image_spec(path: Path, inputs: tuple[TensorSpec, ...]) -> ImageSpec:
-    """The image declaration of a JSON file; ``feeds`` defaults to the model's only input."""
+def image_spec(path: Path, inputs: tuple[TensorSpec, ...]) -> ImageSpec:
+    """The image declaration of a JSON file; ``feeds`` defaults to the model's only input.
+
+    Raises:
+        ProcessingOptionError: The file is not a JSON object, or not a valid declaration for
+            this model's inputs.
+    """
     try:
         data: Any = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

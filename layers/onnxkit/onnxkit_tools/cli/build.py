@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from onnxkit_tools.cli.common import tokenizer_options
+from onnxkit_tools.processing import ProcessingOptions
 from onnxkit_tools.quantize import (
     Budget,
     GateOptions,
@@ -84,7 +86,7 @@ def build(example: str, out: Path, force: bool) -> int:
 _DETAILS = """\
 Every candidate is built from the same model and measured against it in this run, on the
 validation data: quality (classifiers: top-1 agreement with fp32, and accuracy when the data
-has a 'label' array; embeddings and regressions: per-row cosine min/mean and max-abs error),
+has labels; embeddings and regressions: per-row cosine min/mean and max-abs error),
 file size (external data included) and median latency at batch 1 and at --batch rows (fp32
 and candidate timed alternately, idle threads not spinning). The candidate the budget prefers
 is written to --out; the table (stdout) and --report (JSON) show every candidate: the
@@ -99,8 +101,24 @@ the total change, stay weight-only 8-bit (or fp32, --keep-as) while the rest are
 int8 per-channel. Small Gather tables (<= 2% of the weights) stay fp32 in weight-only and
 mixed candidates.
 
-Data: .npz files with one array per model input (same name, rows first) and optionally
-'label'. Models with external data (.onnx.data) are read, and written the same way."""
+\b
+data (--calibration, --validation), by path: a folder is images, .npz arrays, anything else text.
+  .npz: one array per model input (same name, rows first), optionally 'label' (class indices).
+  text: UTF-8, one sentence per line (blank lines skipped), through --tokenizer, --max-length,
+    --truncation and --padding; padding longest pads every row to the file's longest sentence
+    (as if the file were one batch), so all rows share one length. No labels.
+  images: PNG/JPEG files sorted by path, through --preprocess image.json ("feeds" defaults to
+    the model's only input). Labels: the class subfolder an image sits in (ImageFolder layout,
+    val/<class>/<image>: the class is the subfolder name's line in --labels, or without
+    --labels the name itself, an integer), or a file name ending -label-<class index>
+    (007-label-3.png, as `onnxkit examples build digits` writes them). Images directly in the
+    folder under other names have no labels: classifiers are judged on agreement with fp32.
+    Hidden files are skipped; any other file is an error.
+  --tokenizer, --max-length, --truncation, --padding, --preprocess and --labels mean what they
+    mean to `onnxkit publish`: publish the chosen model with the same ones, and the function
+    serves the processing the gate measured (the table's first lines say what was applied).
+
+Models with external data (.onnx.data) are read, and written the same way."""
 
 _BUDGET = f"""\
 \b
@@ -130,10 +148,18 @@ examples:
       --validation val.npz --prefer speed --min-cosine 0.98
   onnxkit quantize model.onnx --out q/model.onnx --calibration cal.npz \\
       --validation val.npz --candidates 'dynamic-*,mixed-*'
+  onnxkit quantize model.onnx --out int8/model.onnx --calibration cal.txt \\
+      --validation val.txt --tokenizer tokenizer.json --max-length 128
+  onnxkit quantize model.onnx --out int8/model.onnx --calibration train-images/ \\
+      --validation val-images/ --preprocess image.json --labels labels.txt
+  onnxkit quantize build/digits/fp32/model.onnx --out int8/model.onnx \\
+      --calibration build/digits/calibration.npz --validation build/digits/images \\
+      --preprocess build/digits/image.json
 """
 
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+_DATA = click.Path(exists=True, path_type=Path)
 _OUT = click.Path(dir_okay=False, path_type=Path)
 
 
@@ -142,16 +168,37 @@ _OUT = click.Path(dir_okay=False, path_type=Path)
 @click.option("--out", type=_OUT, required=True, help="where to write the chosen model (.onnx)")
 @click.option(
     "--calibration",
-    type=_FILE,
+    type=_DATA,
     required=True,
-    help=".npz with one array per model input: static calibration and sensitivity probes",
+    help="static calibration and sensitivity probes: .npz with one array per model input, a "
+    "text file (one sentence per line, with --tokenizer) or a folder of images (with "
+    "--preprocess)",
 )
 @click.option(
     "--validation",
-    type=_FILE,
+    type=_DATA,
     required=True,
-    help=".npz with one array per model input (+ optional 'label'): candidates are judged on "
-    "it; use rows that are not in --calibration",
+    help="candidates are judged on it, as --calibration; labels from an .npz 'label' array, "
+    "class subfolders or -label-<class> file names; use rows that are not in --calibration",
+)
+@click.option(
+    "--tokenizer",
+    type=_FILE,
+    help="text data: the Hugging Face tokenizer.json that turns each line into the model's "
+    "input_ids/attention_mask/token_type_ids (as `onnxkit publish --tokenizer` declares it)",
+)
+@tokenizer_options
+@click.option(
+    "--preprocess",
+    type=_FILE,
+    help="image folders: the image preprocessing JSON (as `onnxkit publish --preprocess` "
+    'declares it; "feeds" defaults to the model\'s only input)',
+)
+@click.option(
+    "--labels",
+    type=_FILE,
+    help="image folders: class labels, one per line, class 0 first; a class subfolder's "
+    "name is looked up here (without it the name must be the class index)",
 )
 @click.option("--report", type=_OUT, help="write the full report (JSON) here")
 @click.option(
@@ -254,6 +301,12 @@ def quantize(
     out: Path,
     calibration: Path,
     validation: Path,
+    tokenizer: Path | None,
+    max_length: int,
+    truncation: bool,
+    padding: str,
+    preprocess: Path | None,
+    labels: Path | None,
     report: Path | None,
     task: str,
     prefer: str,
@@ -298,7 +351,17 @@ def quantize(
         verbose=verbose,
         keep_dir=keep_candidates,
     )
-    result = quantize_with_gate(model, out, calibration, validation, budget, options)
+    processing = ProcessingOptions(
+        tokenizer=tokenizer,
+        max_length=max_length,
+        truncation=truncation,
+        padding=padding,
+        preprocess=preprocess,
+        labels=labels,
+    )
+    result = quantize_with_gate(
+        model, out, calibration, validation, budget, options, processing=processing
+    )
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
@@ -311,4 +374,24 @@ def quantize(
         f"wrote {out} ({chosen.name}: {chosen.size_ratio:.2f}x size, "
         f"{chosen.latency_b1_ratio:.2f}x batch-1 latency) in {result.seconds:.0f} s"
     )
+    applied = result.data.get("processing")
+    if applied:
+        click.echo(
+            "the gate measured it behind this processing; publish it with the same: "
+            f"onnxkit publish {out} --name NAME {_publish_options(processing, applied)}"
+        )
     return 0
+
+
+def _publish_options(processing: ProcessingOptions, applied: dict[str, object]) -> str:
+    """The ``onnxkit publish`` options that declare the processing the gate applied."""
+    words = []
+    if "text" in applied:
+        words += [f"--tokenizer {processing.tokenizer}", f"--max-length {processing.max_length}"]
+        words += ["--truncation" if processing.truncation else "--no-truncation"]
+        words += [f"--padding {processing.padding}"]
+    if "image" in applied:
+        words += [f"--preprocess {processing.preprocess}"]
+        if processing.labels is not None:
+            words += [f"--labels {processing.labels}"]
+    return " ".join(words)

@@ -1,4 +1,5 @@
-"""What the commands share: the store option, opening the registry, progress bars."""
+"""What the commands share: the store option, the tokenizer options, opening the registry,
+progress bars."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from typing import Any
 import click
 
 from onnxkit.aws import AwsClients
+from onnxkit.processing.text import PADDINGS
 from onnxkit.settings import ENV_MODEL_STORE, STORE_PATTERN, read_aws_settings
+from onnxkit_tools.processing import ProcessingOptions
 from onnxkit_tools.registry import Registry
 
 
@@ -26,6 +29,37 @@ def store_option(function: Callable[..., Any]) -> Callable[..., Any]:
         metavar="URI",
         help="model store: s3://bucket/prefix or file:///dir",
     )(function)
+
+
+def tokenizer_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--max-length``, ``--truncation/--no-truncation`` and ``--padding``: how a tokenizer is
+    run, the same options (and defaults) for ``onnxkit publish`` and ``onnxkit quantize``."""
+    defaults = ProcessingOptions()
+    options = (
+        click.option(
+            "--max-length",
+            type=click.IntRange(1, 1_000_000),
+            default=defaults.max_length,
+            show_default=True,
+            help="tokens per sentence, special tokens included",
+        ),
+        click.option(
+            "--truncation/--no-truncation",
+            default=defaults.truncation,
+            show_default=True,
+            help="cut longer sentences to --max-length, or refuse them (400)",
+        ),
+        click.option(
+            "--padding",
+            type=click.Choice(PADDINGS),
+            default=defaults.padding,
+            show_default=True,
+            help="pad a batch to its longest sentence, or every sentence to --max-length",
+        ),
+    )
+    for option in reversed(options):
+        function = option(function)
+    return function
 
 
 def open_registry(

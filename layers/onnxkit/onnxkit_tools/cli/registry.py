@@ -9,7 +9,12 @@ import click
 
 from onnxkit.store import AliasRecord
 from onnxkit_tools.cli.check import check_before_publish, memory_mb_option
-from onnxkit_tools.cli.common import open_registry, progress_bar, store_option
+from onnxkit_tools.cli.common import (
+    open_registry,
+    progress_bar,
+    store_option,
+    tokenizer_options,
+)
 from onnxkit_tools.registry import publish_model, pull, resolve_ref
 
 
@@ -50,26 +55,7 @@ from onnxkit_tools.registry import publish_model, pull, resolve_ref
 @click.option(
     "--text-input", default="text", show_default=True, help="the name of the sentences input"
 )
-@click.option(
-    "--max-length",
-    type=click.IntRange(1, 1_000_000),
-    default=128,
-    show_default=True,
-    help="tokens per sentence, special tokens included",
-)
-@click.option(
-    "--truncation/--no-truncation",
-    default=True,
-    show_default=True,
-    help="cut longer sentences to --max-length, or refuse them (400)",
-)
-@click.option(
-    "--padding",
-    type=click.Choice(["longest", "max_length"]),
-    default="longest",
-    show_default=True,
-    help="pad a batch to its longest sentence, or every sentence to --max-length",
-)
+@tokenizer_options
 @click.option(
     "--preprocess",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,12 +43,15 @@ from onnxkit_tools.quantize.data import (
     _run,
     _Task,
     detect_task,
-    load_npz,
     measure_quality,
 )
+from onnxkit_tools.quantize.datasets import DataReader, model_inputs
 from onnxkit_tools.quantize.errors import QuantizeError
 from onnxkit_tools.quantize.report import CandidateResult, Report
 from onnxkit_tools.quantize.sensitivity import _measure_sensitivity
+
+if TYPE_CHECKING:
+    from onnxkit_tools.processing import ProcessingOptions
 
 LOG = logging.getLogger(__name__)
 
@@ -101,6 +105,8 @@ def quantize_with_gate(
     validation: Path | dict[str, np.ndarray],
     budget: Budget | None = None,
     options: GateOptions | None = None,
+    *,
+    processing: ProcessingOptions | None = None,
 ) -> Report:
     """Build every candidate, measure it against ``source``, write the one the budget chooses.
 
@@ -108,18 +114,26 @@ def quantize_with_gate(
         source: The fp32 ``.onnx`` model (external data beside it is read too).
         target: Where the chosen model goes; with external data (``target.name + '.data'``) when
             the source has it.
-        calibration: ``.npz`` (or its arrays) named after the model inputs: static calibration
-            and sensitivity probes run on it.
-        validation: ``.npz`` (or its arrays) named after the model inputs, plus optional
-            ``label``: every candidate is judged on it.
+        calibration: Data for static calibration and the sensitivity probes: an ``.npz`` (or
+            its arrays) named after the model inputs, a text file (one sentence per line) or a
+            folder of images (see :mod:`onnxkit_tools.quantize.datasets`).
+        validation: Data every candidate is judged on, as ``calibration``, with labels for
+            classification accuracy: an ``.npz``'s ``label`` array, or the images' class
+            subfolders or ``-label-<class>`` file names.
         budget: Limits and preference (default: quality first).
         options: How much to build and time (default: everything, as :class:`GateOptions`).
+        processing: The tokenizer (text files), image preprocessing (image folders) and labels
+            (class subfolder names), as ``onnxkit publish`` declares them from the same
+            options; the report's ``data`` records what was applied.
 
     Returns:
         The report; ``chosen`` is None (and nothing is written) when no candidate passed.
 
     Raises:
-        QuantizeError: The data does not fit the model, or an option is invalid.
+        QuantizeError: The data does not fit the model or cannot be read, or an option is
+            invalid.
+        ProcessingOptionError: ``processing`` does not fit the model, or a file it names is not
+            what it should be.
         ModelLoadError: onnxruntime cannot load the source model.
     """
     started = time.perf_counter()
@@ -129,7 +143,7 @@ def quantize_with_gate(
     source, target = Path(source), Path(target)
     if not source.is_file():
         raise QuantizeError(f"no model at {source}")
-    data = _load_data(source, calibration, validation, options.task)
+    data = _load_data(source, calibration, validation, options, processing)
     external = has_external_data(source)
     large = model_size_bytes(source) > EXTERNAL_DATA_BYTES
     measurer = _measure_baseline(source, data, options)
@@ -165,6 +179,7 @@ def quantize_with_gate(
             "calibration_rows": _rows(data.calibration),
             "calibration_rows_used": _rows(cal_rows),
             "labels": data.labels is not None,
+            **data.sources,
         },
         settings=_settings(measurer, options, prepared, external),
         seconds=time.perf_counter() - started,
@@ -210,33 +225,47 @@ class _GateData:
     calibration: dict[str, np.ndarray]
     task: _Task
     labels: np.ndarray | None
+    sources: dict[str, Any]  # the report's record of what was read and the processing applied
 
 
 def _load_data(
     source: Path,
     calibration: Path | dict[str, np.ndarray],
     validation: Path | dict[str, np.ndarray],
-    task: str,
+    options: GateOptions,
+    processing: ProcessingOptions | None,
 ) -> _GateData:
-    """Read the data, fit it to the model's inputs and find the output to compare for ``task``.
+    """Read the data, fit it to the model's inputs and find the output to compare for the task.
 
     Raises:
-        QuantizeError: The data does not fit the model, or no output fits ``task``.
+        QuantizeError: The data does not fit the model, or no output fits the task.
+        ProcessingOptionError: ``processing`` does not fit the model.
         ModelLoadError: onnxruntime cannot load the source model.
     """
-    validation_arrays = validation if isinstance(validation, dict) else load_npz(validation)
-    calibration_arrays = calibration if isinstance(calibration, dict) else load_npz(calibration)
     session = load_session(source, allow_spinning=False)
+    reader = DataReader(model_inputs(session), processing, progress=options.progress)
+    sources: dict[str, Any] = {}
+    read = {}
+    for what, data in (("validation", validation), ("calibration", calibration)):
+        dataset = reader.read(data, what)
+        if options.progress:
+            print(f"[quantize] {dataset.description}", file=sys.stderr, flush=True)
+        sources[f"{what}_source"] = dataset.description
+        read[what] = dataset.arrays
+    applied = reader.applied.to_dict()
+    if applied:
+        sources["processing"] = applied
+    validation_arrays = read["validation"]
     validation_feed = _model_feed(session, validation_arrays, "validation")
-    calibration_feed = _model_feed(session, calibration_arrays, "calibration")
-    detected = detect_task([(o.name, o.type) for o in session.get_outputs()], task)
+    calibration_feed = _model_feed(session, read["calibration"], "calibration")
+    detected = detect_task([(o.name, o.type) for o in session.get_outputs()], options.task)
     del session
     labels = validation_arrays.get(LABEL_KEY) if detected.kind == "classification" else None
     if labels is not None and len(labels) != _rows(validation_feed):
         raise QuantizeError(
             f"{LABEL_KEY!r} has {len(labels)} rows, the inputs {_rows(validation_feed)}"
         )
-    return _GateData(validation_feed, calibration_feed, detected, labels)
+    return _GateData(validation_feed, calibration_feed, detected, labels, sources)
 
 
 def _measure_baseline(source: Path, data: _GateData, options: GateOptions) -> _Measurer:

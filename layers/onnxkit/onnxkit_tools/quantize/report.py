@@ -59,7 +59,9 @@ class Report:
         candidates: Every candidate, in the order they were built.
         chosen: Name of the chosen candidate.
         sensitivity: Measured sensitivity per probed node, most sensitive first.
-        data: Row counts and what the data held.
+        data: Row counts, what the data held, and (``validation_source``,
+            ``calibration_source``) what was read and how it was processed, with the declared
+            processing applied (``processing``: the manifest's JSON form) when any was.
         settings: Threads, batch size and repeats used for timing; notes on pre-processing.
         seconds: Wall time of the whole run.
     """
@@ -191,6 +193,11 @@ def format_table(report: Report) -> str:
         f"{Path(report.source).name}: {report.task} on output {report.output!r}, "
         f"{report.data.get('validation_rows')} validation rows, "
         f"{report.settings.get('threads')} threads",
+        *(
+            report.data[key]
+            for key in ("validation_source", "calibration_source")
+            if report.data.get(key)
+        ),
         f"budget: {report.budget.describe(report.task)}",
         head,
         f"{'fp32':<24} {fp32['size_bytes'] / 1e6:8.2f} {1:6.2f} "

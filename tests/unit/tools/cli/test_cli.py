@@ -20,7 +20,15 @@ from onnxkit_tools.local import api_gateway
 from onnxkit_tools.quantize.report import REPORT_SCHEMA
 from tests.unit.conftest import BuiltModel
 from tests.unit.template_helpers import REPO
-from tests.unit.tools.quantize.helpers import embedding_model, token_ids
+from tests.unit.tools.quantize.helpers import (
+    SENTENCES,
+    digits_files,
+    embedding_model,
+    text_model,
+    token_ids,
+    tokenizer_path,
+    write_lines,
+)
 
 COMMANDS = [
     [],
@@ -113,6 +121,126 @@ def test_quantize_writes_the_model_and_report_and_prints_every_candidate(tmp_pat
     assert "--max-size-ratio" in missed.stderr
     assert not (tmp_path / "none.onnx").exists()
     assert "fail: size" in missed.stdout
+
+
+def test_quantize_help_documents_text_and_image_data() -> None:
+    text = " ".join(CliRunner().invoke(cli, ["quantize", "--help"]).output.split())
+
+    for phrase in (
+        "--tokenizer FILE",
+        "--preprocess FILE",
+        "--labels FILE",
+        "a folder is images, .npz arrays, anything else text",
+        "-label-<class index>",
+        "val/<class>/<image>",
+        "--validation val.txt --tokenizer tokenizer.json",
+        "--validation val-images/ --preprocess image.json --labels labels.txt",
+    ):
+        assert phrase in text, phrase
+
+
+@pytest.mark.parametrize("command", ["quantize", "publish"])
+def test_quantize_and_publish_take_the_same_tokenizer_options(command: str) -> None:
+    text = " ".join(CliRunner().invoke(cli, [command, "--help"]).output.split())
+
+    assert "--max-length INTEGER RANGE tokens per sentence" in text
+    assert "[default: 128; 1<=x<=1000000]" in text
+    assert "--truncation / --no-truncation" in text
+    assert "--padding [longest|max_length]" in text
+
+
+def test_quantize_reads_image_folders_through_the_declaration(tmp_path: Path) -> None:
+    # GIVEN the digits files: a classifier, its validation rows as npz and as labelled images
+    digits = digits_files(tmp_path / "digits")
+    common = ["quantize", str(digits / "model.onnx"), "--candidates", "dynamic-qint8-*"]
+    common += ["--max-latency-ratio", "10"]
+    runner = CliRunner()
+
+    # WHEN it is quantized from the image folders, and from the arrays
+    images = runner.invoke(
+        cli,
+        [
+            *common,
+            *("--calibration", str(digits / "calibration")),
+            *("--validation", str(digits / "validation")),
+            *("--preprocess", str(digits / "image.json")),
+            *("--out", str(tmp_path / "int8.onnx"), "--report", str(tmp_path / "images.json")),
+        ],
+        standalone_mode=False,
+    )
+    arrays = runner.invoke(
+        cli,
+        [
+            *common,
+            *("--calibration", str(digits / "validation.npz")),
+            *("--validation", str(digits / "validation.npz")),
+            *("--out", str(tmp_path / "q.onnx"), "--report", str(tmp_path / "arrays.json")),
+        ],
+        standalone_mode=False,
+    )
+
+    # THEN both judge the same model on the same rows: fp32 accuracy is the same
+    assert images.return_value == 0, images.output
+    assert arrays.return_value == 0, arrays.output
+    by_images = json.loads((tmp_path / "images.json").read_text())
+    by_arrays = json.loads((tmp_path / "arrays.json").read_text())
+    assert by_images["data"]["validation_rows"] == by_arrays["data"]["validation_rows"] == 200
+    assert by_images["data"]["labels"] is True
+    assert by_images["fp32"]["quality"]["accuracy"] == by_arrays["fp32"]["quality"]["accuracy"]
+    assert by_images["data"]["processing"]["image"]["feeds"] == "input"
+    assert "processing" not in by_arrays["data"]
+    # AND the output says what was read, how, and how to publish it with the same processing
+    assert f"validation: {digits / 'validation'}: 200 images -> --preprocess" in images.stdout
+    assert "labels: file names (-label-<class index>)" in images.stdout
+    assert f"onnxkit publish {tmp_path / 'int8.onnx'} --name NAME --preprocess" in images.stdout
+    assert "200 rows of input, label, as is" in arrays.stdout
+    assert "onnxkit publish" not in arrays.stdout
+
+
+def test_quantize_reads_text_files_with_the_tokenizer_options(tmp_path: Path) -> None:
+    text_model(tmp_path / "model.onnx")
+    write_lines(tmp_path / "cal.txt", SENTENCES)
+    write_lines(tmp_path / "val.txt", SENTENCES[::-1])
+    args = ["quantize", str(tmp_path / "model.onnx"), "--out", str(tmp_path / "q.onnx")]
+    args += ["--calibration", str(tmp_path / "cal.txt"), "--validation", str(tmp_path / "val.txt")]
+    args += ["--tokenizer", str(tokenizer_path()), "--max-length", "20", "--padding", "max_length"]
+    args += ["--candidates", "dynamic-qint8-*", "--max-latency-ratio", "10"]
+
+    result = CliRunner().invoke(
+        cli, [*args, "--report", str(tmp_path / "r.json")], standalone_mode=False
+    )
+
+    assert result.return_value == 0, result.output
+    text = json.loads((tmp_path / "r.json").read_text())["data"]["processing"]["text"]
+    assert (text["max_length"], text["padding"], text["truncation"]) == (20, "max_length", True)
+    assert f"5 sentences -> --tokenizer {tokenizer_path()}" in result.stdout
+    assert "input_ids, attention_mask [5 x 20]" in result.stdout
+    assert "--max-length 20 --truncation --padding max_length" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("val.txt", "is read as text (one sentence per line"),
+        ("images", "is a folder, read as images: add --preprocess image.json"),
+    ],
+)
+def test_data_without_its_processing_option_says_which_option_to_add(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], data: str, message: str
+) -> None:
+    embedding_model(tmp_path / "model.onnx")
+    np.savez(tmp_path / "cal.npz", **token_ids(16, seed=1))
+    write_lines(tmp_path / "val.txt", SENTENCES)
+    (tmp_path / "images").mkdir()
+    args = ["quantize", str(tmp_path / "model.onnx"), "--out", str(tmp_path / "q.onnx")]
+    args += ["--calibration", str(tmp_path / "cal.npz"), "--validation", str(tmp_path / data)]
+
+    code = main(args)
+
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error [quantize_error]: validation data {tmp_path / data} ")
+    assert message in err
 
 
 def test_a_missing_input_file_is_a_usage_error_before_any_work(tmp_path: Path) -> None:

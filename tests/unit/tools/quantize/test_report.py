@@ -44,7 +44,7 @@ def test_report_round_trips_through_json_and_reselects() -> None:
 
 
 def test_report_json_schema(embedding_gate) -> None:
-    report, _ = embedding_gate
+    report, folder = embedding_gate
     document = json.loads(json.dumps(report.to_dict()))
     assert document["schema"] == REPORT_SCHEMA
     assert {
@@ -93,6 +93,9 @@ def test_report_json_schema(embedding_gate) -> None:
         "calibration_rows": 48,
         "calibration_rows_used": 48,
         "labels": False,
+        # npz data goes in as is: no processing is recorded
+        "validation_source": f"validation: {folder / 'validation.npz'}: 40 rows of ids, as is",
+        "calibration_source": f"calibration: {folder / 'calibration.npz'}: 48 rows of ids, as is",
     }
     # The table shows every candidate, pass or fail.
     table = format_table(report)
