@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-
 from onnxkit.errors import InvalidInputError
 from onnxkit.manifest import safe_relative
 
