@@ -110,7 +110,15 @@ def test_metadata_describes_the_published_signature(handler, published) -> None:
     assert {o["name"]: o["datatype"] for o in body["outputs"]} == {
         "label": "INT64",
         "probabilities": "FP32",
+        # what the declared postprocessing adds: the top 3 classes and their labels
+        "top_indices": "INT64",
+        "top_scores": "FP32",
+        "top_labels": "BYTES",
     }
+    assert body["parameters"]["processed_inputs"] == [
+        {"name": "image", "datatype": "BYTES", "shape": [-1]}
+    ]
+    assert body["parameters"]["content_types"] == ["application/json", "image/png", "image/jpeg"]
     assert body["parameters"]["sha256"] == published.model_file.sha256
     assert body["parameters"]["quantization"]["weight_type"] == "QInt8"
 

@@ -537,19 +537,19 @@ class Predictor:
             "backend": manifest.backend,
             "sha256": manifest.model_file.sha256,
         }
-        inputs, outputs = manifest.inputs, manifest.outputs
+        outputs = manifest.outputs
         if pipeline is not None:
-            # The processed inputs are what most clients send; the model's own tensors are
-            # still accepted, and listed here.
-            inputs, outputs = pipeline.inputs, pipeline.outputs
+            # ``inputs`` stays the model's tensors (still accepted); what processing takes
+            # instead, and what it adds to the outputs, are listed beside them.
+            outputs = pipeline.outputs
             parameters["processing"] = manifest.processing
-            parameters["tensor_inputs"] = [spec.to_dict() for spec in manifest.inputs]
+            parameters["processed_inputs"] = [spec.to_dict() for spec in pipeline.inputs]
             parameters["content_types"] = pipeline.accepted_media_types()
         return {
             "name": manifest.name,
             "versions": [manifest.version],
             "platform": "onnxruntime_onnx",
-            "inputs": [spec.to_dict() for spec in inputs],
+            "inputs": [spec.to_dict() for spec in manifest.inputs],
             "outputs": [spec.to_dict() for spec in outputs],
             "parameters": parameters,
         }
