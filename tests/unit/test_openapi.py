@@ -46,10 +46,22 @@ def test_every_operation_documents_json_errors_and_its_path_parameters() -> None
     document = build_document(RouteTable(FUNCTION, openapi=True))
     infer = document["paths"]["/v2/models/{name}/versions/{version}/infer"]["post"]
 
-    assert {p["name"] for p in infer["parameters"]} == {"name", "version"}
-    assert infer["requestBody"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/InferenceRequest"
+    assert {p["name"] for p in infer["parameters"] if p["in"] == "path"} == {"name", "version"}
+    assert {p["name"] for p in infer["parameters"] if p["in"] == "header"} == {
+        "Inference-Header-Content-Length"
     }
+    assert infer["requestBody"]["content"]["application/json"]["schema"] == {
+        "anyOf": [
+            {"$ref": "#/components/schemas/InferenceRequest"},
+            {"$ref": "#/components/schemas/Sentences"},
+        ]
+    }
+    assert set(infer["requestBody"]["content"]) == {
+        "application/json", "application/octet-stream", "text/plain", "image/png", "image/jpeg"
+    }  # fmt: skip
+    assert set(infer["responses"]["200"]["content"]) == {
+        "application/json", "application/octet-stream"
+    }  # fmt: skip
     for item in document["paths"].values():
         for operation in item.values():
             assert {"200", "4XX", "5XX"} <= set(operation["responses"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from onnxkit import __version__
+from onnxkit.codecs import BINARY_CONTENT_TYPE, REPLY_HEADER_LENGTH
 from onnxkit.datatypes import SUPPORTED_NAMES
 from onnxkit.routes import FUNCTION, Route, RouteTable
 
@@ -72,10 +73,23 @@ SCHEMAS: dict[str, Any] = {
         },
         ["inputs"],
     ),
+    # ``data`` is absent for an output sent as binary (parameters.binary_data_size says its size).
     "ResponseOutput": _object(
-        {"name": _STRING, "shape": _SHAPE, "datatype": _DATATYPE, "data": _DATA},
-        ["name", "shape", "datatype", "data"],
+        {
+            "name": _STRING,
+            "shape": _SHAPE,
+            "datatype": _DATATYPE,
+            "parameters": _PARAMETERS,
+            "data": _DATA,
+        },
+        ["name", "shape", "datatype"],
     ),
+    "Sentences": {
+        "type": "array",
+        "items": _STRING,
+        "minItems": 1,
+        "description": "A bare list of sentences (models published with a tokenizer).",
+    },
     "InferenceResponse": _object(
         {
             "model_name": _STRING,
@@ -174,10 +188,10 @@ def _operation(route: Route, behind_gateway: bool) -> dict[str, Any]:
     }
     if route.answers_json:
         answer = _ref(_ANSWERS[route.operation])
-        responses["200"] = {
-            "description": "OK",
-            "content": {"application/json": {"schema": answer}},
-        }
+        content: dict[str, Any] = {"application/json": {"schema": answer}}
+        if route.takes_body:
+            content[BINARY_CONTENT_TYPE] = {"schema": _BINARY_BODY}
+        responses["200"] = {"description": "OK", "content": content}
     else:
         responses["200"] = {"description": "OK (empty body)"}
     operation: dict[str, Any] = {
@@ -193,9 +207,39 @@ def _operation(route: Route, behind_gateway: bool) -> dict[str, Any]:
     if route.takes_body:
         operation["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": _ref("InferenceRequest")}},
+            "description": _BODY_DESCRIPTION,
+            "content": {
+                "application/json": {
+                    "schema": {"anyOf": [_ref("InferenceRequest"), _ref("Sentences")]}
+                },
+                BINARY_CONTENT_TYPE: {"schema": _BINARY_BODY},
+                "text/plain": {"schema": _STRING},
+                "image/png": {"schema": _BINARY_BODY},
+                "image/jpeg": {"schema": _BINARY_BODY},
+            },
         }
+        operation.setdefault("parameters", []).append(
+            {
+                "name": REPLY_HEADER_LENGTH,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1},
+                "description": "The binary tensor extension: the length of the JSON request at "
+                "the start of the body; raw tensor bytes follow it.",
+            }
+        )
     return operation
+
+
+_BINARY_BODY = {"type": "string", "format": "binary"}
+_BODY_DESCRIPTION = (
+    "A v2 inference request (JSON), or JSON followed by raw tensors (the binary tensor "
+    "extension: Inference-Header-Content-Length, parameters.binary_data_size); for a model "
+    "published with processing, also one sentence (text/plain), a JSON list of sentences, or "
+    "one image (image/png, image/jpeg). Binary outputs are answered as "
+    "application/octet-stream when asked for (parameters.binary_data_output, or binary_data "
+    "per output)."
+)
 
 
 def _operation_id(route: Route) -> str:
