@@ -145,12 +145,29 @@ def main() -> int:
             f"\nprediction: {predicted} (true label {label}, p={confidence:.4f}), "
             f"model digits v{answer['model_version']}, {elapsed:.1f} ms over HTTP"
         )
+        (image,) = (REPO / WORK / "digits" / "images").glob("000-label-*.png")
+        print(
+            f"\nthe same digit as a PNG file:\n$ curl -s -X POST {url} "
+            f"-H 'Content-Type: image/png' --data-binary @{image.relative_to(REPO)}",
+            flush=True,
+        )
+        request = urllib.request.Request(
+            url, data=image.read_bytes(), headers={"Content-Type": "image/png"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            from_image = json.loads(reply.read())
+        image_outputs = {o["name"]: o["data"] for o in from_image["outputs"]}
+        print(json.dumps(image_outputs))
+        print(
+            f"prediction from the image: {image_outputs['label'][0]} "
+            f"(top 3 labels {', '.join(image_outputs['top_labels'])})"
+        )
         print(
             f"\nthe servers stop now; to keep them, run steps 2 and 4 yourself (after the export "
             f"line), or just `{SHOWN} local start-api`: it starts its own S3 with the default "
             "digits model"
         )
-        return 0 if predicted == label else 1
+        return 0 if predicted == label == image_outputs["label"][0] else 1
     except (subprocess.CalledProcessError, urllib.error.URLError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1

@@ -536,3 +536,21 @@ def test_check_input_accepts_matching_and_dynamic_dims() -> None:
 def test_check_input_refuses(spec: ImageSpec, tensor: TensorSpec, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         spec.check_input(tensor)
+
+
+def test_a_batch_is_bounded_by_max_pixels_after_processing() -> None:
+    # GIVEN 4x4 images (16 pixels each) and a limit of 40 pixels
+    from io import BytesIO
+
+    from PIL import Image
+
+    from onnxkit.errors import PayloadTooLargeError as TooLarge
+
+    buffer = BytesIO()
+    Image.new("L", (4, 4)).save(buffer, format="PNG")
+    decoder = ImageDecoder(ImageSpec(feeds="x", color="L", max_pixels=40, layout="NHW"))
+
+    # THEN two fit (32 pixels), a third is refused as a whole request (48 > 40)
+    assert decoder.decode([buffer.getvalue()] * 2).shape == (2, 4, 4)
+    with pytest.raises(TooLarge, match=r"up to #2 hold 48 pixels.*fewer images"):
+        decoder.decode([buffer.getvalue()] * 3)

@@ -377,13 +377,23 @@ class ImageDecoder:
             InvalidInputError: The batch is empty; an item is empty, not bytes, not an accepted
                 encoding, damaged, or smaller than the crop; or the images end at different
                 sizes.
-            PayloadTooLargeError: An image declares more pixels than ``max_pixels``.
+            PayloadTooLargeError: An image declares more pixels than ``max_pixels``, or the
+                batch holds more after processing.
         """
         if len(images) == 0:
             raise InvalidInputError(f"{self.spec.input!r} holds no images; send at least one")
         arrays: list[np.ndarray] = []
+        held = 0
         for index, data in enumerate(images):
             pixels = self._pixels(index, data)
+            # The batch is bounded too: many small, highly compressed images of max_pixels
+            # each would otherwise fit in the body and still fill the memory once decoded.
+            held += pixels.shape[0] * pixels.shape[1]
+            if held > self.spec.max_pixels:
+                raise PayloadTooLargeError(
+                    f"the images up to #{index} hold {held} pixels after processing; the limit "
+                    f"for one request is {self.spec.max_pixels}: send fewer images per request"
+                )
             if arrays and pixels.shape != arrays[0].shape:
                 raise InvalidInputError(
                     f"image #{index} is {_hw(pixels)} after processing but image #0 is "
