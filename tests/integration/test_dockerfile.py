@@ -85,12 +85,32 @@ def pip(*args: str) -> None:
 # What each image must and must not install, beside the runtime core.
 EXPECTED = {
     LAMBDA: (
-        {"onnxkit", "onnxruntime", "numpy", "aws-lambda-powertools", "boto3", "python-mimeparse"},
-        {"uvicorn", "starlette", "onnxruntime-gpu", "click"},
+        {
+            "onnxkit",
+            "onnxruntime",
+            "numpy",
+            "aws-lambda-powertools",
+            "boto3",
+            "python-mimeparse",
+            "pillow",
+            "tokenizers",
+        },
+        {"uvicorn", "starlette", "onnxruntime-gpu", "click", "huggingface-hub"},
     ),
     GPU: (
-        {"onnxkit", "onnxruntime-gpu", "numpy", "boto3", "uvicorn", "starlette", "httptools"},
-        {"onnxruntime", "aws-lambda-powertools"},  # the CPU build would shadow the GPU one
+        {
+            "onnxkit",
+            "onnxruntime-gpu",
+            "numpy",
+            "boto3",
+            "uvicorn",
+            "starlette",
+            "httptools",
+            "pillow",
+            "tokenizers",
+        },
+        # the CPU build would shadow the GPU one; the Hub client is never used
+        {"onnxruntime", "aws-lambda-powertools", "huggingface-hub"},
     ),
 }
 
@@ -108,6 +128,14 @@ def image(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     pip("install", "--dry-run", "-q", "--ignore-installed", "--report", str(report), *TARGET,
         f"{wheel}[{extra}]")  # fmt: skip
     installs = json.loads(report.read_text())["install"]
+    # What the Dockerfile adds without dependencies (tokenizers), as it installs it.
+    assert (
+        f"pip install{' --no-cache-dir' if dockerfile == LAMBDA else ''} --no-deps -r "
+        f"{CONTEXT}/layers/onnxkit/no-deps.txt" in re.sub(r"\\\n\s*", " ", dockerfile.read_text())
+    )
+    pip("install", "--dry-run", "-q", "--ignore-installed", "--no-deps", "--report",
+        str(report), *TARGET, "-r", str(REPO / "layers" / "onnxkit" / "no-deps.txt"))  # fmt: skip
+    installs += json.loads(report.read_text())["install"]
     return {
         "dockerfile": dockerfile,
         "extra": extra,

@@ -35,7 +35,8 @@ def test_zip_variant_and_layer_build_with_python312(tmp_path: Path) -> None:
     # THEN the function holds app.py and the layer holds onnxkit with its runtime packages
     assert (build / "PredictZipFunction" / "app.py").is_file()
     layer = build / "OnnxkitLayer" / "python"
-    for package in ("onnxkit/predictor.py", "onnxruntime", "numpy", "aws_lambda_powertools"):
+    for package in ("onnxkit/predictor.py", "onnxruntime", "numpy", "aws_lambda_powertools",
+                    "PIL", "tokenizers"):  # fmt: skip
         assert (layer / package).exists(), f"{package} missing from the layer"
     # AND the runtime package alone: every runtime module, none of the tooling or its packages
     runtime = REPO / "layers" / "onnxkit" / "onnxkit"
@@ -45,7 +46,7 @@ def test_zip_variant_and_layer_build_with_python312(tmp_path: Path) -> None:
     }
     assert shipped == expected
     tooling = {"onnxkit_tools", "click", "onnx", "sklearn", "skl2onnx", "tqdm", "moto", "torch",
-               "uvicorn", "starlette"}  # fmt: skip
+               "uvicorn", "starlette", "huggingface_hub"}  # fmt: skip
     assert not tooling & {p.name for p in layer.iterdir()}
     built = (build / "template.yaml").read_text()
     assert "OnnxkitLayer" in built
