@@ -28,22 +28,31 @@ class LambdaContext:
         return 30_000
 
 
+AWS_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "POWERTOOLS_TRACE_DISABLED": "true",
+    "POWERTOOLS_METRICS_NAMESPACE": "OnnxkitTest",
+    "POWERTOOLS_SERVICE_NAME": "onnxkit",
+}
+"""The environment moto's in-process AWS runs in: fake credentials, no tracing."""
+
+
+def mock_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set :data:`AWS_TEST_ENV` and drop any endpoint override (moto's mock takes the calls)."""
+    for key, value in AWS_TEST_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+
+
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """moto's in-process AWS, set up before any boto3 client exists."""
     from moto import mock_aws
 
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "POWERTOOLS_TRACE_DISABLED": "true",
-        "POWERTOOLS_METRICS_NAMESPACE": "OnnxkitTest",
-        "POWERTOOLS_SERVICE_NAME": "onnxkit",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    mock_aws_env(monkeypatch)
     with mock_aws():
         yield
 

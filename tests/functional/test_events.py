@@ -1,4 +1,6 @@
-"""Every file in events/ through the real handler in-process: its status, error code, metrics."""
+"""Every file in events/ through the real handler in-process: its status, error code, metrics.
+
+Replies are read with tritonclient, JSON and binary alike, never with our own codecs."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from tests.conftest import (
     EVENTS,
     EXPECTED,
     STATUS_IN_NAME,
+    asks_binary_output,
+    decode_proxy_reply,
     expected_code,
     expected_labels,
     expected_status,
@@ -34,20 +38,31 @@ def test_event_returns_the_status_in_its_name(event_file: Path, handler) -> None
     # WHEN the handler serves it
     response = handler(event)
 
-    # THEN the status is the one in the file name, the body is JSON, an error has its code
+    # THEN the status is the one in the file name, the body is JSON (or binary tensors when the
+    # request asked for them), an error has its code
     status = expected_status(event_file)
     assert response["statusCode"] == status, response["body"]
-    assert response["multiValueHeaders"]["Content-Type"] == ["application/json"]
-    body = body_of(response)
+    headers = response["multiValueHeaders"]
     if status >= 400:
+        assert headers["Content-Type"] == ["application/json"]
+        assert response["isBase64Encoded"] is False
+        body = body_of(response)
         assert set(body) == {"error"}
         assert set(body["error"]) == {"code", "message"}
         assert body["error"]["code"] == expected_code(event_file)
         assert body["error"]["message"]
         assert status < 500, "bad input must never be a server error"
+        return
+    assert expected_code(event_file) is None
+    binary = asks_binary_output(event)
+    assert headers["Content-Type"] == ["application/octet-stream" if binary else "application/json"]
+    assert response["isBase64Encoded"] is binary
+    assert ("Inference-Header-Content-Length" in headers) is binary
+    if binary:
+        document, _ = decode_proxy_reply(response)
+        assert all("binary_data_size" in o["parameters"] for o in document["outputs"])
     else:
-        assert expected_code(event_file) is None
-        assert "error" not in body
+        assert "error" not in body_of(response)
 
 
 def test_every_event_file_has_an_expectation_and_every_expectation_a_file() -> None:
@@ -56,26 +71,32 @@ def test_every_event_file_has_an_expectation_and_every_expectation_a_file() -> N
     assert files == set(EXPECTED)
 
 
-@pytest.mark.parametrize(
-    "event_file",
-    [p for p in EVENT_FILES if "infer" in p.stem and expected_status(p) == 200],
-    ids=lambda p: p.stem,
-)
+INFER_200 = [
+    p
+    for p in EVENT_FILES
+    if json.loads(p.read_text())["path"].endswith("/infer") and expected_status(p) == 200
+]
+
+
+@pytest.mark.parametrize("event_file", INFER_200, ids=lambda p: p.stem)
 def test_predictions_are_the_true_digits(event_file: Path, handler) -> None:
     event = json.loads(event_file.read_text())
-    body = body_of(handler(event))
-    outputs = {o["name"]: o for o in body["outputs"]}
-    labels = expected_labels(event)
-    assert labels is not None
-    assert outputs["label"]["data"] == labels
-    assert outputs["label"]["datatype"] == "INT64"
-    assert body["model_name"] == "digits"
-    assert body["model_version"] == "1"
+    response = handler(event)
+    document, outputs = decode_proxy_reply(response)
+    labels = expected_labels(event, event_file)
+    assert labels is not None, "a 200 infer event names its true labels (request id or labels)"
+    datatypes = {o["name"]: o["datatype"] for o in document["outputs"]}
+    assert outputs["label"].tolist() == labels
+    assert datatypes["label"] == "INT64"
+    assert document["model_name"] == "digits"
+    assert document["model_version"] == "1"
     if "probabilities" in outputs:
-        probabilities = np.array(outputs["probabilities"]["data"]).reshape(
-            outputs["probabilities"]["shape"]
-        )
-        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+        np.testing.assert_allclose(outputs["probabilities"].sum(axis=1), 1.0, rtol=1e-4)
+    if "top_labels" in outputs:  # the postprocessing: the best class first, named by labels.txt
+        assert datatypes["top_labels"] == "BYTES"
+        assert outputs["top_labels"].shape == (len(labels), 3)
+        assert [int(x.decode()) for x in outputs["top_labels"][:, 0]] == labels
+        assert outputs["top_indices"][:, 0].tolist() == labels
 
 
 def test_outputs_equal_onnxruntime_on_the_same_input(handler, digits_dir: Path, digits_validation):

