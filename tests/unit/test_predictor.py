@@ -447,3 +447,14 @@ def test_the_predictor_exposes_its_limits_and_backend(
     assert predictor.refresh_interval == 0.0
     backend = predictor.load()
     assert predictor.current_backend is backend
+
+
+@pytest.mark.parametrize("inputs", ["5", "true", '"x"', "{}", "null"])
+def test_inputs_that_are_not_a_list_are_400_not_a_crash(
+    make_predictor: Callable[..., Any], tiny_model: BuiltModel, inputs: str
+) -> None:
+    # Found by schemathesis: {"inputs": 5} was a 500 (the processing check iterated it).
+    predictor, _, _ = make_predictor(tiny_model, "tiny")
+
+    with pytest.raises(InvalidInputError, match="'inputs' must be a non-empty list"):
+        predictor.infer("tiny", None, f'{{"inputs": {inputs}}}')

@@ -604,7 +604,11 @@ class Predictor:
         try:
             request = self._decode(pipeline, manifest, media, body, data, binary)
             wanted = pipeline.model_outputs(request.outputs) if pipeline else request.outputs
-            inputs = pipeline.preprocess(request.inputs) if pipeline else request.inputs
+            inputs = (
+                pipeline.preprocess(request.inputs, raw_images=media in BARE_MEDIA_TYPES)
+                if pipeline
+                else request.inputs
+            )
             started = time.perf_counter()
             outputs = backend.run(inputs, wanted)
             elapsed = (time.perf_counter() - started) * 1000
@@ -655,7 +659,9 @@ class Predictor:
                     f"{self._limits.max_batch_size}; split them into smaller requests"
                 )
             return InferenceRequest(inputs=pipeline.from_list(data))
-        names = {str(raw.get("name")) for raw in data.get("inputs") or () if isinstance(raw, dict)}
+        raw_inputs = data.get("inputs")
+        listed = raw_inputs if isinstance(raw_inputs, list) else []  # decode_request says why
+        names = {str(raw.get("name")) for raw in listed if isinstance(raw, dict)}
         signature = pipeline.signature_for(names) if pipeline else manifest.inputs
         return decode_request(
             data, signature, max_batch_size=self._limits.max_batch_size, binary=binary

@@ -18,7 +18,12 @@ import mimeparse
 
 from onnxkit.codecs import BINARY_CONTENT_TYPE as BINARY
 from onnxkit.codecs import HEADER_LENGTH, check_content_type, media_type
-from onnxkit.errors import MethodNotAllowedError, NotAcceptableError, RouteNotFoundError
+from onnxkit.errors import (
+    MethodNotAllowedError,
+    NotAcceptableError,
+    RouteNotFoundError,
+    UnsupportedMediaTypeError,
+)
 from onnxkit.predictor import BARE_MEDIA_TYPES, Predictor
 
 JSON = "application/json"
@@ -256,7 +261,15 @@ def negotiate(route: Route, *, content_type: str | None, accept: str | None) -> 
             + (f" (and {BINARY} for binary tensors)" if route.takes_body else " only")
         )
     if route.takes_body and media_type(content_type or "") not in BODY_MEDIA_TYPES:
-        check_content_type(content_type)
+        try:
+            check_content_type(content_type)
+        except UnsupportedMediaTypeError as exc:
+            raise UnsupportedMediaTypeError(
+                f"Content-Type {media_type(content_type or '')!r} is not supported; send "
+                f"{JSON} (a v2 request, or a list of sentences), {BINARY} with "
+                "Inference-Header-Content-Length (binary tensors), or, to a model published "
+                "with processing, text/plain, image/png or image/jpeg"
+            ) from exc
 
 
 def accepts_json(accept: str | None) -> bool:

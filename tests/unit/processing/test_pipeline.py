@@ -254,3 +254,15 @@ def test_processing_files_never_count_as_the_model() -> None:
         == "x"
     )
     assert TensorSpec("text", "BYTES", (-1,)) in Pipeline(manifest(ALL), FILES.__getitem__).inputs
+
+
+def test_an_image_body_is_never_read_as_base64(pipeline: Pipeline) -> None:
+    # GIVEN base64 text sent as the bytes of an image/png body
+    image = base64.b64encode(png([[0, 2], [4, 6]]))
+    ids = np.array([[2]], np.int64)
+    inputs = {"image": np.array([image], dtype=object), "input_ids": ids, "attention_mask": ids}
+
+    # THEN it is what it is: not an image
+    with pytest.raises(InvalidInputError, match="cannot be decoded as PNG or JPEG"):
+        pipeline.preprocess(inputs, raw_images=True)
+    assert pipeline.preprocess(inputs)["pixels"].tolist() == [[0.0, 1.0, 2.0, 3.0]]

@@ -260,8 +260,15 @@ class Pipeline:
             types.extend(IMAGE_MEDIA_TYPES)
         return types
 
-    def preprocess(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def preprocess(
+        self, inputs: dict[str, np.ndarray], *, raw_images: bool = False
+    ) -> dict[str, np.ndarray]:
         """The model's tensors from a request's inputs (public ones processed, others kept).
+
+        Args:
+            inputs: The request's inputs, decoded.
+            raw_images: The images are the body's own bytes (an ``image/*`` body): never read
+                as base64.
 
         Raises:
             InvalidInputError: A sentence or an image is refused, or a model input is missing.
@@ -274,7 +281,9 @@ class Pipeline:
             items = list(inputs[text.input].reshape(-1))
             feeds.update(self._text.encode(items, self._dtypes))
         if image is not None and self._image is not None and image.input in inputs:
-            items = [_image_bytes(i, item) for i, item in enumerate(inputs[image.input].ravel())]
+            items = list(inputs[image.input].ravel())
+            if not raw_images:
+                items = [_image_bytes(i, item) for i, item in enumerate(items)]
             feeds[image.feeds] = self._image.decode(items)
         missing = [spec.name for spec in self._manifest.inputs if spec.name not in feeds]
         if missing:
