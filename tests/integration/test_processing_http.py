@@ -132,7 +132,9 @@ def test_tritonclient_defaults_send_sentences_and_get_the_fp32_embeddings(
     served = result.as_numpy("sentence_embedding")
     expected = reference_embeddings(minilm_built, texts)
     assert served.shape == expected.shape == (len(texts), 384)
-    assert row_cosines(served, expected).min() >= MIN_COSINE
+    cosines = row_cosines(served, expected)
+    print(f"\n{text_server}: {len(texts)} sentences, min cosine {cosines.min():.7f}")
+    assert cosines.min() >= MIN_COSINE
     assert result.get_response()["outputs"][0]["parameters"]["binary_data_size"] == served.nbytes
 
 
@@ -174,6 +176,10 @@ def test_tritonclient_defaults_send_pngs_and_reach_the_tensor_path_accuracy(
     (tensor_labels,) = session.run(["label"], {"input": features})
     png_accuracy = float(np.mean(np.concatenate(predicted) == labels))
     tensor_accuracy = float(np.mean(tensor_labels == labels))
+    print(
+        f"\n{digits_server}: {len(labels)} held-out PNGs, accuracy {png_accuracy:.4f} "
+        f"(tensor path {tensor_accuracy:.4f})"
+    )
     assert png_accuracy >= tensor_accuracy, (png_accuracy, tensor_accuracy)
     # AND the labels file names the top class: "0".."9", the label output as text
     first = np.concatenate(top_labels)[:, 0]

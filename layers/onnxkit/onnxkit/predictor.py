@@ -590,7 +590,7 @@ class Predictor:
         """
         media = media_type(content_type) if content_type else ""
         bare = media in BARE_MEDIA_TYPES
-        if bare:
+        if bare:  # the body is one input: no JSON in it
             check_size(body, max_bytes=self._limits.max_request_bytes)
             data: dict[str, Any] | list[Any] = {}
             binary = b""
@@ -602,12 +602,10 @@ class Predictor:
         manifest = backend.manifest
         pipeline = processing_of(backend)
         try:
-            request = self._decode(pipeline, manifest, media, body, data, binary)
+            request = self._decode(pipeline, manifest, media if bare else "", body, data, binary)
             wanted = pipeline.model_outputs(request.outputs) if pipeline else request.outputs
             inputs = (
-                pipeline.preprocess(request.inputs, raw_images=media in BARE_MEDIA_TYPES)
-                if pipeline
-                else request.inputs
+                pipeline.preprocess(request.inputs, raw_images=bare) if pipeline else request.inputs
             )
             started = time.perf_counter()
             outputs = backend.run(inputs, wanted)
@@ -639,8 +637,9 @@ class Predictor:
         data: dict[str, Any] | list[Any],
         binary: bytes,
     ) -> InferenceRequest:
-        """The request's inputs: a bare body's or list's through the processing, else v2."""
-        if media in BARE_MEDIA_TYPES:
+        """The request's inputs: a bare body's (``media`` set) or a list's through the
+        processing, else the v2 request's."""
+        if media:
             if pipeline is None:
                 raise UnsupportedMediaTypeError(
                     f"Content-Type {media!r} needs a model published with processing "
