@@ -57,7 +57,8 @@ def test_every_operation_documents_json_errors_and_its_path_parameters() -> None
         ]
     }
     assert set(infer["requestBody"]["content"]) == {
-        "application/json", "application/octet-stream", "text/plain", "image/png", "image/jpeg"
+        "application/json", "application/octet-stream", "text/plain", "image/png", "image/jpeg",
+        "application/vnd.sagemaker-triton.binary+json",
     }  # fmt: skip
     assert set(infer["responses"]["200"]["content"]) == {
         "application/json", "application/octet-stream"

@@ -44,6 +44,11 @@ JSON_CONTENT_TYPE = "application/json"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 """The Content-Type of a binary reply, and one more a binary request may carry."""
 
+SAGEMAKER_BINARY_CONTENT_TYPE = "application/vnd.sagemaker-triton.binary+json"
+"""The binary extension through SageMaker's InvokeEndpoint, which passes no custom header: the
+JSON part's length travels as the media type's ``json-header-size`` parameter instead (the
+convention of Triton's SageMaker server and its clients), both ways."""
+JSON_HEADER_SIZE = "json-header-size"
 HEADER_LENGTH = "inference-header-content-length"
 """The binary extension's request header (lower-case, as edges look headers up): the byte
 length of the body's JSON part."""
@@ -115,6 +120,16 @@ def check_content_type(content_type: str | None, *, binary: bool = False) -> Non
         f"Content-Type {media!r} is not supported; send application/json "
         f"(the Open Inference Protocol v2 JSON form){also}"
     )
+
+
+def media_parameter(content_type: str, name: str) -> str | None:
+    """One parameter of a Content-Type value (``json-header-size=123``), or None."""
+    try:
+        _, _, parameters = mimeparse.parse_mime_type(content_type)
+    except (mimeparse.MimeTypeParseException, ValueError):
+        return None
+    value = parameters.get(name)
+    return None if value is None else str(value)
 
 
 @functools.lru_cache(maxsize=256)  # clients repeat their headers: parse each value once

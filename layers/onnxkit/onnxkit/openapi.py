@@ -11,7 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from onnxkit import __version__
-from onnxkit.codecs import BINARY_CONTENT_TYPE, REPLY_HEADER_LENGTH
+from onnxkit.codecs import (
+    BINARY_CONTENT_TYPE,
+    REPLY_HEADER_LENGTH,
+    SAGEMAKER_BINARY_CONTENT_TYPE,
+)
 from onnxkit.datatypes import SUPPORTED_NAMES
 from onnxkit.routes import FUNCTION, Route, RouteTable
 
@@ -213,6 +217,7 @@ def _operation(route: Route, behind_gateway: bool) -> dict[str, Any]:
                     "schema": {"anyOf": [_ref("InferenceRequest"), _ref("Sentences")]}
                 },
                 BINARY_CONTENT_TYPE: {"schema": _BINARY_BODY},
+                SAGEMAKER_BINARY_CONTENT_TYPE: {"schema": _BINARY_BODY},
                 "text/plain": {"schema": _STRING},
                 "image/png": {"schema": _BINARY_BODY},
                 "image/jpeg": {"schema": _BINARY_BODY},
@@ -238,7 +243,8 @@ _BODY_DESCRIPTION = (
     "published with processing, also one sentence (text/plain), a JSON list of sentences, or "
     "one image (image/png, image/jpeg). Binary outputs are answered as "
     "application/octet-stream when asked for (parameters.binary_data_output, or binary_data "
-    "per output)."
+    "per output). Through SageMaker, the JSON part's size is the json-header-size parameter of "
+    "application/vnd.sagemaker-triton.binary+json, both ways."
 )
 
 

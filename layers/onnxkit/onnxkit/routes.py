@@ -17,7 +17,12 @@ from typing import Any, Literal
 import mimeparse
 
 from onnxkit.codecs import BINARY_CONTENT_TYPE as BINARY
-from onnxkit.codecs import HEADER_LENGTH, check_content_type, media_type
+from onnxkit.codecs import (
+    HEADER_LENGTH,
+    SAGEMAKER_BINARY_CONTENT_TYPE,
+    check_content_type,
+    media_type,
+)
 from onnxkit.errors import (
     MethodNotAllowedError,
     NotAcceptableError,
@@ -33,8 +38,9 @@ ENDPOINT: Edge = "endpoint"
 BOTH = frozenset({FUNCTION, ENDPOINT})
 OPENAPI_PATH = "/v2/openapi.json"
 _PARAM = re.compile(r"\{([a-z_]+)\}")
-BODY_MEDIA_TYPES = frozenset({BINARY, *BARE_MEDIA_TYPES})
-"""What an inference body may be besides JSON: binary tensors, a bare sentence or image."""
+BODY_MEDIA_TYPES = frozenset({BINARY, SAGEMAKER_BINARY_CONTENT_TYPE, *BARE_MEDIA_TYPES})
+"""What an inference body may be besides JSON: binary tensors (the header, or SageMaker's media
+type naming the JSON part's size), a bare sentence or image."""
 
 
 @dataclass(frozen=True)

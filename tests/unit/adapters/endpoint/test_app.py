@@ -483,3 +483,39 @@ def test_batching_is_wired_from_the_settings(tiny_model: BuiltModel) -> None:
     for x, reply in zip(rows, replies, strict=True):
         got = np.asarray(reply.json()["outputs"][0]["data"], np.float32).reshape(1, 2)
         np.testing.assert_allclose(got, tiny_model.compute(x)["y"], rtol=1e-6)
+
+
+def test_sagemaker_s_binary_media_type_carries_the_header_size_both_ways(
+    tiny_server: Any, tiny_model: BuiltModel
+) -> None:
+    """InvokeEndpoint passes no custom header: the binary extension's JSON size travels as the
+    media type's json-header-size, as Triton's SageMaker server and its clients do."""
+    import onnxruntime as ort
+    import tritonclient.http as httpclient
+
+    # GIVEN a binary request built by tritonclient, its size in SageMaker's media type
+    x = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
+    tensor = httpclient.InferInput("x", [3, 4], "FP32")
+    tensor.set_data_from_numpy(x)  # binary
+    body, size = httpclient.InferenceServerClient.generate_request_body(
+        [tensor], outputs=[httpclient.InferRequestedOutput("y", binary_data=True)]
+    )
+    media = "application/vnd.sagemaker-triton.binary+json"
+
+    # WHEN it is invoked as boto3's sagemaker-runtime does (the endpoint's path)
+    response = requests.post(
+        f"{tiny_server.url}/endpoints/tiny/invocations",
+        data=body,
+        headers={"Content-Type": f"{media};json-header-size={size}"},
+        timeout=10,
+    )
+
+    # THEN the answer is binary, its JSON size in the same media type, and onnxruntime's values
+    assert response.status_code == 200, response.text
+    answered, _, parameter = response.headers["Content-Type"].partition(";json-header-size=")
+    assert answered == media
+    result = httpclient.InferenceServerClient.parse_response_body(
+        response.content, header_length=int(parameter)
+    )
+    session = ort.InferenceSession(str(tiny_model.path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(result.as_numpy("y"), session.run(["y"], {"x": x})[0], rtol=1e-6)
