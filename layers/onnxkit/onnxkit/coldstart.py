@@ -36,8 +36,7 @@ from onnxkit.settings import Settings
 if TYPE_CHECKING:
     from onnxkit.manifest import Manifest
     from onnxkit.predictor import Predictor
-    from onnxkit.processing import Pipeline
-    from onnxkit.sources import ModelSource, Prefetched
+    from onnxkit.sources import Prefetched
 
 INIT_PHASES = ("imports", *LOAD_PHASES)
 """The phases an init breakdown reports: the main thread's imports, then the model load's."""
@@ -77,7 +76,7 @@ class Loading:
 
             source = open_source(self._settings, self.clients)
             ready = prefetch(source, self._settings.forward, on_download=self._download.set)
-            ready = _with_session(ready, self._settings, source, on_start=self._session.set)
+            ready = _with_session(ready, self._settings, on_start=self._session.set)
             self._session.set()  # (also when there was no session to make)
 
             from onnxkit.compose import build_predictor
@@ -136,64 +135,21 @@ class Loading:
 
 
 def _with_session(
-    ready: Prefetched, settings: Settings, source: ModelSource, on_start: Callable[[], None]
+    ready: Prefetched, settings: Settings, on_start: Callable[[], None]
 ) -> Prefetched:
-    """The prefetched model's session, made before the composition root is imported; the
-    version's declared processing (a tokenizer, labels) loads beside it, in its own thread,
-    while onnxruntime builds the session without the GIL."""
+    """The prefetched model's session, made before the composition root is imported."""
     if ready.model is None:
         return ready
     from onnxkit.errors import OnnxkitError
     from onnxkit.session import open_session
 
     on_start()
-    beside = _ProcessingLoad(source, ready.manifest) if ready.manifest else None
     try:
         with ready.phases.timed("session"):
             session = open_session(ready.model, settings.session)
     except OnnxkitError as exc:  # the first load raises it; the next request retries
         return replace(ready, model=None, error=exc)
-    finally:
-        pipeline = beside.join(ready.phases) if beside is not None else None
-    return replace(ready, session=session, pipeline=pipeline)
-
-
-class _ProcessingLoad:
-    """A version's processing loading in a thread (nothing to do without declarations).
-
-    A failure is dropped here: the composition root loads the processing again and raises
-    what it finds (the first request then retries).
-    """
-
-    def __init__(self, source: ModelSource, manifest: Manifest) -> None:
-        self._phases = Phases()
-        self._pipeline: Pipeline | None = None
-        self._thread: threading.Thread | None = None
-        if manifest.processing:
-            self._thread = threading.Thread(
-                target=self._run, args=(source, manifest), name="onnxkit-processing", daemon=True
-            )
-            self._thread.start()
-
-    def _run(self, source: ModelSource, manifest: Manifest) -> None:
-        from onnxkit.errors import OnnxkitError
-        from onnxkit.processing import load_pipeline
-
-        try:
-            self._pipeline = load_pipeline(
-                manifest, lambda path: source.read(manifest, path), self._phases
-            )
-        except OnnxkitError:
-            self._phases.ms.clear()
-
-    def join(self, phases: Phases) -> Pipeline | None:
-        """The loaded processing (None: none declared, or it failed), its time in ``phases``."""
-        if self._thread is None:
-            return None
-        self._thread.join()
-        for phase, ms in self._phases.ms.items():
-            phases.add(phase, ms)
-        return self._pipeline
+    return replace(ready, session=session)
 
 
 def start_loading(settings: Settings, *, clients: AwsClients | None = None) -> Loading:

@@ -17,7 +17,7 @@ from onnxkit.backends.batching import BatchingBackend
 from onnxkit.backends.onnxruntime import OnnxruntimeBackend
 from onnxkit.backends.sagemaker import SageMakerBackend
 from onnxkit.canary import CanaryAborter, CanaryPolicy, MemoryProbe, memory_limit_bytes
-from onnxkit.errors import ModelNotReadyError
+from onnxkit.errors import IntegrityError, ModelNotReadyError
 from onnxkit.manifest import Manifest
 from onnxkit.phases import Phases
 from onnxkit.predictor import Observer, Predictor, Refresh
@@ -83,7 +83,6 @@ def build_predictor(
         phases: Phases | None = None,
         model: Path | bytes | None = None,
         session: Any = None,
-        pipeline: Pipeline | None = None,
     ) -> Backend:
         phases = phases or Phases()
         if (
@@ -108,7 +107,7 @@ def build_predictor(
         with phases.timed("warmup"):
             warm_up(session, manifest.inputs)
         backend: Backend = OnnxruntimeBackend(manifest, session)
-        backend.processing = pipeline or load_pipeline(source, manifest, phases)
+        backend.processing = load_pipeline(source, manifest, phases)
         if role == ENDPOINT and settings.endpoint.batching:
             backend = BatchingBackend(
                 backend,
@@ -124,7 +123,7 @@ def build_predictor(
             ready = ahead.pop()
             if ready.error is not None:
                 raise ready.error
-            return load(ready.manifest, ready.phases, ready.model, ready.session, ready.pipeline)
+            return load(ready.manifest, ready.phases, ready.model, ready.session)
         phases = Phases()
         with phases.timed("resolve"):
             manifest = source.resolve()
@@ -159,11 +158,24 @@ def build_predictor(
 
 
 def load_pipeline(source: ModelSource, manifest: Manifest, phases: Phases) -> Pipeline | None:
-    """A version's declared processing, its files read from ``source`` and verified (None:
-    none declared); see :func:`onnxkit.processing.load_pipeline`."""
-    from onnxkit.processing import load_pipeline as load
+    """A version's declared processing with its files read and verified (None: none declared).
 
-    return load(manifest, lambda path: source.read(manifest, path), phases)
+    Raises:
+        IntegrityError: A file does not hold what its declaration needs.
+        OnnxkitError: A file cannot be read from the store.
+    """
+    if not manifest.processing:
+        return None
+    from onnxkit.processing import Pipeline
+
+    with phases.timed("processing"):
+        try:
+            return Pipeline(manifest, lambda path: source.read(manifest, path))
+        except ValueError as exc:
+            raise IntegrityError(
+                f"{manifest.name} {manifest.version}: its processing cannot be loaded ({exc}); "
+                "publish the version again with valid processing files"
+            ) from exc
 
 
 def canary_policy(settings: Settings, source: ModelSource) -> CanaryPolicy:

@@ -32,7 +32,6 @@ from onnxkit.store import MANIFEST_NAME, ModelStore
 
 if TYPE_CHECKING:
     from onnxkit.canary import Rollout  # imported when an alias is followed, not at cold start
-    from onnxkit.processing import Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -406,8 +405,6 @@ class Prefetched:
     error: OnnxkitError | None = None
     session: Any = None
     """The onnxruntime session over ``model``, when the cold start made it already."""
-    pipeline: Pipeline | None = None
-    """The version's processing, when the cold start loaded it beside the session."""
 
 
 def prefetch(

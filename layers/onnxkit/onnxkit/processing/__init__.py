@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from onnxkit.datatypes import BY_NAME
-from onnxkit.errors import IntegrityError, InvalidInputError, UnsupportedMediaTypeError
+from onnxkit.errors import InvalidInputError, UnsupportedMediaTypeError
 from onnxkit.manifest import TensorSpec
 from onnxkit.processing.image import ImageSpec
 from onnxkit.processing.post import PostSpec
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     import numpy as np
 
     from onnxkit.manifest import Manifest
-    from onnxkit.phases import Phases
 
 TEXT_MEDIA_TYPES = ("text/plain",)
 IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg")
@@ -157,32 +156,6 @@ class Processing:
 def processing_files(data: Mapping[str, Any] | None) -> tuple[str, ...]:
     """The files a manifest's ``processing`` object names (none for None)."""
     return Processing.from_dict(data).files if data else ()
-
-
-def load_pipeline(
-    manifest: Manifest, read: Callable[[str], bytes], phases: Phases
-) -> Pipeline | None:
-    """A version's declared processing, loaded (None: none declared), timed as ``processing``.
-
-    Args:
-        manifest: The version.
-        read: Returns one of its files, verified (a tokenizer, a labels file).
-        phases: Where the time goes.
-
-    Raises:
-        IntegrityError: A file does not hold what its declaration needs.
-        OnnxkitError: A file cannot be read from the store.
-    """
-    if not manifest.processing:
-        return None
-    with phases.timed("processing"):
-        try:
-            return Pipeline(manifest, read)
-        except ValueError as exc:
-            raise IntegrityError(
-                f"{manifest.name} {manifest.version}: its processing cannot be loaded ({exc}); "
-                "publish the version again with valid processing files"
-            ) from exc
 
 
 class Pipeline:
