@@ -1,8 +1,9 @@
 """The function's cold start and warm invoke in a fresh process, against a naive script.
 
-For each model (digits; MiniLM int8; a synthetic model of --synthetic-mb MB, 320 by default,
-to show how it scales with size), each round starts two fresh Python processes, alternately,
-with an empty /tmp cache:
+For each model (digits; MiniLM int8; MiniLM int8 published with its tokenizer, sent one
+sentence as text/plain (minilm-text: the naive script reads the tokenizer from S3 and tokenizes
+too); a synthetic model of --synthetic-mb MB, 320 by default, to show how it scales with size),
+each round starts two fresh Python processes, alternately, with an empty /tmp cache:
 
   function   `functions/predict/app.py` as Lambda runs it: imports, Settings from the
              environment, alias -> manifest -> download -> sha256 -> session -> warm-up (init),
@@ -22,7 +23,8 @@ ratios of the medians, and a summary over the models. The runtime package is byt
 first, as `pip install` does in the image. `--package-dir` runs another checkout's runtime
 package in the function (its `layers/onnxkit`), to compare two versions on the same floor.
 
-    .venv/bin/python scripts/bench_function.py [--model all|digits|minilm|synthetic] [--rounds 7]
+    .venv/bin/python scripts/bench_function.py [--model all|digits|minilm|minilm-text|synthetic]
+        [--rounds 7]
 """
 
 from __future__ import annotations
@@ -66,8 +68,9 @@ assert response["statusCode"] == 200, response
 # session the handler runs (same process, same inputs); the first calls of each block dropped.
 import numpy as np
 session = app.lambda_handler.predictor.load()._session
+tensors = json.loads(os.environ.get("TENSORS") or event["body"])["inputs"]  # text: tokenized
 feed = {t["name"]: np.asarray(t["data"], np.dtype(t["datatype"].lower().replace("fp", "float")))
-        .reshape(t["shape"]) for t in json.loads(event["body"])["inputs"]}
+        .reshape(t["shape"]) for t in tensors}
 sys.stdout = open(os.devnull, "w")  # the metrics Powertools prints on every invoke
 warm, bare = [], []
 calls = {"handler": lambda: app.lambda_handler(event, Context()),
@@ -95,6 +98,14 @@ data = s3.get_object(Bucket=os.environ["BUCKET"], Key=os.environ["KEY"])["Body"]
 session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
 feed = {k: np.asarray(v["data"], v["dtype"]).reshape(v["shape"])
         for k, v in json.loads(os.environ["FEED"]).items()}
+if os.environ.get("TOKENIZER_KEY"):  # text: the sentence through its tokenizer, from the store
+    import tokenizers
+    raw = s3.get_object(Bucket=os.environ["BUCKET"], Key=os.environ["TOKENIZER_KEY"])["Body"]
+    tokenizer = tokenizers.Tokenizer.from_str(raw.read().decode())
+    tokenizer.no_padding()
+    encoding = tokenizer.encode(os.environ["SENTENCE"])
+    feed = {"input_ids": np.array([encoding.ids], np.int64),
+            "attention_mask": np.array([encoding.attention_mask], np.int64)}
 session.run(None, feed)
 answered_at = time.time()
 warm = []
@@ -129,7 +140,28 @@ def model_and_request(model: str, synthetic_mb: int = 320) -> tuple[Path, str, d
     import numpy as np
 
     from onnxkit.codecs import encode_tensor
-    from onnxkit_tools.examples.minilm import default_minilm_dir, quick_int8
+    from onnxkit_tools.examples.minilm import default_minilm_dir, quick_int8, tokenizer_file
+
+    if model == "minilm-text":  # one sentence as a text/plain body, tokenized by the function
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(tokenizer_file()))
+        tokenizer.no_padding()
+        encoding = tokenizer.encode(SENTENCE)
+        inputs = {
+            "input_ids": np.array([encoding.ids], np.int64),
+            "attention_mask": np.array([encoding.attention_mask], np.int64),
+        }
+        event = json.loads((REPO / "events" / "text_plain_200.json").read_text())
+        event["path"] = "/v2/models/minilm-text/infer"
+        event["body"], event["isBase64Encoded"] = SENTENCE, False
+        feed = {
+            name: {"data": array.ravel().tolist(), "shape": list(array.shape), "dtype": "int64"}
+            for name, array in inputs.items()
+        }
+        tensors = json.dumps({"inputs": [encode_tensor(k, v) for k, v in inputs.items()]})
+        request = {"event": event, "feed": feed, "tensors": tensors, "sentence": SENTENCE}
+        return quick_int8(default_minilm_dir()), "minilm-text", request
 
     int8 = quick_int8(default_minilm_dir())
     # One validation row (batch 1, 128 tokens), the workload bench_endpoint.py measures too.
@@ -144,12 +176,16 @@ def model_and_request(model: str, synthetic_mb: int = 320) -> tuple[Path, str, d
     return int8, "minilm", {"event": event, "feed": feed}
 
 
+MODELS = ("digits", "minilm", "minilm-text", "synthetic")
+SENTENCE = "The quick brown fox jumps over the lazy dog, then sleeps in the warm afternoon sun."
+
 INIT_KEYS = {  # the function's own breakdown; the load runs in a thread beside the imports
     "imports_ms": "imports (main thread)",
     "resolve_ms": "load: resolve alias + manifest",
     "download_ms": "load: download",
     "verify_ms": "load: sha256 (while streaming)",
     "session_ms": "load: session",
+    "processing_ms": "load: processing (tokenizer, labels)",
     "warmup_ms": "load: warm-up run",
     "waited_for_model_ms": "main thread waited for the load",
 }
@@ -233,6 +269,11 @@ def bench_model(
         if "1" in registry.list_versions(name):  # a second case on the same model
             manifest = registry.get_manifest(name, "1")
         else:
+            processing = None
+            if "sentence" in request:
+                from onnxkit_tools.examples.minilm import minilm_processing
+
+                processing = minilm_processing()
             manifest = publish_model(
                 registry,
                 model_file,
@@ -240,6 +281,7 @@ def bench_model(
                 version="1",
                 alias="prod",
                 cpu_graph=args.package_dir is None,
+                processing=processing,
             )
     key = f"onnxkit/models/{name}/1/{manifest.model_file.path}"  # the original, for the floor
     function_env = {
@@ -260,6 +302,10 @@ def bench_model(
         function_env["PYTHONPATH"] = str(args.package_dir.resolve())
         function_env["APP_DIR"] = str(args.package_dir.resolve().parents[1] / "functions/predict")
     naive_env = {**base, "BUCKET": BUCKET, "KEY": key, "FEED": json.dumps(request["feed"])}
+    if "sentence" in request:  # both sides tokenize: the function with its declared tokenizer
+        function_env["TENSORS"] = request["tensors"]
+        naive_env["SENTENCE"] = request["sentence"]
+        naive_env["TOKENIZER_KEY"] = f"onnxkit/models/{name}/1/tokenizer.json"
     function_env["WARM"] = naive_env["WARM"] = str(args.warm)
     runs: dict[str, list[dict[str, float]]] = {"function": [], "naive": []}
     for _ in range(args.rounds):
@@ -310,7 +356,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", choices=("all", "digits", "minilm", "synthetic"), default="all")
+    parser.add_argument(
+        "--model",
+        choices=("all", *MODELS),
+        default="all",
+        help="minilm-text: MiniLM published with its tokenizer, one text/plain sentence",
+    )
     parser.add_argument("--rounds", type=int, default=7, help="fresh processes of each kind")
     parser.add_argument("--warm", type=int, default=300, help="warm calls after the first")
     parser.add_argument(
@@ -333,7 +384,11 @@ def main() -> int:
     one_get = {"ONNXKIT_S3_PARALLEL_MB": "0"}
     cases = [
         (model, one_get if model == "synthetic" else {})
-        for model in (("digits", "minilm", "synthetic") if args.model == "all" else (args.model,))
+        for model in (
+            ("digits", "minilm", "minilm-text", "synthetic")
+            if args.model == "all"
+            else (args.model,)
+        )
     ]
     if args.ranged_gets and any(model == "synthetic" for model, _ in cases):
         cases.append(("synthetic", {}))
