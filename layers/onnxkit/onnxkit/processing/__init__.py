@@ -205,11 +205,6 @@ class Pipeline:
         self.outputs = (*manifest.outputs, *derived)
         """The model's outputs and those the postprocessing adds."""
 
-    @property
-    def takes_text(self) -> bool:
-        """Whether sentences are accepted (a tokenizer is declared)."""
-        return self._text is not None
-
     def signature_for(self, names: set[str]) -> tuple[TensorSpec, ...]:
         """The signature a request is checked against: the public one when it sends a public
         input, the model's own otherwise."""
