@@ -25,6 +25,7 @@ from onnxkit.codecs import (
     InferenceRequest,
     InferenceResponse,
     Reply,
+    binary_header_length,
     check_content_type,
     decode_request,
     encode_json,
@@ -786,3 +787,28 @@ def test_an_image_sent_binary_is_four_bytes_per_value_and_decodes_exactly() -> N
     assert len(body) - int(header) == image.nbytes
     assert array.dtype == np.dtype("float32")
     np.testing.assert_array_equal(array, image)
+
+
+def test_sagemaker_s_binary_media_type_and_bare_bodies_are_accepted_where_asked_for() -> None:
+    sagemaker = "application/vnd.sagemaker-triton.binary+json;json-header-size=12"
+    assert check_content_type(sagemaker, binary=True) is None
+    assert check_content_type("image/png", bare=("image/png",)) is None
+    with pytest.raises(UnsupportedMediaTypeError, match="or to a model published with processing"):
+        check_content_type("image/gif", binary=True, bare=("image/png", "image/jpeg"))
+
+
+@pytest.mark.parametrize(
+    ("content_type", "header", "expected"),
+    [
+        (None, None, None),
+        ("application/json", None, None),
+        ("application/octet-stream", "17", "17"),  # the header wins
+        ("application/vnd.sagemaker-triton.binary+json;json-header-size=42", None, "42"),
+        ("application/vnd.sagemaker-triton.binary+json", None, None),  # no size: all JSON
+        ("application/json;json-header-size=42", None, None),  # only SageMaker's media type
+    ],
+)
+def test_the_json_part_s_length_comes_from_the_header_or_sagemaker_s_media_type(
+    content_type: str | None, header: str | None, expected: str | None
+) -> None:
+    assert binary_header_length(content_type, header) == expected

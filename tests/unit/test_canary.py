@@ -29,6 +29,8 @@ MIB = 1024 * 1024
 class Backend:
     """Multiplies by the version number; fails (500, or unexpectedly) when told to."""
 
+    processing = None  # tensors only: no declared processing
+
     def __init__(self, manifest, world: World) -> None:
         self.manifest = manifest
         self._world = world

@@ -28,6 +28,8 @@ def manifest(version: str) -> Manifest:
 class Backend:
     """Multiplies by the version number, so each response says which version ran."""
 
+    processing = None  # tensors only: no declared processing
+
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
 

@@ -23,6 +23,7 @@ import functools
 import json
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, overload
 
@@ -49,6 +50,7 @@ SAGEMAKER_BINARY_CONTENT_TYPE = "application/vnd.sagemaker-triton.binary+json"
 JSON part's length travels as the media type's ``json-header-size`` parameter instead (the
 convention of Triton's SageMaker server and its clients), both ways."""
 JSON_HEADER_SIZE = "json-header-size"
+BINARY_CONTENT_TYPES = (BINARY_CONTENT_TYPE, SAGEMAKER_BINARY_CONTENT_TYPE)
 HEADER_LENGTH = "inference-header-content-length"
 """The binary extension's request header (lower-case, as edges look headers up): the byte
 length of the body's JSON part."""
@@ -95,17 +97,20 @@ class InferenceResponse:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-def check_content_type(content_type: str | None, *, binary: bool = False) -> None:
+def check_content_type(
+    content_type: str | None, *, binary: bool = False, bare: Sequence[str] = ()
+) -> None:
     """Accept JSON media types; no Content-Type, or curl's default form type, is read as JSON.
 
     Args:
         content_type: The request's Content-Type header, if any.
-        binary: The request uses the binary extension (it has an
-            ``Inference-Header-Content-Length`` header): ``application/octet-stream`` is
-            accepted too.
+        binary: Binary tensors may follow the JSON: ``application/octet-stream`` (with the
+            ``Inference-Header-Content-Length`` header) and SageMaker's
+            ``application/vnd.sagemaker-triton.binary+json`` are accepted too.
+        bare: Media types of bodies that are one input (a sentence, an image), accepted too.
 
     Raises:
-        UnsupportedMediaTypeError: Any other media type.
+        UnsupportedMediaTypeError: Any other media type (the message names the accepted ones).
     """
     if not content_type or not content_type.strip():
         return
@@ -113,13 +118,31 @@ def check_content_type(content_type: str | None, *, binary: bool = False) -> Non
     if media in JSON_CONTENT_TYPES or media == "application/x-www-form-urlencoded":
         # curl -d without -H sends form-urlencoded; its body is still our JSON.
         return
-    if binary and media == BINARY_CONTENT_TYPE:
+    if (binary and media in BINARY_CONTENT_TYPES) or media in bare:
         return
-    also = f" or {BINARY_CONTENT_TYPE} (the binary tensor extension)" if binary else ""
-    raise UnsupportedMediaTypeError(
-        f"Content-Type {media!r} is not supported; send application/json "
-        f"(the Open Inference Protocol v2 JSON form){also}"
-    )
+    accepted = [f"{JSON_CONTENT_TYPE} (the Open Inference Protocol v2 JSON form)"]
+    if binary:
+        accepted.append(
+            f"{BINARY_CONTENT_TYPE} with Inference-Header-Content-Length (binary tensors)"
+        )
+    if bare:
+        accepted.append(f"to a model published with processing, {', '.join(bare)}")
+    listed = ", ".join(accepted[:-1]) + " or " + accepted[-1] if len(accepted) > 1 else accepted[0]
+    raise UnsupportedMediaTypeError(f"Content-Type {media!r} is not supported; send {listed}")
+
+
+def binary_header_length(content_type: str | None, header: str | None) -> str | None:
+    """Where the JSON part of a body ends: the ``Inference-Header-Content-Length`` header, or
+    through SageMaker (which passes no custom header) the media type's ``json-header-size``.
+
+    Returns:
+        The length as sent (checked by :func:`split_body`), or None: the body is all JSON.
+    """
+    if header is not None or not content_type:
+        return header
+    if media_type(content_type) != SAGEMAKER_BINARY_CONTENT_TYPE:
+        return None
+    return media_parameter(content_type, JSON_HEADER_SIZE)
 
 
 def media_parameter(content_type: str, name: str) -> str | None:
@@ -740,7 +763,12 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def encode_reply(response: InferenceResponse, request: InferenceRequest | None = None) -> Reply:
+def encode_reply(
+    response: InferenceResponse,
+    request: InferenceRequest | None = None,
+    *,
+    content_type: str | None = None,
+) -> Reply:
     """The response as JSON, or in the binary form if the request asked for any output so.
 
     The binary form is the JSON document, with each binary output's ``data`` replaced by
@@ -749,6 +777,8 @@ def encode_reply(response: InferenceResponse, request: InferenceRequest | None =
     Args:
         response: What the backend produced.
         request: The decoded request, which says which outputs go back binary (None: JSON).
+        content_type: The request's Content-Type: a SageMaker binary request gets its answer's
+            JSON size in the same media type (InvokeEndpoint returns no custom header).
 
     Returns:
         The body, its Content-Type and any headers to send.
@@ -777,11 +807,10 @@ def encode_reply(response: InferenceResponse, request: InferenceRequest | None =
         )
         chunks.append(chunk)
     header = encode_json(_response_document(response, outputs))
-    return Reply(
-        b"".join([header, *chunks]),
-        BINARY_CONTENT_TYPE,
-        {REPLY_HEADER_LENGTH: str(len(header))},
-    )
+    media = BINARY_CONTENT_TYPE
+    if content_type and media_type(content_type) == SAGEMAKER_BINARY_CONTENT_TYPE:
+        media = f"{SAGEMAKER_BINARY_CONTENT_TYPE};{JSON_HEADER_SIZE}={len(header)}"
+    return Reply(b"".join([header, *chunks]), media, {REPLY_HEADER_LENGTH: str(len(header))})
 
 
 def _datatype_of(name: str, array: np.ndarray) -> Datatype:

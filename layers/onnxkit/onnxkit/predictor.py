@@ -12,7 +12,6 @@ rolls it back automatically when they pass the configured rate.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -21,19 +20,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from onnxkit import __version__
-from onnxkit.backends import Backend, processing_of
+from onnxkit.backends import Backend
 from onnxkit.canary import CanaryHealth, CanaryPolicy, Rollout, canary_memory_need, should_roll_back
 from onnxkit.codecs import (
-    JSON_HEADER_SIZE,
-    REPLY_HEADER_LENGTH,
-    SAGEMAKER_BINARY_CONTENT_TYPE,
     InferenceRequest,
     InferenceResponse,
     Reply,
+    binary_header_length,
     check_size,
     decode_request,
     encode_reply,
-    media_parameter,
     media_type,
     split_body,
 )
@@ -535,7 +531,7 @@ class Predictor:
             OnnxkitError: The model cannot be loaded now.
         """
         backend = self._served(name, version)
-        manifest, pipeline = backend.manifest, processing_of(backend)
+        manifest, pipeline = backend.manifest, backend.processing
         parameters: dict[str, Any] = {
             "opset": manifest.opset,
             "quantization": manifest.quantization,
@@ -594,9 +590,7 @@ class Predictor:
             OnnxkitError: 4xx for anything the caller sent wrong, 5xx for our faults.
         """
         media = media_type(content_type) if content_type else ""
-        sagemaker_binary = media == SAGEMAKER_BINARY_CONTENT_TYPE
-        if sagemaker_binary and header_length is None and content_type:
-            header_length = media_parameter(content_type, JSON_HEADER_SIZE)  # None: all JSON
+        header_length = binary_header_length(content_type, header_length)
         bare = media in BARE_MEDIA_TYPES
         if bare:  # the body is one input: no JSON in it
             check_size(body, max_bytes=self._limits.max_request_bytes)
@@ -608,7 +602,7 @@ class Predictor:
             )
         backend = self._served(name, version, route=True)
         manifest = backend.manifest
-        pipeline = processing_of(backend)
+        pipeline = backend.processing
         try:
             request = self._decode(pipeline, manifest, media if bare else "", body, data, binary)
             wanted = pipeline.model_outputs(request.outputs) if pipeline else request.outputs
@@ -628,17 +622,13 @@ class Predictor:
                     id=request.id,
                 ),
                 request,
+                content_type=content_type,
             )
         except Exception as exc:
             raise self._failed(backend, exc) from exc
         batch = max((a.shape[0] for a in inputs.values() if a.ndim), default=1)
         self._observer.inference_done(manifest, elapsed, batch)
         self._count_canary(backend, failed=False)
-        if sagemaker_binary and REPLY_HEADER_LENGTH in reply.headers:
-            # InvokeEndpoint returns the media type, not our header: the size goes in it.
-            size = reply.headers[REPLY_HEADER_LENGTH]
-            media_with_size = f"{SAGEMAKER_BINARY_CONTENT_TYPE};{JSON_HEADER_SIZE}={size}"
-            reply = dataclasses.replace(reply, content_type=media_with_size)
         return reply
 
     def _decode(

@@ -17,18 +17,8 @@ from typing import Any, Literal
 import mimeparse
 
 from onnxkit.codecs import BINARY_CONTENT_TYPE as BINARY
-from onnxkit.codecs import (
-    HEADER_LENGTH,
-    SAGEMAKER_BINARY_CONTENT_TYPE,
-    check_content_type,
-    media_type,
-)
-from onnxkit.errors import (
-    MethodNotAllowedError,
-    NotAcceptableError,
-    RouteNotFoundError,
-    UnsupportedMediaTypeError,
-)
+from onnxkit.codecs import HEADER_LENGTH, check_content_type
+from onnxkit.errors import MethodNotAllowedError, NotAcceptableError, RouteNotFoundError
 from onnxkit.predictor import BARE_MEDIA_TYPES, Predictor
 
 JSON = "application/json"
@@ -38,9 +28,6 @@ ENDPOINT: Edge = "endpoint"
 BOTH = frozenset({FUNCTION, ENDPOINT})
 OPENAPI_PATH = "/v2/openapi.json"
 _PARAM = re.compile(r"\{([a-z_]+)\}")
-BODY_MEDIA_TYPES = frozenset({BINARY, SAGEMAKER_BINARY_CONTENT_TYPE, *BARE_MEDIA_TYPES})
-"""What an inference body may be besides JSON: binary tensors (the header, or SageMaker's media
-type naming the JSON part's size), a bare sentence or image."""
 
 
 @dataclass(frozen=True)
@@ -266,16 +253,8 @@ def negotiate(route: Route, *, content_type: str | None, accept: str | None) -> 
             f"Accept {accept!r} admits no JSON; this API answers {JSON}"
             + (f" (and {BINARY} for binary tensors)" if route.takes_body else " only")
         )
-    if route.takes_body and media_type(content_type or "") not in BODY_MEDIA_TYPES:
-        try:
-            check_content_type(content_type)
-        except UnsupportedMediaTypeError as exc:
-            raise UnsupportedMediaTypeError(
-                f"Content-Type {media_type(content_type or '')!r} is not supported; send "
-                f"{JSON} (a v2 request, or a list of sentences), {BINARY} with "
-                "Inference-Header-Content-Length (binary tensors), or, to a model published "
-                "with processing, text/plain, image/png or image/jpeg"
-            ) from exc
+    if route.takes_body:
+        check_content_type(content_type, binary=True, bare=BARE_MEDIA_TYPES)
 
 
 def accepts_json(accept: str | None) -> bool:

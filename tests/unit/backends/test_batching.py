@@ -36,6 +36,8 @@ def manifest(batch_dim: int = -1, width: int = -1) -> Manifest:
 class FakeBackend:
     """Doubles its input; records every call; can block, sleep, fail or reduce the batch."""
 
+    processing = None  # tensors only: no declared processing
+
     def __init__(self, manifest_: Manifest | None = None) -> None:
         self.manifest = manifest_ or manifest()
         self.calls: list[int] = []  # rows per call

@@ -58,9 +58,3 @@ class Backend(Protocol):
             InferenceError: The model failed on valid input.
         """
         ...
-
-
-def processing_of(backend: Backend) -> Pipeline | None:
-    """A backend's loaded processing (None for one without: tensors only, or a backend
-    written before processing existed)."""
-    return getattr(backend, "processing", None)

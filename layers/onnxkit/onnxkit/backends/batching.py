@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxkit.backends import Backend, processing_of
+from onnxkit.backends import Backend
 from onnxkit.errors import BackendThrottledError, InferenceError
 from onnxkit.manifest import Manifest
 
@@ -75,7 +75,7 @@ class BatchingBackend:
             raise ValueError("max_size must be at least 1")
         self._backend = backend
         self.manifest: Manifest = backend.manifest
-        self.processing = processing_of(backend)
+        self.processing = backend.processing
         self._max_size = max_size
         self._max_wait = max_wait_ms / 1000
         self._observer = observer

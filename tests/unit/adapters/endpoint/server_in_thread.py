@@ -47,6 +47,8 @@ def infer_body(x: np.ndarray, name: str = "x", **extra: Any) -> bytes:
 class FakeBackend:
     """Doubles ``x``; can block on a gate, count concurrency, or raise."""
 
+    processing = None  # tensors only: no declared processing
+
     def __init__(self) -> None:
         self.manifest = FAKE_MANIFEST
         self.gate: threading.Event | None = None
