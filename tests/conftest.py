@@ -199,3 +199,19 @@ def minilm_built() -> Path:
     folder = default_minilm_dir()
     build_minilm(folder)
     return folder
+
+
+def publish_text_model(store: Any, minilm_folder: Path) -> Any:
+    """MiniLM fp32 published as ``minilm`` version 1 (alias prod) with its tokenizer: sentences
+    in, embeddings out; truncation off, so a text over 128 tokens is refused (400)."""
+    from onnxkit_tools.examples.minilm import minilm_processing
+    from onnxkit_tools.registry import publish_model
+
+    return publish_model(
+        store,
+        minilm_folder / "fp32" / "model.onnx",
+        name=TEXT_MODEL,
+        version="1",
+        alias="prod",
+        processing=minilm_processing(max_length=TEXT_MAX_LENGTH, truncation=False),
+    )

@@ -18,12 +18,12 @@ import pytest
 from tests.conftest import (
     EMBEDDING_SIZE,
     TEXT_EVENT_FILES,
-    TEXT_MAX_LENGTH,
     TEXT_MODEL,
     asks_binary_output,
     decode_proxy_reply,
     expected_code,
     expected_status,
+    publish_text_model,
     request_sentences,
 )
 from tests.functional.conftest import (
@@ -46,8 +46,7 @@ def text_handler(
 
     from onnxkit.adapters.lambda_api import build_handler
     from onnxkit.aws import AwsClients
-    from onnxkit_tools.examples.minilm import minilm_processing
-    from onnxkit_tools.registry import Registry, publish_model
+    from onnxkit_tools.registry import Registry
 
     folder = tmp_path_factory.mktemp("text")
     with pytest.MonkeyPatch.context() as monkeypatch:
@@ -56,14 +55,7 @@ def text_handler(
             s3 = boto3.client("s3", region_name="us-east-1")
             s3.create_bucket(Bucket=BUCKET)
             store = Registry.from_uri(STORE, cache_dir=folder / "publisher-cache", s3_client=s3)
-            publish_model(
-                store,
-                minilm_built / "fp32" / "model.onnx",
-                name=TEXT_MODEL,
-                version="1",
-                alias="prod",
-                processing=minilm_processing(max_length=TEXT_MAX_LENGTH, truncation=False),
-            )
+            publish_text_model(store, minilm_built)
             settings = function_settings(folder / "lambda-tmp", ONNXKIT_MODEL_NAME=TEXT_MODEL)
             handler = build_handler(settings, clients=AwsClients(s3=s3))
             yield lambda event: handler(event, LambdaContext())

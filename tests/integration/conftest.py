@@ -15,7 +15,7 @@ import pytest
 
 from onnxkit_tools.local.s3 import MotoProcess, ensure_bucket
 from onnxkit_tools.net import wait_http
-from tests.conftest import REPO, TEXT_MAX_LENGTH, TEXT_MODEL
+from tests.conftest import REPO, TEXT_MODEL, publish_text_model
 
 ONNXKIT = str(Path(sys.executable).parent / "onnxkit")
 STORE = "s3://onnxkit-it/onnxkit"
@@ -137,20 +137,12 @@ def text_published(
 ) -> Any:
     """MiniLM fp32 published as ``minilm`` version 1 (alias prod) with its tokenizer: sentences
     in, embeddings out; truncation off, so a text over 128 tokens is refused (400)."""
-    from onnxkit_tools.examples.minilm import minilm_processing
-    from onnxkit_tools.registry import Registry, publish_model
+    from onnxkit_tools.registry import Registry
 
     store = Registry.from_uri(
         STORE, cache_dir=tmp_path_factory.mktemp("pub-text"), s3_client=local_s3.client()
     )
-    return publish_model(
-        store,
-        minilm_built / "fp32" / "model.onnx",
-        name=TEXT_MODEL,
-        version="1",
-        alias="prod",
-        processing=minilm_processing(max_length=TEXT_MAX_LENGTH, truncation=False),
-    )
+    return publish_text_model(store, minilm_built)
 
 
 @pytest.fixture(scope="session")

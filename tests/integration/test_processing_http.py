@@ -21,13 +21,8 @@ import pytest
 
 from onnxkit_tools.net import free_port, wait_http
 from onnxkit_tools.numeric import row_cosines
-from tests.conftest import REPO
-from tests.integration.conftest import (
-    ONNXKIT,
-    TEXT_MAX_LENGTH,
-    TEXT_MODEL,
-    cli_env,
-)
+from tests.conftest import REPO, TEXT_MAX_LENGTH, TEXT_MODEL
+from tests.integration.conftest import ONNXKIT, cli_env
 
 pytestmark = pytest.mark.integration
 
@@ -57,25 +52,30 @@ def serving(command: str, env_vars: Path, ready: str, log: Path) -> Iterator[str
         process.wait(timeout=30)
 
 
-@pytest.fixture(scope="module", params=["start-api", "start-endpoint"])
+EDGES = ["start-api", "start-endpoint"]
+
+
+def serve_edge(command: str, env_vars: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The function's local API, or the endpoint server, over the model ``env_vars`` names."""
+    ready = "/v2/health/ready" if command == "start-api" else "/ping"
+    return serving(command, env_vars, ready, tmp_path_factory.mktemp(command) / "server.log")
+
+
+@pytest.fixture(scope="module", params=EDGES)
 def text_server(
     request: pytest.FixtureRequest, text_env_vars: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """The text model behind the function's local API, then behind the endpoint server."""
-    ready = "/v2/health/ready" if request.param == "start-api" else "/ping"
-    log = tmp_path_factory.mktemp("text-server") / "server.log"
-    with serving(request.param, text_env_vars, ready, log) as base:
+    with serve_edge(request.param, text_env_vars, tmp_path_factory) as base:
         yield base
 
 
-@pytest.fixture(scope="module", params=["start-api", "start-endpoint"])
+@pytest.fixture(scope="module", params=EDGES)
 def digits_server(
     request: pytest.FixtureRequest, env_vars: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """digits (image preprocessing, labels) behind the local API, then the endpoint server."""
-    ready = "/v2/health/ready" if request.param == "start-api" else "/ping"
-    log = tmp_path_factory.mktemp("digits-server") / "server.log"
-    with serving(request.param, env_vars, ready, log) as base:
+    with serve_edge(request.param, env_vars, tmp_path_factory) as base:
         yield base
 
 
