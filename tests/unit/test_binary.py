@@ -18,15 +18,9 @@ from tritonclient.http._utils import _get_inference_request
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from onnxkit.codecs import (
-    BINARY_CONTENT_TYPE,
-    HEADER_LENGTH,
-    JSON_CONTENT_TYPE,
-    REPLY_HEADER_LENGTH,
     InferenceRequest,
     InferenceResponse,
     Reply,
-    binary_header_length,
-    check_content_type,
     decode_request,
     encode_json,
     encode_reply,
@@ -42,6 +36,14 @@ from onnxkit.errors import (
     UnsupportedMediaTypeError,
 )
 from onnxkit.manifest import TensorSpec
+from onnxkit.media import (
+    BINARY_CONTENT_TYPE,
+    HEADER_LENGTH,
+    JSON_CONTENT_TYPE,
+    REPLY_HEADER_LENGTH,
+    binary_header_length,
+    check_content_type,
+)
 
 MAX_BYTES = 1 << 20
 X = TensorSpec("x", "FP32", (-1, 4))

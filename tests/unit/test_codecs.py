@@ -10,7 +10,6 @@ import pytest
 
 from onnxkit.codecs import (
     InferenceResponse,
-    check_content_type,
     decode_request,
     decode_tensor,
     encode_response,
@@ -25,6 +24,7 @@ from onnxkit.errors import (
     UnsupportedMediaTypeError,
 )
 from onnxkit.manifest import TensorSpec
+from onnxkit.media import check_content_type
 
 X = TensorSpec("x", "FP32", (-1, 4))
 SIGNATURE = (X, TensorSpec("mask", "BOOL", (-1, 3)))

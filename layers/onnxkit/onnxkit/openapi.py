@@ -11,12 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from onnxkit import __version__
-from onnxkit.codecs import (
-    BINARY_CONTENT_TYPE,
-    REPLY_HEADER_LENGTH,
-    SAGEMAKER_BINARY_CONTENT_TYPE,
-)
 from onnxkit.datatypes import SUPPORTED_NAMES
+from onnxkit.media import BINARY_CONTENT_TYPE, REPLY_HEADER_LENGTH, SAGEMAKER_BINARY_CONTENT_TYPE
 from onnxkit.routes import FUNCTION, Route, RouteTable
 
 OPENAPI_VERSION = "3.0.3"

@@ -26,11 +26,9 @@ from onnxkit.codecs import (
     InferenceRequest,
     InferenceResponse,
     Reply,
-    binary_header_length,
     check_size,
     decode_request,
     encode_reply,
-    media_type,
     split_body,
 )
 from onnxkit.errors import (
@@ -43,6 +41,7 @@ from onnxkit.errors import (
 )
 from onnxkit.errors import error_body as _error_body
 from onnxkit.manifest import Manifest
+from onnxkit.media import binary_header_length, media_type
 from onnxkit.settings import ApiSettings
 
 if TYPE_CHECKING:

@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 import mimeparse
 
-from onnxkit.codecs import BINARY_CONTENT_TYPE as BINARY
-from onnxkit.codecs import HEADER_LENGTH, check_content_type
 from onnxkit.errors import MethodNotAllowedError, NotAcceptableError, RouteNotFoundError
+from onnxkit.media import BINARY_CONTENT_TYPE as BINARY
+from onnxkit.media import HEADER_LENGTH, check_content_type
 from onnxkit.predictor import BARE_MEDIA_TYPES, Predictor
 
 JSON = "application/json"

@@ -8,14 +8,9 @@ from tritonclient.http import InferInput, InferResult
 from tritonclient.http._utils import _get_inference_request
 
 from onnxkit.backends.onnxruntime import OnnxruntimeBackend
-from onnxkit.codecs import (
-    REPLY_HEADER_LENGTH,
-    InferenceResponse,
-    decode_request,
-    encode_reply,
-    split_body,
-)
+from onnxkit.codecs import InferenceResponse, decode_request, encode_reply, split_body
 from onnxkit.errors import InvalidInputError
+from onnxkit.media import REPLY_HEADER_LENGTH
 from onnxkit.session import load_session, warm_up
 from onnxkit.sources import manifest_from_session
 from tests.unit.conftest import BuiltModel
