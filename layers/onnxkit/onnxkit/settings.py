@@ -58,6 +58,18 @@ ENV_SAGEMAKER_ENDPOINT = "ONNXKIT_SAGEMAKER_ENDPOINT"
 ENV_SAGEMAKER_TIMEOUT = "ONNXKIT_SAGEMAKER_TIMEOUT"
 ENV_SAGEMAKER_MAX_ATTEMPTS = "ONNXKIT_SAGEMAKER_MAX_ATTEMPTS"
 ENV_AUTO_MAX_LAMBDA_BYTES = "ONNXKIT_AUTO_MAX_LAMBDA_BYTES"
+ENV_SAGEMAKER_MODE = "ONNXKIT_SAGEMAKER_MODE"
+ENV_SAGEMAKER_INFERENCE_COMPONENT = "ONNXKIT_SAGEMAKER_INFERENCE_COMPONENT"
+# -- payloads through S3: uploads in, results and job outputs out
+ENV_PAYLOAD_STORE = "ONNXKIT_PAYLOAD_STORE"
+ENV_UPLOAD_MAX_BYTES = "ONNXKIT_UPLOAD_MAX_BYTES"
+ENV_PAYLOAD_URL_SECONDS = "ONNXKIT_PAYLOAD_URL_SECONDS"
+ENV_INLINE_RESULT_BYTES = "ONNXKIT_INLINE_RESULT_BYTES"
+# -- many models behind one function or endpoint
+ENV_MODELS = "ONNXKIT_MODELS"
+ENV_MODELS_ALLOW = "ONNXKIT_MODELS_ALLOW"
+ENV_MODELS_MEMORY_MB = "ONNXKIT_MODELS_MEMORY_MB"
+ENV_MODELS_DISK_MB = "ONNXKIT_MODELS_DISK_MB"
 # -- the endpoint container
 ENV_BIND_HOST = "ONNXKIT_BIND_HOST"
 ENV_PORT = "SAGEMAKER_BIND_TO_PORT"  # SageMaker's own variable (set for some deployments)
@@ -89,6 +101,14 @@ KNOWN_VARIABLES = frozenset(
 DEFAULT_MAX_REQUEST_BYTES = 6 * 1024 * 1024
 DEFAULT_MAX_BATCH_SIZE = 1024
 BACKENDS = ("auto", "lambda", "sagemaker")
+# How the SageMaker endpoint answers: ``realtime`` (InvokeEndpoint, also with inference
+# components scaled to zero) or ``async`` (InvokeEndpointAsync only: requests become jobs).
+SAGEMAKER_MODES = ("realtime", "async")
+# SageMaker asynchronous inference takes inputs of up to 1 GB: the upload path's ceiling.
+DEFAULT_UPLOAD_MAX_BYTES = 1024 * 1024 * 1024
+DEFAULT_PAYLOAD_URL_SECONDS = 900
+# A job's result up to this size comes back inside GET /v2/jobs/{id}, else as a presigned URL.
+DEFAULT_INLINE_RESULT_BYTES = 1024 * 1024
 # `auto` sends models whose files exceed this to SageMaker: past ~250 MB a Lambda cold start
 # spends seconds downloading and loading, and /tmp and memory must grow with the model.
 DEFAULT_AUTO_MAX_LAMBDA_BYTES = 250 * 1000 * 1000
@@ -222,6 +242,10 @@ class ForwardSettings:
         timeout: Seconds to wait for an invocation (SageMaker's own limit is 60).
         max_attempts: botocore's retry budget for InvokeEndpoint.
         auto_max_lambda_bytes: Model size above which ``auto`` picks sagemaker.
+        mode: ``realtime`` (InvokeEndpoint) or ``async`` (the endpoint is an asynchronous
+            one: SageMaker-routed requests go through ``POST /v2/models/{name}/jobs``).
+        inference_component: The inference component to invoke on the endpoint (real-time
+            scale to zero), or None for a plain endpoint.
     """
 
     backend: str = "auto"
@@ -229,6 +253,57 @@ class ForwardSettings:
     timeout: float = 60.0
     max_attempts: int = 2
     auto_max_lambda_bytes: int = DEFAULT_AUTO_MAX_LAMBDA_BYTES
+    mode: str = "realtime"
+    inference_component: str | None = None
+
+
+@dataclass(frozen=True)
+class PayloadSettings:
+    """Payloads through S3: uploads in, results and asynchronous jobs out.
+
+    Attributes:
+        store: ``s3://bucket/prefix`` under which ``uploads/``, ``results/`` and ``jobs/``
+            live; empty: the upload path and jobs are off (413 and 404 say so).
+        upload_max_bytes: The largest upload a presigned URL is signed for.
+        url_seconds: How long a presigned URL stays valid.
+        inline_result_bytes: A job result up to this size is returned inline.
+    """
+
+    store: str = ""
+    upload_max_bytes: int = DEFAULT_UPLOAD_MAX_BYTES
+    url_seconds: int = DEFAULT_PAYLOAD_URL_SECONDS
+    inline_result_bytes: int = DEFAULT_INLINE_RESULT_BYTES
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a payload store is configured."""
+        return bool(self.store)
+
+
+@dataclass(frozen=True)
+class ModelsSettings:
+    """Many models behind one function or endpoint (``ONNXKIT_MODELS``).
+
+    Attributes:
+        names: The models served, loaded on their first request; empty with ``every``.
+        every: ``*``: every model under the store prefix (listed when asked for).
+        allow: fnmatch patterns a name must match (empty: any listed name).
+        memory_mb: Memory the loaded models may take before the least recently used is
+            evicted (None: a share of the function's memory, or of the machine's).
+        disk_mb: Cache-folder bytes the loaded models' files may take (None: a share of the
+            cache folder's file system, Lambda's ``EphemeralStorage``).
+    """
+
+    names: tuple[str, ...] = ()
+    every: bool = False
+    allow: tuple[str, ...] = ()
+    memory_mb: int | None = None
+    disk_mb: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether several models are served (``ONNXKIT_MODELS`` is set)."""
+        return self.every or bool(self.names)
 
 
 @dataclass(frozen=True)
@@ -278,6 +353,8 @@ class Settings:
         function: The Lambda edge.
         forward: Backend routing and the SageMaker client.
         endpoint: The endpoint container's server.
+        payloads: Uploads, results and jobs through S3.
+        models: Many models served at once (``ONNXKIT_MODELS``).
         ignored_variables: ``ONNXKIT_*`` names no setting reads (likely typos; logged at init).
         deprecated_variables: Old names that were read, each with its replacement.
     """
@@ -290,6 +367,8 @@ class Settings:
     function: FunctionSettings = field(default_factory=FunctionSettings)
     forward: ForwardSettings = field(default_factory=ForwardSettings)
     endpoint: EndpointSettings = field(default_factory=EndpointSettings)
+    payloads: PayloadSettings = field(default_factory=PayloadSettings)
+    models: ModelsSettings = field(default_factory=ModelsSettings)
     ignored_variables: tuple[str, ...] = ()
     deprecated_variables: tuple[tuple[str, str], ...] = ()
 
@@ -307,8 +386,9 @@ class Settings:
             ConfigurationError: Listing every missing or invalid value at once.
         """
         reader = _Reader(environ)
+        models = reader.models()
         settings = cls(
-            model=reader.model(),
+            model=reader.model(many=models.enabled),
             canary=reader.canary(),
             aws=reader.aws(),
             session=SessionSettings(
@@ -329,6 +409,8 @@ class Settings:
             ),
             forward=reader.forward(),
             endpoint=reader.endpoint(),
+            payloads=reader.payloads(),
+            models=models,
             ignored_variables=tuple(unknown_variables(environ)),
             deprecated_variables=tuple(reader.deprecated),
         )
@@ -391,15 +473,19 @@ class _Reader:
             self.problems.append(f"{name}={raw!r} is invalid ({hint})")
         return raw
 
-    def model(self) -> ModelSettings:
+    def model(self, *, many: bool = False) -> ModelSettings:
         model_dir = self.raw(ENV_MODEL_DIR) or None
         if model_dir is None:
             store = self.required(
                 ENV_MODEL_STORE, STORE_PATTERN, "s3://bucket/prefix or file:///dir"
             )
-            name: str | None = self.required(
-                ENV_MODEL_NAME, NAME_PATTERN, "lower-case letters, digits, . _ -"
-            )
+            name: str | None
+            if many:  # ONNXKIT_MODELS names them; ONNXKIT_MODEL_NAME is not read
+                name = self.name(ENV_MODEL_NAME, "") or None
+            else:
+                name = self.required(
+                    ENV_MODEL_NAME, NAME_PATTERN, "lower-case letters, digits, . _ -"
+                )
         else:  # a local folder (SageMaker's /opt/ml/model) stands in for the store
             store = self.raw(ENV_MODEL_STORE)
             name = self.name(ENV_MODEL_NAME, "") or None  # else its manifest names it
@@ -444,10 +530,50 @@ class _Reader:
             auto_max_lambda_bytes=self.integer(
                 ENV_AUTO_MAX_LAMBDA_BYTES, DEFAULT_AUTO_MAX_LAMBDA_BYTES, 1
             ),
+            mode=self.read(ENV_SAGEMAKER_MODE, str, "realtime", SAGEMAKER_MODES.__contains__),
+            inference_component=self.read(ENV_SAGEMAKER_INFERENCE_COMPONENT, str, "", _is_endpoint)
+            or None,
         )
         if forward.backend == "sagemaker" and not forward.endpoint:
             self.problems.append(f"{ENV_BACKEND}=sagemaker needs {ENV_SAGEMAKER_ENDPOINT}")
         return forward
+
+    def payloads(self) -> PayloadSettings:
+        return PayloadSettings(
+            store=self.read(ENV_PAYLOAD_STORE, str, "", _is_s3_store).rstrip("/"),
+            upload_max_bytes=self.integer(ENV_UPLOAD_MAX_BYTES, DEFAULT_UPLOAD_MAX_BYTES, 1),
+            url_seconds=self.integer(
+                ENV_PAYLOAD_URL_SECONDS, DEFAULT_PAYLOAD_URL_SECONDS, 1, 604800
+            ),
+            inline_result_bytes=self.integer(
+                ENV_INLINE_RESULT_BYTES, DEFAULT_INLINE_RESULT_BYTES, 0
+            ),
+        )
+
+    def models(self) -> ModelsSettings:
+        raw = self.raw(ENV_MODELS)
+        names = tuple(dict.fromkeys(n.strip() for n in raw.split(",") if n.strip()))
+        every = names == ("*",)
+        if every:
+            names = ()
+        else:
+            bad = [n for n in names if not _is_name(n)]
+            if bad:
+                self.problems.append(
+                    f"{ENV_MODELS}={raw!r}: {', '.join(map(repr, bad))} are not model names "
+                    "(a comma-separated list of names, or *)"
+                )
+                names = ()
+        allow = tuple(p.strip() for p in self.raw(ENV_MODELS_ALLOW).split(",") if p.strip())
+        memory = self.integer(ENV_MODELS_MEMORY_MB, 0, 1)
+        disk = self.integer(ENV_MODELS_DISK_MB, 0, 1)
+        return ModelsSettings(
+            names=names,
+            every=every,
+            allow=allow,
+            memory_mb=memory or None,
+            disk_mb=disk or None,
+        )
 
     def endpoint(self) -> EndpointSettings:
         threads = self.integer(ENV_SERVER_THREADS, -1, 0, 256)
@@ -514,6 +640,10 @@ _flag.__name__ = "boolean (true/false)"
 def _is_endpoint(value: str) -> bool:
     # SageMaker endpoint names: letters, digits and hyphens, up to 63 characters.
     return re.fullmatch(r"[A-Za-z0-9](-*[A-Za-z0-9]){0,62}", value) is not None
+
+
+def _is_s3_store(value: str) -> bool:
+    return value.startswith("s3://") and STORE_PATTERN.match(value) is not None
 
 
 def _is_timeout(value: float) -> bool:
