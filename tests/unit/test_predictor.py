@@ -232,7 +232,7 @@ def test_server_and_model_readiness(
     assert predictor.server_metadata() == {
         "name": "onnxkit",
         "version": __version__,
-        "extensions": ["model_repository_metadata"],
+        "extensions": ["model_repository", "model_repository_metadata"],
     }
     assert predictor.server_ready() == {"ready": True}
     assert predictor.ready is True

@@ -35,7 +35,7 @@ from onnxkit.settings import Settings
 
 if TYPE_CHECKING:
     from onnxkit.manifest import Manifest
-    from onnxkit.predictor import Predictor
+    from onnxkit.predictor import Serving
     from onnxkit.sources import Prefetched
 
 INIT_PHASES = ("imports", *LOAD_PHASES)
@@ -63,7 +63,7 @@ class Loading:
         self.manifest: Manifest | None = None
         self._settings = settings
         self.clients = clients or AwsClients(settings.aws, settings.forward)
-        self._predictor: Predictor | None = None
+        self._predictor: Serving | None = None
         self._error: BaseException | None = None
         self._download = threading.Event()
         self._session = threading.Event()
@@ -72,6 +72,14 @@ class Loading:
 
     def _run(self) -> None:
         try:
+            if self._settings.models.enabled:  # many models: each loads on its request
+                from onnxkit.compose import build_repository
+                from onnxkit.routes import FUNCTION
+
+                self._predictor = build_repository(
+                    self._settings, role=FUNCTION, clients=self.clients
+                )
+                return
             from onnxkit.sources import open_source, prefetch
 
             source = open_source(self._settings, self.clients)
@@ -121,7 +129,7 @@ class Loading:
             for phase, ms in phases.ms.items():
                 self.phases.add(phase, ms)
 
-    def wait(self) -> Predictor:
+    def wait(self) -> Serving:
         """Join the load; the predictor, loaded unless the load failed (then it retries).
 
         Raises:

@@ -7,7 +7,9 @@ or reads the environment by itself.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,14 +18,28 @@ from onnxkit.backends import Backend
 from onnxkit.backends.batching import BatchingBackend
 from onnxkit.backends.onnxruntime import OnnxruntimeBackend
 from onnxkit.backends.sagemaker import SageMakerBackend
-from onnxkit.canary import CanaryAborter, CanaryPolicy, MemoryProbe, memory_limit_bytes
-from onnxkit.errors import IntegrityError, ModelNotReadyError
+from onnxkit.canary import (
+    CanaryAborter,
+    CanaryPolicy,
+    MemoryProbe,
+    memory_limit_bytes,
+    read_mem_available,
+)
+from onnxkit.errors import ConfigurationError, IntegrityError, ModelNotReadyError
 from onnxkit.manifest import Manifest
 from onnxkit.phases import Phases
 from onnxkit.predictor import Observer, Predictor, Refresh
+from onnxkit.repository import Budget, Catalog, ModelRepository, folder_bytes, memory_cost
 from onnxkit.routes import ENDPOINT, FUNCTION, Edge
 from onnxkit.session import open_session, warm_up
-from onnxkit.settings import ENV_BACKEND, ENV_SAGEMAKER_ENDPOINT, ForwardSettings, Settings
+from onnxkit.settings import (
+    ENV_BACKEND,
+    ENV_MODEL_STORE,
+    ENV_MODELS,
+    ENV_SAGEMAKER_ENDPOINT,
+    ForwardSettings,
+    Settings,
+)
 from onnxkit.sources import (
     FolderSource,
     ModelSource,
@@ -31,6 +47,7 @@ from onnxkit.sources import (
     StoreSource,
     choose_backend,
     open_source,
+    open_store,
 )
 
 if TYPE_CHECKING:
@@ -50,6 +67,7 @@ def build_predictor(
     on_loaded: Callable[[Manifest, Phases], None] | None = None,
     source: ModelSource | None = None,
     prefetched: Prefetched | None = None,
+    background: bool | None = None,
 ) -> Predictor:
     """Wire the Predictor a function or the endpoint serves; nothing is loaded yet.
 
@@ -70,6 +88,8 @@ def build_predictor(
         source: Where the model comes from (default: :func:`open_source`).
         prefetched: The first load's resolve and download, already done from ``source``
             (the function's cold start); a later load starts afresh.
+        background: Loads happen off the request path (default: in the endpoint); a
+            repository's models load on their request instead.
 
     Raises:
         ConfigurationError: The model folder does not exist, or the store has no model name.
@@ -152,9 +172,128 @@ def build_predictor(
         settings.api,
         observer,
         refresh,
-        background=role == ENDPOINT,
+        background=role == ENDPOINT if background is None else background,
         canary=canary_policy(settings, source),
     )
+
+
+def build_server(
+    settings: Settings, *, role: Role, clients: AwsClients | None = None
+) -> Predictor | ModelRepository:
+    """What an edge serves: one model's predictor, or a repository with ``ONNXKIT_MODELS``.
+
+    Raises:
+        ConfigurationError: As :func:`build_predictor`.
+    """
+    if settings.models.enabled:
+        return build_repository(settings, role=role, clients=clients)
+    return build_predictor(settings, role=role, clients=clients)
+
+
+def build_repository(
+    settings: Settings, *, role: Role, clients: AwsClients | None = None
+) -> ModelRepository:
+    """Many models from the store (``ONNXKIT_MODELS``), each loaded on its first request.
+
+    Every model shares the store, its cache folder and the AWS clients; each has its own
+    predictor, which follows its alias (``ONNXKIT_MODEL_ALIAS``) like a single model's. A
+    request naming a version or an alias (``/v2/models/{name}/versions/{ref}``) that the
+    model's alias does not serve gets a predictor pinned to it, counted and evicted like the
+    others.
+
+    Raises:
+        ConfigurationError: No store (many models come from the store, not a folder).
+    """
+    if not settings.model.store or settings.model.model_dir is not None:
+        raise ConfigurationError(
+            [f"{ENV_MODELS} serves models from a store: set {ENV_MODEL_STORE}, not a model folder"]
+        )
+    clients = clients or AwsClients(settings.aws, settings.forward)
+    store = open_store(settings, clients)
+    cpu_graph = not settings.session.wants_gpu
+
+    def make(name: str, ref: str | None) -> tuple[Predictor, Forget]:
+        model = replace(settings.model, name=name, version=None)
+        if ref is not None and store.has_alias(name, ref):  # another alias than the configured
+            model = replace(model, alias=ref)
+        elif ref is not None:  # a version: one that is not published is 404, with no entry
+            store.get_manifest(name, ref)
+            model = replace(model, version=ref)
+        source = StoreSource(store, model, cpu_graph=cpu_graph)
+        predictor = build_predictor(
+            replace(settings, model=model),
+            role=role,
+            clients=clients,
+            source=source,
+            background=False,
+        )
+
+        def forget(dropped: tuple[Manifest, ...], served: tuple[Manifest, ...]) -> None:
+            kept = {store.local_dir(m) for m in served}
+            for manifest in dropped:
+                folder = store.local_dir(manifest)
+                if folder not in kept:
+                    shutil.rmtree(folder, ignore_errors=True)
+
+        return predictor, forget
+
+    def forwarded(manifest: Manifest) -> bool:  # runs on SageMaker: no memory here
+        return role == FUNCTION and choose_backend(settings.forward, manifest) == "sagemaker"
+
+    chosen = settings.models
+    catalog = Catalog(
+        chosen.names,
+        lister=store.list_models if chosen.every else None,
+        allow=chosen.allow,
+        ttl_s=settings.model.refresh_seconds or 60.0,
+    )
+    return ModelRepository(
+        make,
+        catalog,
+        settings.api,
+        repository_budget(settings),
+        memory_of=lambda manifests: memory_cost(m for m in manifests if not forwarded(m)),
+        disk_of=lambda manifests: folder_bytes(store.local_dir(m) for m in manifests),
+    )
+
+
+Forget = Callable[[tuple[Manifest, ...], tuple[Manifest, ...]], None]
+
+# Shares of what the process has that loaded models may take by default: the rest is the
+# runtime, the request being served and the model loading next.
+MEMORY_SHARE = 0.6
+DISK_SHARE = 0.8
+
+
+def repository_budget(settings: Settings) -> Budget:
+    """The repository's budgets: the configured ones, else shares of what there is.
+
+    Memory: ``ONNXKIT_MODELS_MEMORY_MB``, else :data:`MEMORY_SHARE` of the function's memory
+    (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``) or of the machine's available memory. Disk:
+    ``ONNXKIT_MODELS_DISK_MB``, else :data:`DISK_SHARE` of the cache folder's file system
+    (Lambda's ``/tmp``, sized by ``EphemeralStorage``).
+    """
+    mib = 1024 * 1024
+    chosen = settings.models
+    memory: int | None
+    if chosen.memory_mb is not None:
+        memory = chosen.memory_mb * mib
+    elif settings.canary.memory_mb is not None:
+        memory = int(settings.canary.memory_mb * mib * MEMORY_SHARE)
+    else:
+        available = read_mem_available()
+        memory = int(available * MEMORY_SHARE) if available is not None else None
+    if chosen.disk_mb is not None:
+        disk: int | None = chosen.disk_mb * mib
+    else:
+        folder = Path(settings.model.cache_dir)
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            disk = int(shutil.disk_usage(folder).total * DISK_SHARE)
+        except OSError:
+            disk = None
+    return Budget(memory_bytes=memory, disk_bytes=disk)
 
 
 def load_pipeline(source: ModelSource, manifest: Manifest, phases: Phases) -> Pipeline | None:

@@ -104,6 +104,28 @@ SCHEMAS: dict[str, Any] = {
         {"name": _STRING, "version": _STRING, "extensions": {"type": "array", "items": _STRING}},
         ["name", "version", "extensions"],
     ),
+    "RepositoryIndexRequest": {
+        "type": "object",
+        "properties": {
+            "ready": {"type": "boolean", "description": "List only the models loaded now."}
+        },
+    },
+    "RepositoryIndex": {
+        "type": "array",
+        "items": _object(
+            {
+                "name": _STRING,
+                "version": _STRING,
+                "alias": {**_STRING, "description": "The version or alias a request pinned."},
+                "state": {"type": "string", "enum": ["READY", "UNAVAILABLE"]},
+                "reason": _STRING,
+                "memory_bytes": {"type": "integer"},
+                "disk_bytes": {"type": "integer"},
+                "measured_memory_bytes": {"type": "integer"},
+            },
+            ["name", "version", "state", "reason"],
+        ),
+    },
     "Live": _object({"live": {"type": "boolean"}}, ["live"]),
     "Ready": _object({"ready": {"type": "boolean"}}, ["ready"]),
     "ModelReady": _object(
@@ -139,6 +161,7 @@ _ANSWERS = {
     "model_metadata": "ModelMetadata",
     "model_ready": "ModelReady",
     "infer": "InferenceResponse",
+    "repository_index": "RepositoryIndex",
     "openapi": "OpenApi",
 }
 
@@ -189,7 +212,7 @@ def _operation(route: Route, behind_gateway: bool) -> dict[str, Any]:
     if route.answers_json:
         answer = _ref(_ANSWERS[route.operation])
         content: dict[str, Any] = {"application/json": {"schema": answer}}
-        if route.takes_body:
+        if route.takes_inference:
             content[BINARY_CONTENT_TYPE] = {"schema": _BINARY_BODY}
         responses["200"] = {"description": "OK", "content": content}
     else:
@@ -204,7 +227,12 @@ def _operation(route: Route, behind_gateway: bool) -> dict[str, Any]:
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in route.params
         ]
-    if route.takes_body:
+    if route.takes_body and not route.takes_inference:
+        operation["requestBody"] = {
+            "required": False,
+            "content": {"application/json": {"schema": _ref(route.request)}},
+        }
+    elif route.takes_body:
         operation["requestBody"] = {
             "required": True,
             "description": _BODY_DESCRIPTION,

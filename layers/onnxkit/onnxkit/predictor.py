@@ -53,7 +53,7 @@ BARE_MEDIA_TYPES = ("text/plain", "image/png", "image/jpeg")
 """Bodies that are one input, not a v2 request: a sentence or an image (models with processing)."""
 
 SERVER_NAME = "onnxkit"
-SERVER_EXTENSIONS = ("model_repository_metadata",)
+SERVER_EXTENSIONS = ("model_repository", "model_repository_metadata")
 VERSION_HEADER = "x-onnxkit-model-version"
 """Names the version an inference ran on, in error responses (the body says it on success)."""
 
@@ -73,8 +73,65 @@ class Observer(Protocol):
         """An inference failed on our side (5xx) on this version."""
         ...
 
+    def model_evicted(self, manifest: Manifest) -> None:
+        """A version was unloaded to make room for another model (many models)."""
+        ...
 
-class _NullObserver:
+
+class Serving(Protocol):
+    """What the route table and the edges serve: one :class:`Predictor`, or a repository of
+    many (``onnxkit.repository.ModelRepository``)."""
+
+    model_name: str
+
+    @property
+    def limits(self) -> ApiSettings: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def current_backend(self) -> Backend | None: ...
+
+    @property
+    def refresh_interval(self) -> float: ...
+
+    def observe(self, observer: Observer) -> None: ...
+
+    def try_load(self) -> bool: ...
+
+    def refresh(self, *, force: bool = False) -> bool: ...
+
+    def check_ready(self) -> None: ...
+
+    def server_metadata(self) -> dict[str, Any]: ...
+
+    def server_ready(self) -> dict[str, Any]: ...
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]: ...
+
+    def model_ready(self, name: str, version: str | None = None) -> dict[str, Any]: ...
+
+    def infer(
+        self,
+        name: str,
+        version: str | None,
+        body: bytes | str | None,
+        *,
+        content_type: str | None = None,
+        header_length: str | None = None,
+    ) -> Reply: ...
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]: ...
+
+    def predictor_for(
+        self, name: str, version: str | None = None
+    ) -> tuple[Predictor, str | None]: ...
+
+
+class NullObserver:
+    """Receives timings and drops them."""
+
     def model_loaded(self, manifest: Manifest, milliseconds: float) -> None:
         pass
 
@@ -82,6 +139,9 @@ class _NullObserver:
         pass
 
     def inference_failed(self, manifest: Manifest) -> None:
+        pass
+
+    def model_evicted(self, manifest: Manifest) -> None:
         pass
 
 
@@ -153,7 +213,7 @@ class Predictor:
         self._loader = loader
         self._limits = limits
         self._background = background
-        self._observer = observer or _NullObserver()
+        self._observer = observer or NullObserver()
         self._refresh = refresh
         self._backend: Backend | None = None
         self._last_error: OnnxkitError | None = None
@@ -198,6 +258,36 @@ class Predictor:
     def last_error(self) -> OnnxkitError | None:
         """Why the most recent load failed (None after a success)."""
         return self._last_error
+
+    @property
+    def served_manifests(self) -> tuple[Manifest, ...]:
+        """The versions loaded now: the stable one, and a canary's (empty before a load)."""
+        return tuple(b.manifest for b in (self._backend, *self._canary_backends()) if b)
+
+    @property
+    def served_versions(self) -> tuple[str, ...]:
+        """The version names loaded now."""
+        return tuple(m.version for m in self.served_manifests)
+
+    @property
+    def measured_growth(self) -> int | None:
+        """Resident memory the last load was measured to add (None: not measurable)."""
+        return self._stable_growth
+
+    def unload(self) -> tuple[Manifest, ...]:
+        """Drop the loaded versions (a repository's eviction); the next request reloads.
+
+        Returns:
+            The versions dropped, whose cached files the caller may delete.
+        """
+        with self._lock:
+            dropped = [b for b in (self._backend, *self._canary_backends()) if b]
+            self._backend, self._canary = None, None
+        for backend in dropped:
+            close = getattr(backend, "close", None)
+            if callable(close):  # a batching wrapper's dispatcher thread
+                close()
+        return tuple(b.manifest for b in dropped)
 
     def load(self) -> Backend:
         """Load the model if it is not loaded yet; return the serving backend.
@@ -315,7 +405,7 @@ class Predictor:
             canary_changed = self._follow_canary(refresh, stable, rollout, retired)
         finally:
             self._lock.release()
-        served = tuple(b.manifest for b in (self._backend, *self._canary_backends()) if b)
+        served = self.served_manifests
         for old in retired:
             if refresh.on_retire is not None:
                 refresh.on_retire(old, served)
@@ -512,6 +602,25 @@ class Predictor:
     def server_metadata(self) -> dict[str, Any]:
         """``GET /v2``."""
         return {"name": SERVER_NAME, "version": __version__, "extensions": list(SERVER_EXTENSIONS)}
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """``POST /v2/repository/index``: the one model served, and its state."""
+        if not self.ready:
+            cause = self._last_error
+            reason = f"{cause.message} ({cause.code})" if cause else "loading"
+            rows = [
+                {"name": self.model_name, "version": "", "state": "UNAVAILABLE", "reason": reason}
+            ]
+        else:
+            rows = [
+                {"name": m.name, "version": m.version, "state": "READY", "reason": ""}
+                for m in self.served_manifests
+            ]
+        return [r for r in rows if r["state"] == "READY"] if ready_only else rows
+
+    def predictor_for(self, name: str, version: str | None = None) -> tuple[Predictor, str | None]:
+        """The predictor serving ``name`` (itself) and the version to pass it."""
+        return self, version
 
     def server_ready(self) -> dict[str, Any]:
         """``GET /v2/health/ready``: ready once the model is loaded (the function tries to load it).

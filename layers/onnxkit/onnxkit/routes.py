@@ -9,6 +9,7 @@ here, once, so the edges cannot drift apart.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,10 +17,15 @@ from typing import Any, Literal
 
 import mimeparse
 
-from onnxkit.errors import MethodNotAllowedError, NotAcceptableError, RouteNotFoundError
+from onnxkit.errors import (
+    InvalidInputError,
+    MethodNotAllowedError,
+    NotAcceptableError,
+    RouteNotFoundError,
+)
 from onnxkit.media import BINARY_CONTENT_TYPE as BINARY
 from onnxkit.media import HEADER_LENGTH, check_content_type
-from onnxkit.predictor import BARE_MEDIA_TYPES, Predictor
+from onnxkit.predictor import BARE_MEDIA_TYPES, Serving
 
 JSON = "application/json"
 Edge = Literal["function", "endpoint"]
@@ -27,6 +33,7 @@ FUNCTION: Edge = "function"
 ENDPOINT: Edge = "endpoint"
 BOTH = frozenset({FUNCTION, ENDPOINT})
 OPENAPI_PATH = "/v2/openapi.json"
+INFERENCE = "inference"
 _PARAM = re.compile(r"\{([a-z_]+)\}")
 
 
@@ -40,8 +47,11 @@ class Route:
         operation: The key of the operation in :data:`OPERATIONS`.
         summary: One line for the OpenAPI document.
         edges: Which edges serve it: the function, the endpoint, or both.
-        takes_body: Whether it takes a v2 inference request (JSON).
+        takes_body: Whether it reads a request body.
         answers_json: Whether it answers with a JSON body (``/ping`` answers an empty one).
+        request: What the body is: ``inference`` (a v2 inference request, which may also be
+            binary tensors, a sentence or an image), or the name of the JSON schema of a
+            plain JSON body (:data:`onnxkit.openapi.SCHEMAS`).
     """
 
     method: str
@@ -51,6 +61,7 @@ class Route:
     edges: frozenset[str] = BOTH
     takes_body: bool = False
     answers_json: bool = True
+    request: str = INFERENCE
     pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -60,6 +71,11 @@ class Route:
             for part in parts
         )
         object.__setattr__(self, "pattern", re.compile(f"^{regex}/*$"))  # trailing / tolerated
+
+    @property
+    def takes_inference(self) -> bool:
+        """Whether the body is a v2 inference request (binary and bare bodies included)."""
+        return self.takes_body and self.request == INFERENCE
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -98,6 +114,11 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "POST", f"{_VERSION}/infer", "infer", "Run this version of the model", takes_body=True
     ),
+    Route(
+        "POST", "/v2/repository/index", "repository_index",
+        "Model repository index: every model served, loaded or not, with its state",
+        takes_body=True, request="RepositoryIndexRequest",
+    ),
     Route("GET", OPENAPI_PATH, "openapi", "This document (OpenAPI 3)"),
 )  # fmt: skip
 
@@ -117,13 +138,17 @@ class Call:
     content_type: str | None = None
     header_length: str | None = None
     """``Inference-Header-Content-Length``: the JSON part's length when binary tensors follow."""
+    target_model: str | None = None
+    """The model a SageMaker invocation names in its custom attributes (``model=NAME``)."""
 
 
-Operation = Callable[[Predictor, Call, "RouteTable"], Any]
+Operation = Callable[[Serving, Call, "RouteTable"], Any]
 
 
-def _infer(predictor: Predictor, call: Call, _: RouteTable) -> Any:
-    name = call.params.get("name", predictor.model_name)
+def _infer(predictor: Serving, call: Call, _: RouteTable) -> Any:
+    # SageMaker's /invocations names no model: a repository takes it from the custom
+    # attributes the function forwards (``model=NAME``), a single model is itself.
+    name = call.params.get("name") or predictor.model_name or call.target_model or ""
     return predictor.infer(
         name,
         call.params.get("version"),
@@ -133,11 +158,25 @@ def _infer(predictor: Predictor, call: Call, _: RouteTable) -> Any:
     )
 
 
-def _ping(predictor: Predictor, _: Call, __: RouteTable) -> None:
+def _repository_index(server: Serving, call: Call, _: RouteTable) -> Any:
+    ready_only = False
+    if call.body:
+        try:
+            request = json.loads(call.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInputError('the body must be JSON: {} or {"ready": true}') from exc
+        ready = request.get("ready", False) if isinstance(request, dict) else None
+        if not isinstance(ready, bool):
+            raise InvalidInputError('the body must be {} or {"ready": true|false}')
+        ready_only = ready
+    return server.repository_index(ready_only)
+
+
+def _ping(predictor: Serving, _: Call, __: RouteTable) -> None:
     predictor.check_ready()
 
 
-def _openapi(_: Predictor, __: Call, table: RouteTable) -> Any:
+def _openapi(_: Serving, __: Call, table: RouteTable) -> Any:
     from onnxkit.openapi import build_document
 
     return build_document(table)
@@ -150,6 +189,7 @@ OPERATIONS: dict[str, Operation] = {
     "model_metadata": lambda p, c, t: p.model_metadata(c.params["name"], c.params.get("version")),
     "model_ready": lambda p, c, t: p.model_ready(c.params["name"], c.params.get("version")),
     "infer": _infer,
+    "repository_index": _repository_index,
     "ping": _ping,
     "openapi": _openapi,
 }
@@ -204,7 +244,7 @@ class RouteTable:
 
     def perform(
         self,
-        predictor: Predictor,
+        predictor: Serving,
         route: Route,
         params: dict[str, str],
         body: bytes | str | None = None,
@@ -232,8 +272,22 @@ class RouteTable:
             body,
             content_type=headers.get("content-type"),
             header_length=headers.get(HEADER_LENGTH),
+            target_model=custom_attribute(headers.get(CUSTOM_ATTRIBUTES), "model"),
         )
         return OPERATIONS[route.operation](predictor, call, self)
+
+
+CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
+"""What InvokeEndpoint's ``CustomAttributes`` reaches the container as (``key=value;...``)."""
+
+
+def custom_attribute(value: str | None, key: str) -> str | None:
+    """One ``key=value`` of SageMaker's custom attributes (``a=1;b=2``), or None."""
+    for part in (value or "").split(";"):
+        name, sep, found = part.partition("=")
+        if sep and name.strip() == key:
+            return found.strip() or None
+    return None
 
 
 def negotiate(route: Route, *, content_type: str | None, accept: str | None) -> None:
@@ -247,14 +301,16 @@ def negotiate(route: Route, *, content_type: str | None, accept: str | None) -> 
         UnsupportedMediaTypeError: A body route got a media type it never takes (415).
         NotAcceptableError: The client accepts nothing the route answers (406).
     """
-    binary_ok = route.takes_body and accepts(accept, BINARY)
+    binary_ok = route.takes_inference and accepts(accept, BINARY)
     if route.answers_json and not binary_ok and not accepts_json(accept):
         raise NotAcceptableError(
             f"Accept {accept!r} admits no JSON; this API answers {JSON}"
-            + (f" (and {BINARY} for binary tensors)" if route.takes_body else " only")
+            + (f" (and {BINARY} for binary tensors)" if route.takes_inference else " only")
         )
-    if route.takes_body:
+    if route.takes_inference:
         check_content_type(content_type, binary=True, bare=BARE_MEDIA_TYPES)
+    elif route.takes_body:
+        check_content_type(content_type, binary=False, bare=())
 
 
 def accepts_json(accept: str | None) -> bool:

@@ -172,7 +172,9 @@ class StoreSource:
     def release(self, keep: Manifest, *also: Manifest) -> None:
         # /tmp is small: keep only what is served (the stable version, and a canary's)
         local_dir = self._store.local_dir
-        self._store.evict(keep=local_dir(keep), also=tuple(local_dir(m) for m in also))
+        self._store.evict(
+            keep=local_dir(keep), also=tuple(local_dir(m) for m in also), name=self.name
+        )
 
 
 class FolderSource:

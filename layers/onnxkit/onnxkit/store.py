@@ -484,6 +484,14 @@ class ModelStore:
             return None, None
         return parse_alias(name, alias, raw), etag
 
+    def has_alias(self, name: str, alias: str) -> bool:
+        """Whether ``alias`` is set for the model (a request may name an alias or a version).
+
+        Raises:
+            StoreUnavailableError: The store cannot be read.
+        """
+        return self.blobs.exists(alias_key(name, alias))
+
     def resolve(self, name: str, *, version: str | None = None, alias: str = "prod") -> Manifest:
         """The manifest for an explicit version, else for the version an alias points to."""
         if version is None:
@@ -639,13 +647,23 @@ class ModelStore:
             sink.close()
         return sink.data()
 
-    def evict(self, keep: Path | None = None, *, also: tuple[Path, ...] = ()) -> None:
+    def evict(
+        self, keep: Path | None = None, *, also: tuple[Path, ...] = (), name: str | None = None
+    ) -> None:
         """Drop every cached copy except ``keep`` and ``also`` (frees /tmp for a new version;
-        a canary keeps both versions' copies)."""
+        a canary keeps both versions' copies).
+
+        Args:
+            keep: A version folder to keep.
+            also: More folders to keep.
+            name: Only this model's copies (a function serving many models shares the cache
+                folder: one model's swap must not drop another's files); None: every model.
+        """
         if not self.cache_dir.is_dir():
             return
         kept = {p.resolve() for p in (keep, *also) if p is not None}
-        for model_dir in self.cache_dir.iterdir():
+        models = [self.cache_dir / name] if name is not None else self.cache_dir.iterdir()
+        for model_dir in models:
             for version_dir in model_dir.iterdir() if model_dir.is_dir() else ():
                 for digest_dir in version_dir.iterdir() if version_dir.is_dir() else ():
                     if digest_dir.resolve() not in kept:

@@ -28,7 +28,7 @@ from onnxkit.codecs import Reply, encode_json
 from onnxkit.coldstart import INIT_PHASES, Loading, start_loading
 from onnxkit.errors import InvalidInputError, error_body
 from onnxkit.manifest import Manifest
-from onnxkit.predictor import Predictor
+from onnxkit.predictor import Serving
 from onnxkit.routes import FUNCTION, JSON, RouteTable, negotiate
 from onnxkit.settings import Settings
 
@@ -87,6 +87,11 @@ class MetricsObserver:
         self._dimensions(manifest)
         self._metrics.add_metric(name="InferenceErrors", unit=MetricUnit.Count, value=1)
 
+    def model_evicted(self, manifest: Manifest) -> None:
+        """Record ModelEvictions (many models: a model unloaded to make room for another)."""
+        self._dimensions(manifest)
+        self._metrics.add_metric(name="ModelEvictions", unit=MetricUnit.Count, value=1)
+
 
 def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> dict:
     """A REST proxy response with a JSON body (headers as ``multiValueHeaders``)."""
@@ -133,7 +138,7 @@ class LambdaEdge:
 
     def __init__(
         self,
-        predictor: Predictor,
+        predictor: Serving,
         logger: Logger,
         table: RouteTable,
         route_prefix: str = "",
@@ -189,7 +194,7 @@ class LambdaEdge:
 
 
 def create_app(
-    predictor: Predictor,
+    predictor: Serving,
     logger: Logger,
     table: RouteTable,
     route_prefix: str = "",
@@ -261,7 +266,14 @@ def build_handler(
     # SnapStart: fresh AWS clients, reseeded randomness and a re-read alias after a restore
     # (no-op outside the Lambda base image, or without SnapStart: the hooks never run).
     register_snapstart_hooks(predictor, loading.clients)
-    _report_init(loading, imports_ms, (time.perf_counter() - waited) * 1000, observer, logger)
+    _report_init(
+        loading,
+        imports_ms,
+        (time.perf_counter() - waited) * 1000,
+        observer,
+        logger,
+        many=settings.models.enabled,
+    )
 
     @logger.inject_lambda_context
     @metrics.log_metrics(capture_cold_start_metric=True)
@@ -286,11 +298,18 @@ def _report_init(
     waited_ms: float,
     observer: MetricsObserver,
     logger: Logger,
+    *,
+    many: bool = False,
 ) -> None:
     """Log the init breakdown and count it in the metrics (the load ran in a thread meanwhile,
     so the phases overlap the imports and add up to more than the total)."""
     manifest = loading.manifest
     total_ms = (time.perf_counter() - loading.started) * 1000
+    if manifest is None and many:  # a repository: each model loads on its first request
+        logger.info(
+            "init done; models load on their first request", extra={"init_ms": round(total_ms, 1)}
+        )
+        return
     if manifest is None:  # the load failed: the predictor logged why, requests retry it
         logger.warning("init finished without a model", extra={"init_ms": round(total_ms, 1)})
         return

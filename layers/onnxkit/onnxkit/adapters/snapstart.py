@@ -21,7 +21,7 @@ import random
 from typing import Any
 
 from onnxkit.aws import AwsClients
-from onnxkit.predictor import Predictor
+from onnxkit.predictor import Serving
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def reseed(seed: int | None = None) -> None:
     np.random.seed(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
 
 
-def after_restore(predictor: Predictor, clients: AwsClients, *, seed: int | None = None) -> None:
+def after_restore(predictor: Serving, clients: AwsClients, *, seed: int | None = None) -> None:
     """Make fresh AWS clients, reseed, and re-read the model alias before the first request.
 
     A restored snapshot may be older than the alias's last move; reading it now (not at the
@@ -66,7 +66,7 @@ def after_restore(predictor: Predictor, clients: AwsClients, *, seed: int | None
     logger.info("restore: AWS clients renewed, reseeded, alias re-read", extra={"swapped": swapped})
 
 
-def register_snapstart_hooks(predictor: Predictor, clients: AwsClients) -> bool:
+def register_snapstart_hooks(predictor: Serving, clients: AwsClients) -> bool:
     """Register :func:`before_snapshot` and :func:`after_restore` with the Lambda runtime.
 
     Args:

@@ -29,7 +29,7 @@ from onnxkit.adapters.endpoint.workers import (
 )
 from onnxkit.codecs import Reply, encode_json
 from onnxkit.errors import ModelNotReadyError, OnnxkitError, PayloadTooLargeError, error_body
-from onnxkit.predictor import Predictor
+from onnxkit.predictor import Serving
 from onnxkit.routes import ENDPOINT, JSON, Route, RouteTable, negotiate
 from onnxkit.settings import Settings
 
@@ -45,7 +45,7 @@ def error_response(error: BaseException) -> Response:
 
 
 class EndpointApp:
-    """The container's routes around one :class:`Predictor`.
+    """The container's routes around one model's predictor, or a repository of many.
 
     Args:
         predictor: Serves the model (built with ``background=True``: requests never load it).
@@ -55,7 +55,7 @@ class EndpointApp:
 
     def __init__(
         self,
-        predictor: Predictor,
+        predictor: Serving,
         table: RouteTable,
         *,
         threads: int,
@@ -211,7 +211,7 @@ class ConcurrencyLimit:
 
 
 def create_app(
-    predictor: Predictor,
+    predictor: Serving,
     settings: Settings,
     *,
     threads: int = 0,
@@ -255,11 +255,11 @@ def _asgi(view: Callable[[Request], Awaitable[Response]]) -> ASGIApp:
 def app_from_env() -> ASGIApp:
     """The app factory each uvicorn worker calls: settings from the environment, model loaded
     in the background."""
-    from onnxkit.compose import build_predictor
+    from onnxkit.compose import build_server
 
     configure_logging()
     settings, plan = resolve_settings(endpoint_settings(os.environ), os.environ)
-    predictor = build_predictor(settings, role=ENDPOINT)
+    predictor = build_server(settings, role=ENDPOINT)
     siblings = None
     if plan.workers > 1:  # spawned by uvicorn's supervisor, whose pid names the shared folder
         siblings = SiblingReadiness(readiness_folder(os.getppid()), plan.workers)
