@@ -215,3 +215,31 @@ def publish_text_model(store: Any, minilm_folder: Path) -> Any:
         alias="prod",
         processing=minilm_processing(max_length=TEXT_MAX_LENGTH, truncation=False),
     )
+
+
+WIDTH = 65_536
+"""Floats per :func:`offset_model`: 256 KiB of weights, counted twice in memory (~0.5 MiB)."""
+
+
+def offset_model(folder: Path, offset: float, *, external: bool = False) -> Path:
+    """y = x + w with w filled with ``offset``: each model answers something of its own."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.full(WIDTH, offset, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "offset",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", WIDTH])],
+        [weights],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    extra: dict[str, Any] = {}
+    if external:
+        extra = {"save_as_external_data": True, "location": "model.onnx.data", "size_threshold": 0}
+    onnx.save_model(proto, str(path), **extra)
+    return path
