@@ -161,7 +161,9 @@ class LambdaEdge:
         try:
             if self._prefix and path.startswith(self._prefix):
                 path = path[len(self._prefix) :] or "/"
+            self._logger.append_keys(model=None)  # each log line names the model it is about
             route, params = self._table.match(method, path)
+            self._logger.append_keys(model=params.get("name"))
             # Headers first, as the endpoint does: a refused media type never decodes the body.
             headers = _lowered(event)
             negotiate(route, content_type=headers.get("content-type"), accept=headers.get("accept"))
