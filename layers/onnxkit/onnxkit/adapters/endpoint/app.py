@@ -66,6 +66,7 @@ class EndpointApp:
         self.siblings = siblings
         self.max_request_bytes = predictor.limits.max_request_bytes
         self._limiter = anyio.CapacityLimiter(threads) if threads else None
+        self._many = not predictor.model_name  # a repository: no single model
         self._stopping = threading.Event()
         self._maintainer: threading.Thread | None = None
 
@@ -89,7 +90,11 @@ class EndpointApp:
             if route.operation == "ping" and self.siblings is not None and self.predictor.ready:
                 self.siblings.check()
             perform = partial(self.table.perform, self.predictor, route, params, body, headers)
-            if self._limiter is None or not route.takes_body:
+            if self._many and (route.params or route.takes_body):
+                # Many models: any request naming one may load it (seconds), which must not
+                # hold the event loop, and /ping with it.
+                answer = await anyio.to_thread.run_sync(perform, limiter=self._limiter)
+            elif self._limiter is None or not route.takes_body:
                 answer = perform()  # on the event loop: no hand-off for a small CPU model
             else:  # only inference goes to the threads: /ping never waits behind the model
                 answer = await anyio.to_thread.run_sync(perform, limiter=self._limiter)
