@@ -322,3 +322,39 @@ def test_a_single_predictor_lists_itself_in_the_index(tmp_path: Path) -> None:
     )
     rows = predictor.repository_index()
     assert rows == [{"name": "tiny", "version": "", "state": "UNAVAILABLE", "reason": "loading"}]
+
+
+def test_load_and_unload_through_the_route_table(five: Path, tmp_path: Path) -> None:
+    settings = settings_for(five, tmp_path / "cache")
+    repository = build_repository(settings, role=FUNCTION)
+    table = RouteTable(FUNCTION)
+
+    route, params = table.match("POST", "/v2/repository/models/m5/load")
+    rows = table.perform(repository, route, params)
+    assert [(r["name"], r["state"], r["version"]) for r in rows] == [("m5", READY, "1")]
+    assert any(p.is_file() for p in (tmp_path / "cache" / "m5").rglob("*"))  # external data
+
+    route, params = table.match("POST", "/v2/repository/models/m5/unload")
+    rows = table.perform(repository, route, params)
+    assert [(r["name"], r["state"]) for r in rows] == [("m5", UNAVAILABLE)]
+    assert "unloaded on request" in rows[0]["reason"]
+    assert not any(p.is_file() for p in (tmp_path / "cache" / "m5").rglob("*"))
+    assert first_value(repository, "m5") == pytest.approx(5.5)  # and it comes back on demand
+
+    with pytest.raises(ModelNotFoundError):
+        table.perform(repository, route, {"name": "nope"})
+
+
+def test_a_single_model_loads_on_request_but_cannot_be_unloaded(five: Path, tmp_path: Path) -> None:
+    from onnxkit.compose import build_predictor
+
+    settings = settings_for(five, tmp_path / "cache", ONNXKIT_MODELS="", ONNXKIT_MODEL_NAME="m2")
+    predictor = build_predictor(settings, role=FUNCTION)
+    assert predictor.load_model("m2") == [
+        {"name": "m2", "version": "1", "state": READY, "reason": ""}
+    ]
+    with pytest.raises(OnnxkitError, match="serves one model") as caught:
+        predictor.unload_model("m2")
+    assert caught.value.status == 409
+    with pytest.raises(ModelNotFoundError):
+        predictor.unload_model("m3")

@@ -109,6 +109,13 @@ class VersionConflictError(OnnxkitError):
     code = "version_exists"
 
 
+class ConflictError(OnnxkitError):
+    """The request conflicts with how the server is set up (409)."""
+
+    status = HTTPStatus.CONFLICT
+    code = "conflict"
+
+
 class AliasConflictError(OnnxkitError):
     """An alias moved between our read and our conditional write."""
 

@@ -162,6 +162,8 @@ _ANSWERS = {
     "model_ready": "ModelReady",
     "infer": "InferenceResponse",
     "repository_index": "RepositoryIndex",
+    "repository_load": "RepositoryIndex",
+    "repository_unload": "RepositoryIndex",
     "openapi": "OpenApi",
 }
 

@@ -32,6 +32,7 @@ from onnxkit.codecs import (
     split_body,
 )
 from onnxkit.errors import (
+    ConflictError,
     InvalidInputError,
     ModelNotFoundError,
     ModelNotReadyError,
@@ -42,7 +43,7 @@ from onnxkit.errors import (
 from onnxkit.errors import error_body as _error_body
 from onnxkit.manifest import Manifest
 from onnxkit.media import binary_header_length, media_type
-from onnxkit.settings import ApiSettings
+from onnxkit.settings import ENV_MODELS, ApiSettings
 
 if TYPE_CHECKING:
     from onnxkit.processing import Pipeline
@@ -123,6 +124,10 @@ class Serving(Protocol):
     ) -> Reply: ...
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]: ...
+
+    def load_model(self, name: str) -> list[dict[str, Any]]: ...
+
+    def unload_model(self, name: str) -> list[dict[str, Any]]: ...
 
     def predictor_for(
         self, name: str, version: str | None = None
@@ -621,6 +626,31 @@ class Predictor:
     def predictor_for(self, name: str, version: str | None = None) -> tuple[Predictor, str | None]:
         """The predictor serving ``name`` (itself) and the version to pass it."""
         return self, version
+
+    def load_model(self, name: str) -> list[dict[str, Any]]:
+        """``POST /v2/repository/models/{name}/load``: the model, loaded (it is the only one).
+
+        Raises:
+            ModelNotFoundError: Another name.
+            OnnxkitError: The model cannot be loaded now.
+        """
+        self._served(name, None)
+        return self.repository_index()
+
+    def unload_model(self, name: str) -> list[dict[str, Any]]:
+        """``POST /v2/repository/models/{name}/unload``: refused; one model is always served.
+
+        Raises:
+            ModelNotFoundError: Another name.
+            ConflictError: Always (409).
+        """
+        if name != self.model_name:
+            self._served(name, None)  # the 404 naming what is served
+        raise ConflictError(
+            f"this server serves one model ({self.model_name!r}) and keeps it loaded; "
+            f"unloading applies to a server of many models ({ENV_MODELS})",
+            code="cannot_unload",
+        )
 
     def server_ready(self) -> dict[str, Any]:
         """``GET /v2/health/ready``: ready once the model is loaded (the function tries to load it).

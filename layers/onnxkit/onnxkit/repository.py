@@ -336,6 +336,31 @@ class ModelRepository:
             rows = [row for row in rows if row["state"] == READY]
         return rows
 
+    def load_model(self, name: str) -> list[dict[str, Any]]:
+        """``POST /v2/repository/models/{name}/load``: load it now (counted and evicting like
+        a first request); its index rows.
+
+        Raises:
+            ModelNotFoundError: The name is not served here.
+            OnnxkitError: The load failed.
+        """
+        self._call(name, None, lambda p, v: p.model_ready(p.model_name, v))
+        return [row for row in self.repository_index() if row["name"] == name]
+
+    def unload_model(self, name: str) -> list[dict[str, Any]]:
+        """``POST /v2/repository/models/{name}/unload``: drop every loaded copy of the model
+        (its alias's and any pinned one) and delete their cached files; its index rows.
+
+        Raises:
+            ModelNotFoundError: The name is not served here.
+        """
+        self._entry_for(name, None)  # the 404 for a name not served
+        with self._lock:
+            for entry in [e for e in self._entries.values() if e.key[0] == name]:
+                if entry.predictor.ready:
+                    self._evict(entry, "unloaded on request; it reloads on its next request")
+        return [row for row in self.repository_index() if row["name"] == name]
+
     def _rows(self, key: Key, entry: _Entry | None) -> list[dict[str, Any]]:
         name, ref = key
         base: dict[str, Any] = {"name": name}
@@ -423,7 +448,12 @@ class ModelRepository:
                 if not (over_memory or over_disk):
                     break
                 if victim.predictor.ready:
-                    self._evict(victim, "memory" if over_memory else "disk")
+                    budget = "memory" if over_memory else "disk"
+                    self._evict(
+                        victim,
+                        f"evicted (least recently used) to keep the loaded models within the "
+                        f"{budget} budget; it reloads on its next request",
+                    )
             used = self._used()
             if (memory is not None and used.memory > memory) or (
                 disk is not None and used.disk > disk
@@ -442,7 +472,7 @@ class ModelRepository:
         loaded = [e.loaded for e in self._entries.values() if e.loaded and e.predictor.ready]
         return Loaded(sum(x.memory for x in loaded), sum(x.disk for x in loaded))
 
-    def _evict(self, victim: _Entry, budget: str) -> None:
+    def _evict(self, victim: _Entry, why: str) -> None:
         manifests = victim.predictor.unload()
         still_served = tuple(
             m
@@ -452,13 +482,10 @@ class ModelRepository:
         )
         victim.forget(manifests, still_served)
         victim.loaded = None
-        victim.evicted = (
-            f"evicted (least recently used) to keep the loaded models within the {budget} "
-            "budget; it reloads on its next request"
-        )
+        victim.evicted = why
         for manifest in manifests:
             logger.info(
                 "model evicted",
-                extra={"model": manifest.name, "version": manifest.version, "budget": budget},
+                extra={"model": manifest.name, "version": manifest.version, "why": why},
             )
             self._observer.model_evicted(manifest)

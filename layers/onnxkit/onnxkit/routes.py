@@ -119,6 +119,14 @@ ROUTES: tuple[Route, ...] = (
         "Model repository index: every model served, loaded or not, with its state",
         takes_body=True, request="RepositoryIndexRequest",
     ),
+    Route(
+        "POST", "/v2/repository/models/{name}/load", "repository_load",
+        "Load a model now (else it loads on its first request); answers its index rows",
+    ),
+    Route(
+        "POST", "/v2/repository/models/{name}/unload", "repository_unload",
+        "Unload a model and delete its cached files (many models only)",
+    ),
     Route("GET", OPENAPI_PATH, "openapi", "This document (OpenAPI 3)"),
 )  # fmt: skip
 
@@ -190,6 +198,8 @@ OPERATIONS: dict[str, Operation] = {
     "model_ready": lambda p, c, t: p.model_ready(c.params["name"], c.params.get("version")),
     "infer": _infer,
     "repository_index": _repository_index,
+    "repository_load": lambda p, c, t: p.load_model(c.params["name"]),
+    "repository_unload": lambda p, c, t: p.unload_model(c.params["name"]),
     "ping": _ping,
     "openapi": _openapi,
 }
