@@ -173,6 +173,7 @@ def test_endpoint_is_created_in_service_and_its_config_round_trips(
     logs.create_log_group(logGroupName=log_group["LogGroupName"])
     (created,) = logs.describe_log_groups(logGroupNamePrefix=log_group["LogGroupName"])["logGroups"]
     attributes["PredictFunctionLogGroup.Arn"] = created["arn"]
+    attributes["PayloadBucket.Arn"] = "arn:aws:s3:::onnxkit-payloadbucket-p7q8r9"
     _create_role(iam, resources, "PredictFunctionRole", params, attributes)
     policy = iam.get_role_policy(
         RoleName=PHYSICAL_NAMES["PredictFunctionRole"], PolicyName="InvokeSageMakerEndpoint"
@@ -180,7 +181,7 @@ def test_endpoint_is_created_in_service_and_its_config_round_trips(
     (statement,) = policy["Statement"]
     invoke_resource = evaluate(statement["Resource"], params, attributes)
     # (the ARN as the service reports it: real SageMaker lower-cases the name in it, moto not)
-    assert invoke_resource == described["EndpointArn"]
+    assert invoke_resource == [described["EndpointArn"]]
 
 
 def test_scalable_target_and_policy_register_with_application_auto_scaling(aws: Any) -> None:

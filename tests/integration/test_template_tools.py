@@ -51,11 +51,37 @@ PROVISIONED = {
     "AlarmTopicArn": "arn:aws:sns:eu-west-1:123456789012:onnxkit-alarms",
     "DeploymentType": "AllAtOnce",
 }
+# SageMakerMode's other shapes (the template's Rules want the image; async the payload bucket,
+# which is on by default): an asynchronous endpoint scaling to zero on its backlog, and a
+# real-time one through an inference component scaled to zero copies.
+SAGEMAKER_ASYNC = {
+    **SAGEMAKER_FROM_REGISTRY,
+    "SageMakerMode": "async",
+    "AsyncBacklogPerInstanceTarget": "10",
+    "AsyncMaxConcurrentInvocationsPerInstance": "2",
+}
+SAGEMAKER_SCALE_TO_ZERO = {
+    **SAGEMAKER_FROM_REGISTRY,
+    "SageMakerMode": "scale-to-zero",
+    "SageMakerCopyMemoryMB": "8192",
+}
+# Many models behind both functions, with a larger /tmp, and no payload bucket.
+MANY_MODELS = {
+    "Models": "*",
+    "ModelsAllow": "digits,minilm*",
+    "ModelsMemoryMB": "3072",
+    "EphemeralStorageMB": "4096",
+    "DeployZipVariant": "true",
+    "PayloadUploads": "disabled",
+}
 FLIPPED = {
     "other-branches": OTHER_BRANCHES,
     "sagemaker-from-registry": SAGEMAKER_FROM_REGISTRY,
     "snapstart": SNAPSTART,
     "provisioned-concurrency": PROVISIONED,
+    "sagemaker-async": SAGEMAKER_ASYNC,
+    "sagemaker-scale-to-zero": SAGEMAKER_SCALE_TO_ZERO,
+    "many-models": MANY_MODELS,
 }
 
 
@@ -135,7 +161,8 @@ def test_sam_translates_every_branch(tmp_path: Path, flipped_templates: list[Pat
 
     Without the expansion the transform rejects the Fn::If in the API's Auth; with it, the
     default (API key, no zip, no endpoint) and the flipped sets (IAM, zip, existing bucket,
-    the SageMaker endpoint with and without model data) pass.
+    the SageMaker endpoint with and without model data, asynchronous and scaled to zero, many
+    models without a payload bucket) pass.
     """
     sam = _tool("ONNXKIT_SAM", ".venv-sam/bin/sam")
     env = _offline_env(tmp_path)

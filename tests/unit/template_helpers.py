@@ -49,6 +49,8 @@ PSEUDO = {
     "AWS::URLSuffix": "amazonaws.com",
     "AWS::StackName": "onnxkit",
     "AWS::AccountId": ACCOUNT,
+    "AWS::StackId": f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/onnxkit/"
+    "6f1c3a20-af11-11ef-9c4e-0a1b2c3d4e5f",
 }
 NO_VALUE = {"Ref": "AWS::NoValue"}
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}

@@ -137,6 +137,15 @@ def test_parameters_and_defaults() -> None:
         "ConfigureApiGatewayAccount": "true",
         "ModelBackend": "auto",
         "ExposeOpenApi": "false",
+        "EphemeralStorageMB": "512",
+        # Many models and payloads (see test_template_scale.py)
+        "Models": "",
+        "ModelsAllow": "",
+        "ModelsMemoryMB": "0",
+        "PayloadUploads": "enabled",
+        "UploadMaxBytes": "1073741824",
+        "PayloadExpiryDays": "1",
+        "JobExpiryDays": "7",
         # Production (see test_template_production.py)
         "DeploymentType": "Canary10Percent5Minutes",
         "AlarmTopicArn": "",
@@ -146,6 +155,7 @@ def test_parameters_and_defaults() -> None:
         "ProvisionedConcurrencyMax": "0",
         # The GPU path, off while the image is empty (see test_template_sagemaker.py)
         "SageMakerImageUri": "",
+        "SageMakerMode": "realtime",
         "SageMakerModelName": "",
         "SageMakerModelAlias": "prod",
         "SageMakerModelDataUrl": "",
@@ -154,6 +164,9 @@ def test_parameters_and_defaults() -> None:
         "SageMakerMinInstances": "1",
         "SageMakerMaxInstances": "4",
         "SageMakerTargetInvocationsPerInstance": "100",
+        "AsyncBacklogPerInstanceTarget": "5",
+        "AsyncMaxConcurrentInvocationsPerInstance": "4",
+        "SageMakerCopyMemoryMB": "4096",
     }
     assert parameters["AuthType"]["AllowedValues"] == ["API_KEY", "IAM"]
     assert parameters["ModelBackend"]["AllowedValues"] == ["auto", "lambda", "sagemaker"]
@@ -201,8 +214,9 @@ def test_function_environment(bucket: str) -> None:
         variables = resources[name]["Properties"]["Environment"]["Variables"]
         env = {key: render(value, params) for key, value in variables.items()}
 
-        # THEN both carry the shared settings, and only the zip one a route prefix (no
-        # ONNXKIT_SAGEMAKER_ENDPOINT: there is no endpoint without SageMakerImageUri)
+        # THEN both carry the shared settings and the payload store, and only the zip one a
+        # route prefix (no ONNXKIT_SAGEMAKER_ENDPOINT: there is no endpoint without
+        # SageMakerImageUri; no ONNXKIT_MODELS: one model by default)
         expected = {
             "ONNXKIT_MODEL_STORE": store,
             "ONNXKIT_MODEL_NAME": "digits",
@@ -211,6 +225,8 @@ def test_function_environment(bucket: str) -> None:
             "ONNXKIT_CACHE_DIR": "/tmp/onnxkit",
             "ONNXKIT_BACKEND": "auto",
             "ONNXKIT_SERVE_OPENAPI": "false",
+            "ONNXKIT_PAYLOAD_STORE": "s3://{PayloadBucket}",
+            "ONNXKIT_UPLOAD_MAX_BYTES": "1073741824",
             "POWERTOOLS_SERVICE_NAME": "onnxkit",
             "POWERTOOLS_METRICS_NAMESPACE": "Onnxkit",
             "POWERTOOLS_LOG_LEVEL": "INFO",
@@ -278,9 +294,15 @@ def test_function_role_reads_only_the_model_prefix(bucket: str, zip_: str) -> No
     assert not role["Properties"].get("ManagedPolicyArns")
     assert all(statement["Effect"] == "Allow" for statement in role_statements)
 
-    # AND S3 access is s3:GetObject on {bucket}/{prefix}/models/{name}/*, plus PutObject on the
-    # served alias's document alone (aborting a failing model canary), and nothing else
-    s3 = [s for s in role_statements if any(a.lower().startswith("s3:") for a in s["Action"])]
+    # AND S3 access to the model store is s3:GetObject on {bucket}/{prefix}/models/{name}/*,
+    # plus PutObject on the served alias's document alone (aborting a failing model canary),
+    # and nothing else (the payload bucket's prefixes: test_template_scale.py)
+    s3 = [
+        s
+        for s in role_statements
+        if any(a.lower().startswith("s3:") for a in s["Action"])
+        and "PayloadBucket" not in json.dumps(s["Resource"])
+    ]
     granted = {
         tuple(s["Action"]): [render(resource, params) for resource in s["Resource"]] for s in s3
     }
@@ -498,7 +520,7 @@ def test_created_model_bucket_is_encrypted_private_versioned_and_tls_only() -> N
     assert bucket["DeletionPolicy"] == "Retain"
 
     # AND its policy denies every request made without TLS, on the bucket and its objects
-    _, policy = one(resources, "AWS::S3::BucketPolicy")
+    policy = resources["ModelBucketPolicy"]
     assert policy["Properties"]["Bucket"] == {"Ref": "ModelBucket"}
     (deny,) = policy["Properties"]["PolicyDocument"]["Statement"]
     assert deny["Effect"] == "Deny"
@@ -515,8 +537,9 @@ def test_existing_bucket_is_used_not_created() -> None:
     params = parameters({"ModelBucketName": "my-models"})
     stack = deployed(ModelBucketName="my-models")
 
-    assert not of_type(stack["Resources"], "AWS::S3::Bucket")
-    assert not of_type(stack["Resources"], "AWS::S3::BucketPolicy")
+    # (the payload bucket is the stack's own either way)
+    assert set(of_type(stack["Resources"], "AWS::S3::Bucket")) == {"PayloadBucket"}
+    assert set(of_type(stack["Resources"], "AWS::S3::BucketPolicy")) == {"PayloadBucketPolicy"}
     outputs = {name: render(o["Value"], params) for name, o in stack["Outputs"].items()}
     assert outputs["ModelBucket"] == "my-models"
     assert outputs["ModelStore"] == "s3://my-models/onnxkit"
@@ -592,6 +615,8 @@ def test_outputs(overrides: dict[str, str]) -> None:
         f"?region={REGION}#dashboards:name={{PredictDashboard}}",
         "ModelBucket": "{ModelBucket}",
         "ModelStore": "s3://{ModelBucket}/onnxkit",
+        "PayloadBucket": "{PayloadBucket}",
+        "PayloadStore": "s3://{PayloadBucket}",
     }
     if overrides["AuthType"] == "API_KEY":
         expected["ApiKeyId"] = "{ApiKey}"

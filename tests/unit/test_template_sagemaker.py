@@ -48,6 +48,22 @@ SAGEMAKER_NAMES = {
     "SageMakerScalableTarget",
     "SageMakerScalingPolicy",
 }
+# SageMakerMode's resources (test_template_scale.py), each behind a condition that refines
+# the switch: async, scale-to-zero, realtime, or "not scale-to-zero".
+MODE_NAMES = {
+    "SageMakerAsyncSuccessTopic": "SageMakerAsync",
+    "SageMakerAsyncErrorTopic": "SageMakerAsync",
+    "SageMakerAsyncBacklogScalingPolicy": "SageMakerAsync",
+    "SageMakerAsyncWakeUpPolicy": "SageMakerAsync",
+    "SageMakerAsyncBacklogWithoutCapacityAlarm": "SageMakerAsync",
+    "SageMakerInferenceComponent": "SageMakerScaleToZero",
+    "SageMakerCopiesScalableTarget": "SageMakerScaleToZero",
+    "SageMakerCopiesScalingPolicy": "SageMakerScaleToZero",
+    "SageMakerCopiesWakeUpPolicy": "SageMakerScaleToZero",
+    "SageMakerNoCapacityAlarm": "SageMakerScaleToZero",
+    "SageMakerScalableTarget": "SageMakerScalesInstances",
+    "SageMakerScalingPolicy": "SageMakerRealtime",
+}
 # Variables both functions carry whatever the backend (see test_template.py).
 SHARED_ENV = {
     "ONNXKIT_MODEL_STORE": "s3://{ModelBucket}/onnxkit",
@@ -55,6 +71,8 @@ SHARED_ENV = {
     "ONNXKIT_MODEL_ALIAS": "prod",
     "ONNXKIT_REFRESH_SECONDS": "60",
     "ONNXKIT_CACHE_DIR": "/tmp/onnxkit",
+    "ONNXKIT_PAYLOAD_STORE": "s3://{PayloadBucket}",
+    "ONNXKIT_UPLOAD_MAX_BYTES": "1073741824",
     "POWERTOOLS_SERVICE_NAME": "onnxkit",
     "POWERTOOLS_METRICS_NAMESPACE": "Onnxkit",
     "POWERTOOLS_LOG_LEVEL": "INFO",
@@ -94,7 +112,7 @@ def test_one_condition_built_from_the_image_uri_switches_every_sagemaker_resourc
     }
 
     # AND every SageMaker or auto scaling resource, and every resource that names one, hangs
-    # off that condition (so nothing half-exists with the switch off)
+    # off that condition or one that refines it (so nothing half-exists with the switch off)
     switched = {
         name
         for name, resource in template["Resources"].items()
@@ -102,13 +120,14 @@ def test_one_condition_built_from_the_image_uri_switches_every_sagemaker_resourc
         # (the function's provisioned concurrency scales through Application Auto Scaling too)
         if not name.startswith("PredictConcurrency")
     }
-    assert switched == SAGEMAKER_NAMES
+    assert switched == SAGEMAKER_NAMES | set(MODE_NAMES)
     for name in switched:
-        assert template["Resources"][name].get("Condition") == SWITCH, name
+        assert template["Resources"][name].get("Condition") == MODE_NAMES.get(name, SWITCH), name
     assert template["Outputs"]["SageMakerEndpointName"]["Condition"] == SWITCH
 
-    # AND the one other SageMaker condition only refines it
-    assert template["Conditions"]["UseSageMakerModelData"]["Fn::And"][0] == {"Condition": SWITCH}
+    # AND every other SageMaker condition only refines it
+    for name in {"UseSageMakerModelData", *MODE_NAMES.values()}:
+        assert template["Conditions"][name]["Fn::And"][0] == {"Condition": SWITCH}, name
 
 
 @pytest.mark.parametrize("overrides", OFF)
