@@ -19,6 +19,7 @@ from onnxkit.backends.sagemaker import SageMakerBackend
 from onnxkit.canary import CanaryAborter, CanaryPolicy, MemoryProbe, memory_limit_bytes
 from onnxkit.errors import IntegrityError, ModelNotReadyError
 from onnxkit.manifest import Manifest
+from onnxkit.payloads import PayloadStore
 from onnxkit.phases import Phases
 from onnxkit.predictor import Observer, Predictor, Refresh
 from onnxkit.routes import ENDPOINT, FUNCTION, Edge
@@ -154,7 +155,15 @@ def build_predictor(
         refresh,
         background=role == ENDPOINT,
         canary=canary_policy(settings, source),
+        payloads=payload_store(settings, clients),
     )
+
+
+def payload_store(settings: Settings, clients: AwsClients) -> PayloadStore:
+    """Uploads in, results out (``ONNXKIT_PAYLOAD_STORE``); off without a store."""
+    payloads = settings.payloads
+    client = clients.payloads_s3() if payloads.enabled else None
+    return PayloadStore(payloads, client, memory_mb=settings.canary.memory_mb)
 
 
 def load_pipeline(source: ModelSource, manifest: Manifest, phases: Phases) -> Pipeline | None:

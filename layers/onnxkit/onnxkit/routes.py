@@ -42,6 +42,7 @@ class Route:
         edges: Which edges serve it: the function, the endpoint, or both.
         takes_body: Whether it takes a v2 inference request (JSON).
         answers_json: Whether it answers with a JSON body (``/ping`` answers an empty one).
+        takes_json: Whether it takes a small optional JSON body of its own (not inference).
     """
 
     method: str
@@ -51,6 +52,7 @@ class Route:
     edges: frozenset[str] = BOTH
     takes_body: bool = False
     answers_json: bool = True
+    takes_json: bool = False
     pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -60,6 +62,11 @@ class Route:
             for part in parts
         )
         object.__setattr__(self, "pattern", re.compile(f"^{regex}/*$"))  # trailing / tolerated
+
+    @property
+    def reads_body(self) -> bool:
+        """Whether the edges read the request body for it."""
+        return self.takes_body or self.takes_json
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -98,6 +105,10 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "POST", f"{_VERSION}/infer", "infer", "Run this version of the model", takes_body=True
     ),
+    Route(
+        "POST", f"{_MODEL}/uploads", "upload",
+        "Presign an upload to S3 for an input too large for a request body", takes_json=True,
+    ),
     Route("GET", OPENAPI_PATH, "openapi", "This document (OpenAPI 3)"),
 )  # fmt: skip
 
@@ -133,6 +144,11 @@ def _infer(predictor: Predictor, call: Call, _: RouteTable) -> Any:
     )
 
 
+def _upload(predictor: Predictor, call: Call, _: RouteTable) -> Any:
+    predictor.model_ready(call.params["name"])  # 404 for a model not served here, as infer
+    return predictor.payloads.presign_upload(call.body)
+
+
 def _ping(predictor: Predictor, _: Call, __: RouteTable) -> None:
     predictor.check_ready()
 
@@ -150,6 +166,7 @@ OPERATIONS: dict[str, Operation] = {
     "model_metadata": lambda p, c, t: p.model_metadata(c.params["name"], c.params.get("version")),
     "model_ready": lambda p, c, t: p.model_ready(c.params["name"], c.params.get("version")),
     "infer": _infer,
+    "upload": _upload,
     "ping": _ping,
     "openapi": _openapi,
 }
@@ -255,6 +272,8 @@ def negotiate(route: Route, *, content_type: str | None, accept: str | None) -> 
         )
     if route.takes_body:
         check_content_type(content_type, binary=True, bare=BARE_MEDIA_TYPES)
+    elif route.takes_json:
+        check_content_type(content_type)
 
 
 def accepts_json(accept: str | None) -> bool:
