@@ -15,7 +15,7 @@ def created(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Buckets the stack creates, as (endpoint, bucket), without an S3."""
     made: list[tuple[str, str]] = []
     monkeypatch.setattr(stack, "s3_client", lambda endpoint: endpoint)
-    monkeypatch.setattr(stack, "ensure_bucket", lambda client, bucket: made.append((client, bucket)))
+    monkeypatch.setattr(stack, "ensure_bucket", lambda client, name: made.append((client, name)))
     return made
 
 
