@@ -578,7 +578,9 @@ class Predictor:
         The body is a v2 request (JSON, or JSON followed by binary tensors when
         ``header_length`` is set), or, for a model with declared processing, a bare body:
         one sentence (``text/plain``), one image (``image/png``, ``image/jpeg``) or a JSON
-        list of sentences. The route table accepted the media type already.
+        list of sentences. The route table accepted the media type already. An input may
+        reference an upload in the payload store instead of carrying its data, and outputs may
+        be written there (:mod:`onnxkit.payloads`).
 
         Args:
             name: The model name in the path.
