@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,12 +20,22 @@ def event(name: str) -> dict[str, Any]:
     return json.loads((EVENTS / name).read_text())
 
 
-def log_lines(output: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in output.splitlines() if line.startswith('{"level"')]
+@pytest.fixture
+def function_log() -> Iterator[io.StringIO]:
+    """What the function's Powertools logger writes from now on, in its own JSON format (its
+    handler was bound to the stream of the first test that built it)."""
+    powertools = logging.getLogger("onnxkit")
+    (formatter,) = {h.formatter for h in powertools.handlers}
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(formatter)
+    powertools.addHandler(handler)
+    yield buffer
+    powertools.removeHandler(handler)
 
 
 def test_the_index_event_lists_the_models_and_logs_name_the_model(
-    published: object, make_handler: Callable[..., Handler], capsys: pytest.CaptureFixture[str]
+    published: object, make_handler: Callable[..., Handler], function_log: io.StringIO
 ) -> None:
     # GIVEN the function serving digits (published) and a model that is not in the store
     handler = make_handler(ONNXKIT_MODELS="digits,absent")
@@ -49,15 +61,9 @@ def test_the_index_event_lists_the_models_and_logs_name_the_model(
     refused = handler({**event("predict_infer_200.json"), "path": "/v2/models/absent/infer"})
     assert refused["statusCode"] == 503
     assert "absent" in body_of(refused)["error"]["message"]
-    lines = log_lines(capsys.readouterr().out)
-    failed = [line for line in lines if line["message"] == "request failed"]
-    assert failed
-    assert failed[-1]["model"] == "absent"
-    assert all(
-        "model" not in line
-        for line in lines
-        if line["message"] == "init done; models load on their first request"
-    )
+    lines = [json.loads(line) for line in function_log.getvalue().splitlines()]
+    assert [line["model"] for line in lines if line["message"] == "request failed"] == ["absent"]
+    assert {line.get("model") for line in lines if line["message"] == "model loaded"} == {"digits"}
 
 
 def test_an_unknown_model_is_404(published: object, make_handler: Callable[..., Handler]) -> None:

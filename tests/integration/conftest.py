@@ -57,7 +57,12 @@ def local_s3(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def function_env(endpoint: str, cache_dir: Path, **extra: str) -> dict[str, dict[str, str]]:
-    """A `sam local invoke --env-vars` document for the function."""
+    """A `sam local invoke --env-vars` document for the function.
+
+    A PYTHONPATH set for the tests reaches the function too (the emulator replaces its own), so
+    it runs the code under test, not another checkout's editable install.
+    """
+    here = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
     return {
         "PredictFunction": {
             "ONNXKIT_MODEL_STORE": STORE,
@@ -65,6 +70,7 @@ def function_env(endpoint: str, cache_dir: Path, **extra: str) -> dict[str, dict
             "ONNXKIT_MODEL_ALIAS": "prod",
             "ONNXKIT_CACHE_DIR": str(cache_dir),
             "AWS_ENDPOINT_URL_S3": endpoint,
+            **here,
             **extra,
         }
     }

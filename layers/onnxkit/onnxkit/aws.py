@@ -65,6 +65,8 @@ class AwsClients:
         forward: The InvokeEndpoint timeout and retry budget.
         s3: A ready S3 client to use instead (tests: moto).
         sagemaker_runtime: A ready sagemaker-runtime client to use instead.
+        payloads_s3: A ready S3 client for the payload store to use instead (it must sign
+            with SigV4 for presigned URLs to carry their Content-Length).
     """
 
     def __init__(
@@ -74,11 +76,13 @@ class AwsClients:
         *,
         s3: Any = None,
         sagemaker_runtime: Any = None,
+        payloads_s3: Any = None,
     ) -> None:
         self._aws = aws or AwsSettings()
         self._forward = forward or ForwardSettings()
         self._s3 = s3
         self._sagemaker_runtime = sagemaker_runtime
+        self._payloads_s3 = payloads_s3
 
     def s3(self) -> Any:
         """The S3 client (botocore standard retries, connect and read timeouts).
@@ -98,6 +102,23 @@ class AwsClients:
         if isinstance(self._s3, ClientHandle):
             _ = self._s3.client  # made now, as before handles: init pays for it, not a request
         return self._s3
+
+    def payloads_s3(self) -> Any:
+        """The payload store's S3 client: the model store's retries and timeouts, signing with
+        SigV4 (botocore presigns S3 URLs with SigV2 by default, which cannot sign a size)."""
+        if self._payloads_s3 is None:
+            self._payloads_s3 = ClientHandle(
+                lambda: _client(
+                    "s3",
+                    max_attempts=self._aws.s3_max_attempts,
+                    connect_timeout=self._aws.s3_connect_timeout,
+                    read_timeout=self._aws.s3_read_timeout,
+                    signature_version="s3v4",
+                )
+            )
+        if isinstance(self._payloads_s3, ClientHandle):
+            _ = self._payloads_s3.client
+        return self._payloads_s3
 
     def sagemaker_runtime(self) -> Any:
         """The sagemaker-runtime client (InvokeEndpoint timeout and retry budget)."""
@@ -125,7 +146,7 @@ class AwsClients:
             handed_in: Also forget clients handed to the constructor (their holders keep
                 them; later calls of :meth:`s3` / :meth:`sagemaker_runtime` make new ones).
         """
-        for slot in ("_s3", "_sagemaker_runtime"):
+        for slot in ("_s3", "_sagemaker_runtime", "_payloads_s3"):
             current = getattr(self, slot)
             if isinstance(current, ClientHandle):
                 current.drop()
@@ -140,6 +161,7 @@ def _client(
     connect_timeout: float,
     read_timeout: float,
     max_pool_connections: int = 10,
+    signature_version: str | None = None,
 ) -> Any:
     import boto3  # imported on first use: a model served from a folder never needs it
     from botocore.config import Config
@@ -150,6 +172,8 @@ def _client(
         read_timeout=read_timeout,
         max_pool_connections=max_pool_connections,
     )
+    if signature_version is not None:
+        config = config.merge(Config(signature_version=signature_version))
     return boto3.client(service, config=config)
 
 

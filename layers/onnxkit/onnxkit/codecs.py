@@ -20,11 +20,13 @@ with :func:`encode_reply`'s :class:`Reply`. What a body may be, by its media typ
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, overload
+from typing import Any, Literal, Protocol, overload
 
 import numpy as np
 import orjson
@@ -56,6 +58,9 @@ class InferenceRequest:
         binary_all: ``parameters.binary_data_output``: every output in binary form.
         output_binary: Each output's own ``parameters.binary_data`` where it set one; it
             overrides ``binary_all`` for that output, true or false.
+        s3_all: ``parameters.outputs_to_s3``: every output is written to the payload store.
+        output_s3: Each output's own ``parameters.to_s3`` where it set one (overrides
+            ``s3_all``).
     """
 
     inputs: dict[str, np.ndarray]
@@ -64,10 +69,33 @@ class InferenceRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     binary_all: bool = False
     output_binary: dict[str, bool] = field(default_factory=dict)
+    s3_all: bool = False
+    output_s3: dict[str, bool] = field(default_factory=dict)
 
     def wants_binary(self, name: str) -> bool:
         """Whether output ``name`` goes back in the binary form rather than as JSON ``data``."""
         return self.output_binary.get(name, self.binary_all)
+
+    def wants_s3(self, name: str) -> bool:
+        """Whether output ``name`` is written to the payload store rather than sent back."""
+        return self.output_s3.get(name, self.s3_all)
+
+    @property
+    def any_s3(self) -> bool:
+        """Whether any output may go to the payload store."""
+        return self.s3_all or any(self.output_s3.values())
+
+
+class ReferenceReader(Protocol):
+    """Reads the object an input references (``parameters.reference``): the payload store's
+    (:mod:`onnxkit.payloads`)."""
+
+    def __call__(
+        self, reference: str, *, name: str, expected_bytes: int | None
+    ) -> bytes | bytearray:
+        """The object's bytes; ``expected_bytes`` (None for BYTES) lets a wrong size be refused
+        before the object is read."""
+        ...
 
 
 @dataclass
@@ -79,6 +107,8 @@ class InferenceResponse:
     outputs: dict[str, np.ndarray]
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    stored: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Outputs written to the payload store: the JSON entry sent in place of their data."""
 
 
 def _reject_constant(token: str) -> Any:
@@ -104,18 +134,26 @@ def _explain_invalid(body: bytes | str) -> Any:
 
 @overload
 def parse_json(
-    body: bytes | str | None, *, max_bytes: int, allow_list: Literal[False] = False
+    body: bytes | str | None,
+    *,
+    max_bytes: int,
+    allow_list: Literal[False] = False,
+    model: str | None = None,
 ) -> dict[str, Any]: ...
 
 
 @overload
 def parse_json(
-    body: bytes | str | None, *, max_bytes: int, allow_list: bool
+    body: bytes | str | None, *, max_bytes: int, allow_list: bool, model: str | None = None
 ) -> dict[str, Any] | list[Any]: ...
 
 
 def parse_json(
-    body: bytes | str | None, *, max_bytes: int, allow_list: bool = False
+    body: bytes | str | None,
+    *,
+    max_bytes: int,
+    allow_list: bool = False,
+    model: str | None = None,
 ) -> dict[str, Any] | list[Any]:
     """Parse a JSON object body with a size limit and without NaN/Infinity.
 
@@ -123,6 +161,7 @@ def parse_json(
         body: The request body.
         max_bytes: The largest body accepted, in bytes (text counts in UTF-8).
         allow_list: Return a top-level JSON array as a list instead of refusing it.
+        model: The model the request is for: a 413 names its upload path.
 
     Returns:
         The parsed object (or, with ``allow_list``, array).
@@ -133,7 +172,7 @@ def parse_json(
     """
     if body is None or (isinstance(body, bytes | str) and not body.strip()):
         raise InvalidInputError("the request body is empty; send a v2 inference request (JSON)")
-    _check_size(len(body.encode() if isinstance(body, str) else body), max_bytes)
+    _check_size(len(body.encode() if isinstance(body, str) else body), max_bytes, model)
     return _parse_document(body, allow_list=allow_list, what="the body")
 
 
@@ -144,12 +183,18 @@ def split_body(
     *,
     max_bytes: int,
     allow_list: Literal[False] = False,
+    model: str | None = None,
 ) -> tuple[dict[str, Any], bytes]: ...
 
 
 @overload
 def split_body(
-    body: bytes | str | None, header_length: str | None, *, max_bytes: int, allow_list: bool
+    body: bytes | str | None,
+    header_length: str | None,
+    *,
+    max_bytes: int,
+    allow_list: bool,
+    model: str | None = None,
 ) -> tuple[dict[str, Any] | list[Any], bytes]: ...
 
 
@@ -159,6 +204,7 @@ def split_body(
     *,
     max_bytes: int,
     allow_list: bool = False,
+    model: str | None = None,
 ) -> tuple[dict[str, Any] | list[Any], bytes]:
     """Split a request body into its JSON part and the binary tensor data after it.
 
@@ -171,6 +217,7 @@ def split_body(
             the request has none.
         max_bytes: The largest body accepted, in bytes, JSON and binary together.
         allow_list: As :func:`parse_json`.
+        model: As :func:`parse_json`.
 
     Returns:
         ``(json, binary)``: the parsed JSON part, and the bytes after it (``b""`` when none),
@@ -182,9 +229,9 @@ def split_body(
         PayloadTooLargeError: The body is larger than ``max_bytes``.
     """
     if header_length is None:
-        return parse_json(body, max_bytes=max_bytes, allow_list=allow_list), b""
+        return parse_json(body, max_bytes=max_bytes, allow_list=allow_list, model=model), b""
     raw = body.encode() if isinstance(body, str) else (body or b"")
-    _check_size(len(raw), max_bytes)
+    _check_size(len(raw), max_bytes, model)
     length = _header_length(header_length, len(raw))
     head = raw[:length]
     if not head.strip():
@@ -196,22 +243,20 @@ def split_body(
     return _parse_document(head, allow_list=allow_list, what=what), raw[length:]
 
 
-def check_size(body: bytes | str | None, *, max_bytes: int) -> None:
-    """Refuse a body over ``max_bytes`` (text counts in UTF-8).
+def check_size(body: bytes | str | None, *, max_bytes: int, model: str | None = None) -> None:
+    """Refuse a body over ``max_bytes`` (text counts in UTF-8); the 413 names ``model``'s
+    upload path.
 
     Raises:
         PayloadTooLargeError: The body is larger.
     """
     if body is not None:
-        _check_size(len(body.encode() if isinstance(body, str) else body), max_bytes)
+        _check_size(len(body.encode() if isinstance(body, str) else body), max_bytes, model)
 
 
-def _check_size(size: int, max_bytes: int) -> None:
+def _check_size(size: int, max_bytes: int, model: str | None = None) -> None:
     if size > max_bytes:
-        raise PayloadTooLargeError(
-            f"the body is {size} bytes; the limit is {max_bytes} "
-            "(for larger payloads split the batch)"
-        )
+        raise PayloadTooLargeError.body(size, max_bytes, model=model)
 
 
 _MAX_LENGTH_DIGITS = 30  # beyond any body's size; int() of a huge string is slow (and refused)
@@ -264,6 +309,7 @@ def decode_request(
     *,
     max_batch_size: int,
     binary: bytes = b"",
+    references: ReferenceReader | None = None,
 ) -> InferenceRequest:
     """Turn a parsed v2 request into validated numpy arrays.
 
@@ -274,6 +320,9 @@ def decode_request(
         binary: The bytes after the JSON part (:func:`split_body`): inputs with
             ``parameters.binary_data_size`` take theirs from here, in input order, and
             together they must use all of it.
+        references: Reads inputs with ``parameters.reference`` (an upload in the payload
+            store), laid out as the binary form lays out an input; a BYTES input by reference
+            is one element, the object's bytes (None: references are refused).
 
     Returns:
         The request with one array per model input, in the model's dtypes and shapes, and
@@ -308,8 +357,17 @@ def decode_request(
         if name in arrays:
             raise InvalidInputError(f"input {name!r} is given twice")
         size = _binary_size(name, raw)
+        reference = _reference(name, raw, binary=size is not None)
         chunk = None
-        if size is not None:
+        fetch = None
+        if reference is not None:
+            if references is None:
+                raise InvalidInputError(
+                    f"input {name!r}: parameters.reference is not accepted here; send the data "
+                    "in the body"
+                )
+            fetch = functools.partial(references, reference, name=name)
+        elif size is not None:
             end = offset + size
             if end > len(view):
                 hint = "" if view else f" (send the {REPLY_HEADER_LENGTH} header)"
@@ -320,7 +378,9 @@ def decode_request(
                 )
             chunk = view[offset:end]
             offset = end
-        arrays[name] = decode_tensor(raw, spec, max_batch_size=max_batch_size, binary=chunk)
+        arrays[name] = decode_tensor(
+            raw, spec, max_batch_size=max_batch_size, binary=chunk, fetch=fetch
+        )
     missing = [spec.name for spec in signature if spec.name not in arrays]
     if missing:
         raise InvalidInputError(
@@ -335,6 +395,7 @@ def decode_request(
 
     outputs = None
     output_binary: dict[str, bool] = {}
+    output_s3: dict[str, bool] = {}
     raw_outputs = data.get("outputs")
     if raw_outputs is not None:
         if not isinstance(raw_outputs, list) or not all(
@@ -345,6 +406,9 @@ def decode_request(
             flag = _output_binary(raw_output)
             if flag is not None:
                 output_binary[raw_output["name"]] = flag
+            to_s3 = _output_flag(raw_output, "to_s3")
+            if to_s3 is not None:
+                output_s3[raw_output["name"]] = to_s3
         outputs = [o["name"] for o in raw_outputs] or None  # [] asks for nothing special: all
 
     request_id = data.get("id")
@@ -354,6 +418,9 @@ def decode_request(
     binary_all = parameters.get("binary_data_output", False)
     if not isinstance(binary_all, bool):
         raise InvalidInputError("'parameters.binary_data_output' must be true or false")
+    s3_all = parameters.get("outputs_to_s3", False)
+    if not isinstance(s3_all, bool):
+        raise InvalidInputError("'parameters.outputs_to_s3' must be true or false")
     return InferenceRequest(
         inputs=arrays,
         outputs=outputs,
@@ -361,6 +428,8 @@ def decode_request(
         parameters=parameters,
         binary_all=binary_all,
         output_binary=output_binary,
+        s3_all=s3_all,
+        output_s3=output_s3,
     )
 
 
@@ -397,6 +466,32 @@ def _binary_size(name: str, raw: dict[str, Any]) -> int | None:
     return size
 
 
+def _reference(name: str, raw: dict[str, Any], *, binary: bool) -> str | None:
+    """An input's ``parameters.reference`` (None: its data is in the body)."""
+    reference = _parameters(raw, f"input {name!r}").get("reference")
+    if reference is None:
+        return None
+    if not isinstance(reference, str) or not reference:
+        raise InvalidInputError(
+            f"input {name!r}: parameters.reference must be a string (the s3:// reference "
+            "that POST /v2/models/{name}/uploads answered)"
+        )
+    if "data" in raw or binary:
+        raise InvalidInputError(
+            f"input {name!r} has both a reference and "
+            f"{'binary_data_size' if binary else 'data'}; send its values one way only"
+        )
+    return reference
+
+
+def _output_flag(raw: dict[str, Any], flag: str) -> bool | None:
+    """A requested output's boolean ``parameters.<flag>`` (None: not set)."""
+    value = _parameters(raw, f"output {raw['name']!r}").get(flag)
+    if value is not None and not isinstance(value, bool):
+        raise InvalidInputError(f"output {raw['name']!r}: parameters.{flag} must be true or false")
+    return value
+
+
 def _output_binary(raw: dict[str, Any]) -> bool | None:
     """A requested output's ``parameters.binary_data`` (None: not set)."""
     where = f"output {raw['name']!r}"
@@ -418,6 +513,7 @@ def decode_tensor(
     *,
     max_batch_size: int,
     binary: bytes | memoryview | None = None,
+    fetch: Callable[..., bytes | bytearray] | None = None,
 ) -> np.ndarray:
     """Decode one v2 input tensor and check it against its spec.
 
@@ -427,6 +523,9 @@ def decode_tensor(
         max_batch_size: The largest first dimension accepted.
         binary: The input's own binary data (its ``binary_data_size`` bytes), or None to
             read its JSON ``data``.
+        fetch: Reads the input's data by reference once the tensor is checked, called with
+            ``expected_bytes`` (its size in the binary form; None for BYTES, whose one element
+            is the whole object). A ``bytearray`` it returns becomes the array's buffer.
 
     Returns:
         The array, in the model's dtype and the request's shape (BYTES: ``bytes`` objects).
@@ -459,6 +558,20 @@ def decode_tensor(
             f"input {name!r}: batch of {shape[0]} is over the limit of {max_batch_size}; "
             "split it into smaller requests"
         )
+    if fetch is not None:
+        count = math.prod(shape)
+        if dtype.is_bytes:
+            if count != 1:
+                raise InvalidInputError(
+                    f"input {name!r}: a BYTES input sent by reference holds one element (the "
+                    f"object's bytes), so its shape must hold 1 element, not {shape}"
+                )
+            return _object_array([bytes(fetch(expected_bytes=None))]).reshape(shape)
+        data = fetch(expected_bytes=count * dtype.numpy.itemsize)
+        return _from_binary(
+            name, data, dtype, shape, what="the referenced object's size",
+            owned=isinstance(data, bytearray),
+        )  # fmt: skip
     if binary is not None:
         return _from_binary(name, binary, dtype, shape)
     if "data" not in raw:
@@ -477,22 +590,33 @@ def decode_tensor(
 
 
 def _from_binary(
-    name: str, data: bytes | memoryview, dtype: Datatype, shape: list[int]
+    name: str,
+    data: bytes | bytearray | memoryview,
+    dtype: Datatype,
+    shape: list[int],
+    *,
+    what: str = "binary_data_size",
+    owned: bool = False,
 ) -> np.ndarray:
-    """An input from the binary form: little-endian, row-major, checked like JSON values."""
+    """An input from the binary form: little-endian, row-major, checked like JSON values.
+
+    ``owned``: ``data`` is a buffer handed over (an upload read from S3), used in place where
+    its byte order is native instead of copied (a 50 MB input stays one buffer).
+    """
     count = math.prod(shape)
     if dtype.is_bytes:
         return _bytes_from_binary(name, bytes(data), count, shape).reshape(shape)
     itemsize = dtype.numpy.itemsize
     if len(data) != count * itemsize:
         raise InvalidInputError(
-            f"input {name!r}: binary_data_size is {len(data)} but shape {shape} of "
+            f"input {name!r}: {what} is {len(data)} but shape {shape} of "
             f"{dtype.name} needs {count} x {itemsize} = {count * itemsize} bytes"
         )
     wire = np.frombuffer(data, dtype=dtype.numpy.newbyteorder("<"))
     if dtype.name == "BOOL" and count and wire.view(np.uint8).max() > 1:
         raise InvalidInputError(f"input {name!r}: BOOL binary data must be bytes 0 or 1")
-    values = wire.astype(dtype.numpy)  # a native-order copy the model may own and write to
+    # A native-order array the model may own and write to: a copy, unless handed over.
+    values = wire.astype(dtype.numpy, copy=not owned)
     if dtype.is_float and not np.isfinite(values).all():
         raise InvalidInputError(f"input {name!r}: values must be finite (no NaN or Infinity)")
     return values.reshape(shape)
@@ -634,7 +758,11 @@ def encode_response(response: InferenceResponse) -> dict[str, Any]:
         NotAcceptableError: A BYTES output is not UTF-8 text (only the binary form carries it).
     """
     return _response_document(
-        response, [encode_tensor(name, array) for name, array in response.outputs.items()]
+        response,
+        [
+            response.stored.get(name) or encode_tensor(name, array)
+            for name, array in response.outputs.items()
+        ],
     )
 
 
@@ -703,11 +831,15 @@ def encode_reply(
         NotAcceptableError: A BYTES output that is not UTF-8 text was asked for as JSON.
         TypeError: An output's dtype is not one v2 can carry.
     """
-    if request is None or not any(map(request.wants_binary, response.outputs)):
+    inline = [name for name in response.outputs if name not in response.stored]
+    if request is None or not any(map(request.wants_binary, inline)):
         return Reply(encode_json(encode_response(response)), JSON_CONTENT_TYPE, {})
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for name, array in response.outputs.items():
+        if name in response.stored:
+            outputs.append(response.stored[name])
+            continue
         if not request.wants_binary(name):
             outputs.append(encode_tensor(name, array))
             continue
@@ -727,6 +859,17 @@ def encode_reply(
     if content_type and media_type(content_type) == SAGEMAKER_BINARY_CONTENT_TYPE:
         media = f"{SAGEMAKER_BINARY_CONTENT_TYPE};{JSON_HEADER_SIZE}={len(header)}"
     return Reply(b"".join([header, *chunks]), media, {REPLY_HEADER_LENGTH: str(len(header))})
+
+
+def tensor_bytes(name: str, array: np.ndarray) -> tuple[Datatype, bytes]:
+    """A tensor in the binary form (little-endian, row-major; BYTES length-prefixed), and its
+    datatype: how an output written to the payload store is laid out.
+
+    Raises:
+        TypeError: The array's dtype is not one v2 can carry.
+    """
+    datatype = _datatype_of(name, array)
+    return datatype, _to_binary(name, array, datatype)
 
 
 def _datatype_of(name: str, array: np.ndarray) -> Datatype:

@@ -27,6 +27,7 @@ from onnxkit.canary import (
 )
 from onnxkit.errors import ConfigurationError, IntegrityError, ModelNotReadyError
 from onnxkit.manifest import Manifest
+from onnxkit.payloads import PayloadStore
 from onnxkit.phases import Phases
 from onnxkit.predictor import Observer, Predictor, Refresh
 from onnxkit.repository import Budget, Catalog, ModelRepository, folder_bytes, memory_cost
@@ -174,6 +175,7 @@ def build_predictor(
         refresh,
         background=role == ENDPOINT if background is None else background,
         canary=canary_policy(settings, source),
+        payloads=payload_store(settings, clients),
     )
 
 
@@ -294,6 +296,13 @@ def repository_budget(settings: Settings) -> Budget:
         except OSError:
             disk = None
     return Budget(memory_bytes=memory, disk_bytes=disk)
+
+
+def payload_store(settings: Settings, clients: AwsClients) -> PayloadStore:
+    """Uploads in, results out (``ONNXKIT_PAYLOAD_STORE``); off without a store."""
+    payloads = settings.payloads
+    client = clients.payloads_s3() if payloads.enabled else None
+    return PayloadStore(payloads, client, memory_mb=settings.canary.memory_mb)
 
 
 def load_pipeline(source: ModelSource, manifest: Manifest, phases: Phases) -> Pipeline | None:

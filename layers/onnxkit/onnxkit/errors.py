@@ -58,6 +58,66 @@ class PayloadTooLargeError(OnnxkitError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     code = "payload_too_large"
 
+    @classmethod
+    def body(
+        cls,
+        size: int,
+        limit: int,
+        *,
+        model: str | None = None,
+        over: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> PayloadTooLargeError:
+        """A body over ``limit`` bytes, pointing to the upload path (S3) for large inputs.
+
+        Args:
+            size: The body's size (or, with ``over``, how much was read before giving up).
+            limit: The largest body accepted.
+            model: The model the request was for, when the path names it.
+            over: The body is larger than ``size`` (it was not read to its end).
+            headers: Response headers to add.
+        """
+        return cls(
+            f"the body is {'over ' if over else ''}{size} bytes; the limit is {limit}: "
+            f"{upload_hint(model)}",
+            headers=headers,
+        )
+
+
+UPLOADS_PATH = "/v2/models/{name}/uploads"
+
+
+def upload_hint(model: str | None = None) -> str:
+    """What to do with an input too large for a request body: upload it to S3 first."""
+    path = UPLOADS_PATH.replace("{name}", model) if model else UPLOADS_PATH
+    where = "" if model else " (the model's name in place of {name})"
+    return (
+        f"split the batch, or use POST {path}{where} to send it through S3 and reference "
+        'it in the request (an input\'s "parameters": {"reference": ...})'
+    )
+
+
+class ForbiddenReferenceError(OnnxkitError):
+    """An input references an S3 object outside this server's uploads (another bucket, prefix
+    or folder, or not ``s3://``)."""
+
+    status = HTTPStatus.FORBIDDEN
+    code = "forbidden_reference"
+
+
+class UploadNotFoundError(OnnxkitError):
+    """A referenced upload does not exist (never uploaded, or expired)."""
+
+    status = HTTPStatus.NOT_FOUND
+    code = "upload_not_found"
+
+
+class PayloadsNotConfiguredError(OnnxkitError):
+    """Uploads, references or outputs to S3 were asked for, but no payload store is set."""
+
+    status = HTTPStatus.NOT_FOUND
+    code = "payloads_not_configured"
+
 
 class UnsupportedMediaTypeError(OnnxkitError):
     """The body's Content-Type is not one this endpoint decodes."""
@@ -149,6 +209,13 @@ class StoreUnavailableError(OnnxkitError):
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "store_unavailable"
+
+
+class PayloadStoreUnavailableError(OnnxkitError):
+    """The payload store (S3: uploads in, results out) could not be reached or refused us."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "payload_store_unavailable"
 
 
 class IntegrityError(OnnxkitError):

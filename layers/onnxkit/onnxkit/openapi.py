@@ -53,17 +53,35 @@ SCHEMAS: dict[str, Any] = {
         ["error"],
     ),
     "GatewayError": _object({"message": _STRING}, ["message"]),
+    # ``data``, or parameters.binary_data_size (binary tensors), or parameters.reference.
     "RequestInput": _object(
         {
             "name": _STRING,
             "shape": _SHAPE,
             "datatype": _DATATYPE,
-            "parameters": _PARAMETERS,
+            "parameters": {
+                **_PARAMETERS,
+                "description": "binary_data_size: its bytes follow the JSON part (binary "
+                "tensor extension); reference: the s3:// reference of an upload (POST "
+                "/v2/models/{name}/uploads) holding its raw little-endian bytes, in place of "
+                "data (a BYTES input of one element: that element's bytes).",
+            },
             "data": _DATA,
         },
-        ["name", "shape", "datatype", "data"],
+        ["name", "shape", "datatype"],
     ),
-    "RequestOutput": _object({"name": _STRING, "parameters": _PARAMETERS}, ["name"]),
+    "RequestOutput": _object(
+        {
+            "name": _STRING,
+            "parameters": {
+                **_PARAMETERS,
+                "description": "binary_data: answer it as raw bytes after the JSON; to_s3: "
+                "write it to the payload store and answer its reference and a presigned GET "
+                "(parameters.reference, url, expires_in, bytes) instead of data.",
+            },
+        },
+        ["name"],
+    ),
     "InferenceRequest": _object(
         {
             "id": _STRING,
@@ -150,6 +168,36 @@ SCHEMAS: dict[str, Any] = {
         },
         ["name", "platform", "inputs", "outputs"],
     ),
+    "UploadRequest": {
+        "type": "object",
+        "properties": {
+            "bytes": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "The object's size, signed into the URL: S3 refuses another.",
+            },
+            "content_type": {**_STRING, "description": "Signed too: send it as Content-Type."},
+        },
+        "additionalProperties": False,
+    },
+    "Upload": _object(
+        {
+            "reference": {
+                **_STRING,
+                "description": 'Send it as an input\'s "parameters": {"reference": ...}.',
+            },
+            "url": {**_STRING, "description": "The presigned URL to upload to."},
+            "method": {**_STRING, "enum": ["PUT"]},
+            "headers": {
+                "type": "object",
+                "additionalProperties": _STRING,
+                "description": "Headers the upload must carry (they are signed).",
+            },
+            "expires_in": {"type": "integer", "description": "Seconds the URL stays valid."},
+            "max_bytes": {"type": "integer", "description": "The largest object accepted."},
+        },
+        ["reference", "url", "method", "headers", "expires_in", "max_bytes"],
+    ),
     "OpenApi": {"type": "object"},
 }
 
@@ -164,6 +212,7 @@ _ANSWERS = {
     "repository_index": "RepositoryIndex",
     "repository_load": "RepositoryIndex",
     "repository_unload": "RepositoryIndex",
+    "upload": "Upload",
     "openapi": "OpenApi",
 }
 
@@ -214,7 +263,7 @@ def _operation(route: Route, behind_gateway: bool) -> dict[str, Any]:
     if route.answers_json:
         answer = _ref(_ANSWERS[route.operation])
         content: dict[str, Any] = {"application/json": {"schema": answer}}
-        if route.takes_inference:
+        if route.takes_body:
             content[BINARY_CONTENT_TYPE] = {"schema": _BINARY_BODY}
         responses["200"] = {"description": "OK", "content": content}
     else:
@@ -229,12 +278,12 @@ def _operation(route: Route, behind_gateway: bool) -> dict[str, Any]:
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in route.params
         ]
-    if route.takes_body and not route.takes_inference:
+    if route.takes_json:
         operation["requestBody"] = {
             "required": False,
-            "content": {"application/json": {"schema": _ref(route.request)}},
+            "content": {"application/json": {"schema": _ref(_REQUESTS[route.operation])}},
         }
-    elif route.takes_body:
+    if route.takes_body:
         operation["requestBody"] = {
             "required": True,
             "description": _BODY_DESCRIPTION,
@@ -263,6 +312,10 @@ def _operation(route: Route, behind_gateway: bool) -> dict[str, Any]:
 
 
 _BINARY_BODY = {"type": "string", "format": "binary"}
+_REQUESTS = {
+    "upload": "UploadRequest",
+    "repository_index": "RepositoryIndexRequest",
+}  # the JSON body of a route that ``takes_json``
 _BODY_DESCRIPTION = (
     "A v2 inference request (JSON), or JSON followed by raw tensors (the binary tensor "
     "extension: Inference-Header-Content-Length, parameters.binary_data_size); for a model "

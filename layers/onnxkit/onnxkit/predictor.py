@@ -37,12 +37,14 @@ from onnxkit.errors import (
     ModelNotFoundError,
     ModelNotReadyError,
     OnnxkitError,
+    PayloadStoreUnavailableError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
 from onnxkit.errors import error_body as _error_body
 from onnxkit.manifest import Manifest
 from onnxkit.media import binary_header_length, media_type
+from onnxkit.payloads import PayloadStore
 from onnxkit.settings import ENV_MODELS, ApiSettings
 
 if TYPE_CHECKING:
@@ -201,6 +203,7 @@ class Predictor:
             function, whose requests (re)try the load themselves.
         canary: How canaries are routed, checked and rolled back (default thresholds, no
             store write, no memory check).
+        payloads: Uploads, inputs by reference and outputs to S3 (default: off).
     """
 
     def __init__(
@@ -213,8 +216,10 @@ class Predictor:
         *,
         background: bool = False,
         canary: CanaryPolicy | None = None,
+        payloads: PayloadStore | None = None,
     ) -> None:
         self.model_name = model_name
+        self.payloads = payloads or PayloadStore.disabled()
         self._loader = loader
         self._limits = limits
         self._background = background
@@ -712,7 +717,9 @@ class Predictor:
         The body is a v2 request (JSON, or JSON followed by binary tensors when
         ``header_length`` is set), or, for a model with declared processing, a bare body:
         one sentence (``text/plain``), one image (``image/png``, ``image/jpeg``) or a JSON
-        list of sentences. The route table accepted the media type already.
+        list of sentences. The route table accepted the media type already. An input may
+        reference an upload in the payload store instead of carrying its data, and outputs may
+        be written there (:mod:`onnxkit.payloads`).
 
         Args:
             name: The model name in the path.
@@ -731,18 +738,23 @@ class Predictor:
         header_length = binary_header_length(content_type, header_length)
         bare = media in BARE_MEDIA_TYPES
         if bare:  # the body is one input: no JSON in it
-            check_size(body, max_bytes=self._limits.max_request_bytes)
+            check_size(body, max_bytes=self._limits.max_request_bytes, model=name)
             data: dict[str, Any] | list[Any] = {}
             binary = b""
         else:
             data, binary = split_body(
-                body, header_length, max_bytes=self._limits.max_request_bytes, allow_list=True
+                body,
+                header_length,
+                max_bytes=self._limits.max_request_bytes,
+                allow_list=True,
+                model=name,
             )
         backend = self._served(name, version, route=True)
         manifest = backend.manifest
         pipeline = backend.processing
         try:
             request = self._decode(pipeline, manifest, media if bare else "", body, data, binary)
+            self.payloads.check_outputs(request)
             wanted = pipeline.model_outputs(request.outputs) if pipeline else request.outputs
             inputs = (
                 pipeline.preprocess(request.inputs, raw_images=bare) if pipeline else request.inputs
@@ -758,6 +770,7 @@ class Predictor:
                     model_version=manifest.version,
                     outputs=outputs,
                     id=request.id,
+                    stored=self.payloads.store_outputs(request, outputs),
                 ),
                 request,
                 content_type=content_type,
@@ -804,7 +817,11 @@ class Predictor:
         names = {str(raw.get("name")) for raw in listed if isinstance(raw, dict)}
         signature = pipeline.signature_for(names) if pipeline else manifest.inputs
         return decode_request(
-            data, signature, max_batch_size=self._limits.max_batch_size, binary=binary
+            data,
+            signature,
+            max_batch_size=self._limits.max_batch_size,
+            binary=binary,
+            references=self.payloads.reader(),
         )
 
     def _failed(self, backend: Backend, error: Exception) -> OnnxkitError:
@@ -816,7 +833,8 @@ class Predictor:
             _, payload, _ = _error_body(error)
             error = OnnxkitError(payload["error"]["message"], code=payload["error"]["code"])
         error.headers[VERSION_HEADER] = manifest.version
-        if error.status >= 500:
+        if error.status >= 500 and not isinstance(error, PayloadStoreUnavailableError):
+            # S3 failing for uploads or results is not the version's fault (nor the canary's).
             self._observer.inference_failed(manifest)
             self._count_canary(backend, failed=True)
         return error

@@ -33,7 +33,6 @@ FUNCTION: Edge = "function"
 ENDPOINT: Edge = "endpoint"
 BOTH = frozenset({FUNCTION, ENDPOINT})
 OPENAPI_PATH = "/v2/openapi.json"
-INFERENCE = "inference"
 _PARAM = re.compile(r"\{([a-z_]+)\}")
 
 
@@ -49,9 +48,7 @@ class Route:
         edges: Which edges serve it: the function, the endpoint, or both.
         takes_body: Whether it reads a request body.
         answers_json: Whether it answers with a JSON body (``/ping`` answers an empty one).
-        request: What the body is: ``inference`` (a v2 inference request, which may also be
-            binary tensors, a sentence or an image), or the name of the JSON schema of a
-            plain JSON body (:data:`onnxkit.openapi.SCHEMAS`).
+        takes_json: Whether it takes a small optional JSON body of its own (not inference).
     """
 
     method: str
@@ -61,7 +58,7 @@ class Route:
     edges: frozenset[str] = BOTH
     takes_body: bool = False
     answers_json: bool = True
-    request: str = INFERENCE
+    takes_json: bool = False
     pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -73,9 +70,9 @@ class Route:
         object.__setattr__(self, "pattern", re.compile(f"^{regex}/*$"))  # trailing / tolerated
 
     @property
-    def takes_inference(self) -> bool:
-        """Whether the body is a v2 inference request (binary and bare bodies included)."""
-        return self.takes_body and self.request == INFERENCE
+    def reads_body(self) -> bool:
+        """Whether the edges read the request body for it."""
+        return self.takes_body or self.takes_json
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -115,9 +112,13 @@ ROUTES: tuple[Route, ...] = (
         "POST", f"{_VERSION}/infer", "infer", "Run this version of the model", takes_body=True
     ),
     Route(
+        "POST", f"{_MODEL}/uploads", "upload",
+        "Presign an upload to S3 for an input too large for a request body", takes_json=True,
+    ),
+    Route(
         "POST", "/v2/repository/index", "repository_index",
         "Model repository index: every model served, loaded or not, with its state",
-        takes_body=True, request="RepositoryIndexRequest",
+        takes_json=True,
     ),
     Route(
         "POST", "/v2/repository/models/{name}/load", "repository_load",
@@ -180,6 +181,13 @@ def _repository_index(server: Serving, call: Call, _: RouteTable) -> Any:
     return server.repository_index(ready_only)
 
 
+def _upload(server: Serving, call: Call, __: RouteTable) -> Any:
+    name = call.params["name"]
+    predictor, _ = server.predictor_for(name)  # a repository's 404 for a model not served
+    predictor.model_ready(name)  # a single model's 404 (and its load, as infer's)
+    return predictor.payloads.presign_upload(call.body)
+
+
 def _ping(predictor: Serving, _: Call, __: RouteTable) -> None:
     predictor.check_ready()
 
@@ -200,6 +208,7 @@ OPERATIONS: dict[str, Operation] = {
     "repository_index": _repository_index,
     "repository_load": lambda p, c, t: p.load_model(c.params["name"]),
     "repository_unload": lambda p, c, t: p.unload_model(c.params["name"]),
+    "upload": _upload,
     "ping": _ping,
     "openapi": _openapi,
 }
@@ -311,16 +320,16 @@ def negotiate(route: Route, *, content_type: str | None, accept: str | None) -> 
         UnsupportedMediaTypeError: A body route got a media type it never takes (415).
         NotAcceptableError: The client accepts nothing the route answers (406).
     """
-    binary_ok = route.takes_inference and accepts(accept, BINARY)
+    binary_ok = route.takes_body and accepts(accept, BINARY)
     if route.answers_json and not binary_ok and not accepts_json(accept):
         raise NotAcceptableError(
             f"Accept {accept!r} admits no JSON; this API answers {JSON}"
-            + (f" (and {BINARY} for binary tensors)" if route.takes_inference else " only")
+            + (f" (and {BINARY} for binary tensors)" if route.takes_body else " only")
         )
-    if route.takes_inference:
+    if route.takes_body:
         check_content_type(content_type, binary=True, bare=BARE_MEDIA_TYPES)
-    elif route.takes_body:
-        check_content_type(content_type, binary=False, bare=())
+    elif route.takes_json:
+        check_content_type(content_type)
 
 
 def accepts_json(accept: str | None) -> bool:

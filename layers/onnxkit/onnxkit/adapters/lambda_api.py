@@ -167,7 +167,7 @@ class LambdaEdge:
             # Headers first, as the endpoint does: a refused media type never decodes the body.
             headers = _lowered(event)
             negotiate(route, content_type=headers.get("content-type"), accept=headers.get("accept"))
-            body = _body(event) if route.takes_body else None
+            body = _body(event) if route.reads_body else None
             answer = self._table.perform(self._predictor, route, params, body, headers)
         except Exception as exc:
             return self._fail(exc)

@@ -20,7 +20,13 @@ from onnxkit_tools.local.s3 import (
     ensure_bucket,
     seed_default_model,
 )
-from onnxkit_tools.local.stack import function_env, run_endpoint, wait_for_signal, with_local_store
+from onnxkit_tools.local.stack import (
+    function_env,
+    run_endpoint,
+    wait_for_signal,
+    with_local_store,
+    with_payload_store,
+)
 
 _ENV_VARS = click.option(
     "--env-vars",
@@ -145,7 +151,9 @@ def start_api(
 
     Each HTTP request becomes an API Gateway REST proxy event for the function. Paths work at
     the root and under the stage (/Prod/v2/...). Bodies and base64 replies follow the API's
-    binary media types as API Gateway does (template.yaml's, or --binary-media-type). GET
+    binary media types as API Gateway does (template.yaml's, or --binary-media-type). With a
+    local S3, uploads work too: a payload bucket is created there and ONNXKIT_PAYLOAD_STORE set
+    (s3://onnxkit-local-payloads/payloads unless given), so presigned URLs point at it. GET
     /v2/openapi.json serves the API's document (ONNXKIT_SERVE_OPENAPI=false turns it off, as it
     is behind API Gateway by default).
     """
@@ -172,8 +180,10 @@ def start_api(
     env = function_env(env_vars, os.environ)
     env.setdefault(ENV_SERVE_OPENAPI, "true")
     with (
-        with_local_store(env) as env,
-        Emulator(function_dir, env, memory_mb=memory, timeout_s=timeout) as emulator,
+        with_local_store(env) as stored,
+        Emulator(
+            function_dir, with_payload_store(stored), memory_mb=memory, timeout_s=timeout
+        ) as emulator,
     ):
         api = LocalApi(
             emulator.invoke, port, stage=stage, api_key=api_key, binary_media_types=media_types
@@ -218,4 +228,4 @@ def start_endpoint(
         env[ENV_WORKERS] = str(workers)
     with with_local_store(env) as env:
         click.echo(f"endpoint on http://127.0.0.1:{port} (/ping, /invocations)", err=True)
-        return run_endpoint(env, port=port)
+        return run_endpoint(with_payload_store(env), port=port)

@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from onnxkit.errors import upload_hint
 from onnxkit_tools.template import DEFAULT_TEMPLATE, TemplateError, load_template
 
 Invoke = Callable[[dict[str, Any]], dict[str, Any]]
@@ -374,7 +375,9 @@ class LocalApi:
             binary_media_types=self._binary_media_types,
         )
         if len((event["body"] or "").encode()) > MAX_EVENT_BYTES:  # base64 included, as Lambda
-            return _gateway_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request Too Long")
+            # API Gateway says "Request Too Long"; the hint is ours, so a local run shows the way.
+            hint = upload_hint(_model_of(method, event["path"]))
+            return _gateway_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"Request Too Long: {hint}")
         result = self._invoke(event)
         if "statusCode" not in result:  # the function crashed or timed out
             return _gateway_error(HTTPStatus.BAD_GATEWAY, "Internal server error")
@@ -415,6 +418,18 @@ class LocalApi:
             (time.perf_counter() - started) * 1000,
         )
         return Response(data, status, kept)
+
+
+def _model_of(method: str, path: str) -> str | None:
+    """The model a request's path names (``/v2/models/{name}/...``), by the function's routes."""
+    from onnxkit.errors import OnnxkitError
+    from onnxkit.routes import FUNCTION, RouteTable
+
+    try:
+        _, params = RouteTable(FUNCTION).match(method, path)
+    except OnnxkitError:
+        return None
+    return params.get("name")
 
 
 def _gateway_error(status: HTTPStatus, message: str) -> tuple[int, dict[str, str], bytes]:

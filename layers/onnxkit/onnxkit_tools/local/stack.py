@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 
 from onnxkit.settings import (
     ENV_BIND_HOST,
@@ -25,12 +26,23 @@ from onnxkit.settings import (
     ENV_MODEL_DIR,
     ENV_MODEL_NAME,
     ENV_MODEL_STORE,
+    ENV_PAYLOAD_STORE,
     ENV_PORT,
     ENV_SERVE_OPENAPI,
 )
-from onnxkit_tools.local.s3 import DEFAULT_MODEL, LOCAL_STORE, LocalS3, seed_default_model
+from onnxkit_tools.local.s3 import (
+    DEFAULT_MODEL,
+    LOCAL_STORE,
+    LocalS3,
+    ensure_bucket,
+    s3_client,
+    seed_default_model,
+)
 
 SECTIONS = ("Parameters", "PredictFunction")
+LOCAL_PAYLOAD_BUCKET = "onnxkit-local-payloads"
+LOCAL_PAYLOAD_STORE = f"s3://{LOCAL_PAYLOAD_BUCKET}/payloads"
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 _PASSED_THROUGH = ("ONNXKIT_", "POWERTOOLS_", "AWS_ENDPOINT_URL")
 
 
@@ -88,6 +100,22 @@ def with_local_store(env: dict[str, str]) -> Iterator[dict[str, str]]:
         env.setdefault("AWS_ACCESS_KEY_ID", "testing")
         env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
         yield env
+
+
+def with_payload_store(env: dict[str, str]) -> dict[str, str]:
+    """The environment, with a payload store on the local S3 so uploads work locally.
+
+    Only when the function's S3 endpoint is on this machine (a moto server): its bucket is
+    created there, ``ONNXKIT_PAYLOAD_STORE`` defaulting to ``s3://onnxkit-local-payloads/payloads``.
+    Presigned URLs then point at that endpoint. Never touches a remote S3.
+    """
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if not endpoint or urlsplit(endpoint).hostname not in _LOOPBACK:
+        return env
+    env = {**env, ENV_PAYLOAD_STORE: env.get(ENV_PAYLOAD_STORE) or LOCAL_PAYLOAD_STORE}
+    if env[ENV_PAYLOAD_STORE].startswith("s3://"):
+        ensure_bucket(s3_client(endpoint), urlsplit(env[ENV_PAYLOAD_STORE]).netloc)
+    return env
 
 
 def run_endpoint(env: Mapping[str, str], *, port: int) -> int:

@@ -86,7 +86,7 @@ class EndpointApp:
         try:
             headers = request.headers
             negotiate(route, content_type=headers.get("content-type"), accept=headers.get("accept"))
-            body = await self._read_body(request) if route.takes_body else None
+            body = await self._read_body(request, params) if route.reads_body else None
             if route.operation == "ping" and self.siblings is not None and self.predictor.ready:
                 self.siblings.check()
             perform = partial(self.table.perform, self.predictor, route, params, body, headers)
@@ -137,18 +137,19 @@ class EndpointApp:
                 logger.exception("%s %s failed", request.method, request.url.path)
         return error_response(error)
 
-    async def _read_body(self, request: Request) -> bytes:
+    async def _read_body(self, request: Request, params: dict[str, str]) -> bytes:
         """The body, refused (413) by its declared size before it is read, or once it grows past."""
         limit = self.max_request_bytes
+        model = params.get("name")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _too_large(int(declared), limit)
+            raise _too_large(int(declared), limit, model)
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise _too_large(size, limit, more=True)
+                raise _too_large(size, limit, model, more=True)
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -272,12 +273,12 @@ def app_from_env() -> ASGIApp:
     return app
 
 
-def _too_large(size: int, limit: int, *, more: bool = False) -> PayloadTooLargeError:
+def _too_large(
+    size: int, limit: int, model: str | None, *, more: bool = False
+) -> PayloadTooLargeError:
     # The rest of the body is not read: close the connection rather than wait for it.
-    return PayloadTooLargeError(
-        f"the body is {'over ' if more else ''}{size} bytes; the limit is {limit} "
-        "(for larger payloads split the batch)",
-        headers={"Connection": "close"},
+    return PayloadTooLargeError.body(
+        size, limit, model=model, over=more, headers={"Connection": "close"}
     )
 
 
