@@ -12,7 +12,7 @@ from onnxkit.compose import build_repository, build_server, repository_budget
 from onnxkit.errors import ConfigurationError, ModelNotFoundError, OnnxkitError
 from onnxkit.manifest import Manifest
 from onnxkit.predictor import NullObserver, Predictor
-from onnxkit.repository import READY, UNAVAILABLE, Catalog, ModelRepository
+from onnxkit.repository import READY, UNAVAILABLE, Budget, Catalog, ModelRepository
 from onnxkit.routes import ENDPOINT, FUNCTION, RouteTable
 from onnxkit.settings import Settings
 from tests.conftest import WIDTH, offset_model
@@ -137,8 +137,11 @@ def test_the_disk_budget_evicts_and_deletes_cached_files(five: Path, tmp_path: P
     row = {r["name"]: r for r in repository.repository_index()}["m5"]
     assert row["disk_bytes"] >= WIDTH * 4
 
-    # WHEN a disk budget smaller than two such models is passed by a second copy (pinned)
-    repository._budget.disk_bytes = row["disk_bytes"] + 1  # room for m5 alone
+    # WHEN, with a disk budget with room for m5 alone, a second copy (pinned) is loaded
+    repository = build_repository(
+        settings, role=FUNCTION, budget=Budget(disk_bytes=row["disk_bytes"] + 1)
+    )
+    assert first_value(repository, "m5") == pytest.approx(5.5)
     other = offset_model(tmp_path / "src" / "m5-v2", 50.0, external=True)
     from onnxkit_tools.registry import Registry, publish_model
 

@@ -193,7 +193,11 @@ def build_server(
 
 
 def build_repository(
-    settings: Settings, *, role: Role, clients: AwsClients | None = None
+    settings: Settings,
+    *,
+    role: Role,
+    clients: AwsClients | None = None,
+    budget: Budget | None = None,
 ) -> ModelRepository:
     """Many models from the store (``ONNXKIT_MODELS``), each loaded on its first request.
 
@@ -202,6 +206,12 @@ def build_repository(
     request naming a version or an alias (``/v2/models/{name}/versions/{ref}``) that the
     model's alias does not serve gets a predictor pinned to it, counted and evicted like the
     others.
+
+    Args:
+        settings: Validated settings with ``models`` enabled.
+        role: Who serves: ``function`` or ``endpoint``.
+        clients: AWS clients (default: made from the settings).
+        budget: The memory and disk budgets (default: :func:`repository_budget`).
 
     Raises:
         ConfigurationError: No store (many models come from the store, not a folder).
@@ -253,7 +263,7 @@ def build_repository(
         make,
         catalog,
         settings.api,
-        repository_budget(settings),
+        budget or repository_budget(settings),
         memory_of=lambda manifests: memory_cost(m for m in manifests if not forwarded(m)),
         disk_of=lambda manifests: folder_bytes(store.local_dir(m) for m in manifests),
     )

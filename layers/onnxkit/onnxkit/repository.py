@@ -108,9 +108,9 @@ class Catalog:
         miss_ttl_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._names = tuple(names)
         self._lister = lister
         self._allow = tuple(allow)
+        self._names = tuple(n for n in names if self.allowed(n))  # checked on every request
         self._ttl_s = ttl_s
         self._miss_ttl_s = miss_ttl_s
         self._clock = clock
@@ -129,7 +129,7 @@ class Catalog:
             OnnxkitError: The store cannot be listed (``*`` only).
         """
         if self._lister is None:
-            return tuple(n for n in self._names if self.allowed(n))
+            return self._names
         with self._lock:
             now = self._clock()
             age_limit = self._ttl_s if fresh_after is None else fresh_after
