@@ -342,9 +342,9 @@ def test_models_variables_only_when_set(
 
 @pytest.mark.parametrize(
     ("models", "served", "lists"),
-    [("", "digits", False), ("digits,minilm", "*", False), ("*", "*", True)],
+    [("", "digits", False), ("digits,minilm", "*", True), ("*", "*", True)],
 )
-def test_function_role_reads_the_served_models_and_lists_only_for_every_model(
+def test_function_role_reads_the_served_models_and_lists_only_with_many_models(
     models: str, served: str, lists: bool
 ) -> None:
     # GIVEN the model bucket's grants for one model, a list of models, or every model
@@ -353,7 +353,8 @@ def test_function_role_reads_the_served_models_and_lists_only_for_every_model(
     bucket = f"arn:aws:s3:::{ATTRIBUTES['ModelBucket']}"
 
     # THEN objects are read under models/{name or *}/, the alias documents written there,
-    # and ListBucket is granted only for *, on the bucket, for keys under models/ alone
+    # and ListBucket only with many models (a missing version or alias must read as 404, not
+    # 403), on the bucket, for keys under models/ alone
     expected = {
         "s3:GetObject": {f"{bucket}/onnxkit/models/{served}/*"},
         "s3:PutObject": {f"{bucket}/onnxkit/models/{served}/_aliases/prod.json"},
@@ -721,3 +722,30 @@ def test_scale_to_zero_roles_and_environment() -> None:
     execution_role = resources["SageMakerExecutionRole"]
     assert _payload_grants(execution_role, params) == {}
     assert "sns:Publish" not in _grants(statements(execution_role), params)
+
+
+@pytest.mark.parametrize(("models", "many"), [("", False), ("digits,minilm", True), ("*", True)])
+def test_the_endpoint_serves_the_same_models_and_may_read_and_list_them(
+    models: str, many: bool
+) -> None:
+    # GIVEN a real-time endpoint, with one model or with Models
+    params, stack = _stack({**REALTIME, "Models": models, "ModelsAllow": "d*" if many else ""})
+    resources = stack["Resources"]
+    container = resources["SageMakerModel"]["Properties"]["PrimaryContainer"]
+    env = {k: render(v, params, ATTRIBUTES) for k, v in container["Environment"].items()}
+    role = resources["SageMakerExecutionRole"]
+    bucket = f"arn:aws:s3:::{ATTRIBUTES['ModelBucket']}"
+    s3 = [s for s in statements(role) if any(a.startswith("s3:") for a in s["Action"])]
+    grants = _grants(s3, params)
+
+    # THEN the container gets the same list and allow-list, reads every model's objects and
+    # may list the models' prefix; with one model, only that model and no listing
+    if many:
+        assert env["ONNXKIT_MODELS"] == models
+        assert env["ONNXKIT_MODELS_ALLOW"] == "d*"
+        assert grants["s3:GetObject"] == {f"{bucket}/onnxkit/models/*/*"}
+        assert grants["s3:ListBucket"] == {bucket}
+    else:
+        assert "ONNXKIT_MODELS" not in env
+        assert grants["s3:GetObject"] == {f"{bucket}/onnxkit/models/digits/*"}
+        assert "s3:ListBucket" not in grants
