@@ -18,6 +18,7 @@ from onnxkit.backends.onnxruntime import OnnxruntimeBackend
 from onnxkit.backends.sagemaker import SageMakerBackend
 from onnxkit.canary import CanaryAborter, CanaryPolicy, MemoryProbe, memory_limit_bytes
 from onnxkit.errors import IntegrityError, ModelNotReadyError
+from onnxkit.jobs import JobQueue, Jobs, JobsOff, jobs_missing
 from onnxkit.manifest import Manifest
 from onnxkit.phases import Phases
 from onnxkit.predictor import Observer, Predictor, Refresh
@@ -205,4 +206,28 @@ def _forwarding_backend(
             f"{manifest.name} {manifest.version} is routed to SageMaker but no endpoint is "
             f"configured; set {ENV_SAGEMAKER_ENDPOINT} or {ENV_BACKEND}=lambda"
         )
-    return SageMakerBackend(manifest, clients.sagemaker_runtime(), forward.endpoint)
+    return SageMakerBackend(
+        manifest,
+        clients.sagemaker_runtime(),
+        forward.endpoint,
+        inference_component=forward.inference_component,
+        asynchronous=forward.mode == "async",
+    )
+
+
+def build_jobs(settings: Settings, clients: AwsClients) -> Jobs:
+    """The function's asynchronous jobs: a :class:`JobQueue` on the payload store and the
+    async SageMaker endpoint, or :class:`JobsOff` saying which setting is missing."""
+
+    missing = jobs_missing(settings)
+    if missing:
+        return JobsOff(missing)
+    assert settings.forward.endpoint is not None  # jobs_missing checked it
+    return JobQueue(
+        clients.s3(),
+        clients.sagemaker_runtime(),
+        settings.forward.endpoint,
+        settings.payloads.store,
+        inline_result_bytes=settings.payloads.inline_result_bytes,
+        url_seconds=settings.payloads.url_seconds,
+    )
