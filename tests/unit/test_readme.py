@@ -18,7 +18,8 @@ from tests.unit.template_helpers import source
 README = (REPO / "README.md").read_text()
 TOOL_VARIABLES = {"ONNXKIT_RIE"}  # read by the tools, not by a function or the endpoint
 # Codes raised with an explicit code= (not a class's default), and the endpoint protocol's own.
-OTHER_CODES = {"store_access_denied", "store_bucket_missing", "overloaded", "bad_request"}
+OTHER_CODES = {"store_access_denied", "store_bucket_missing", "overloaded", "bad_request",
+               "use_infer", "scaling_up"}  # fmt: skip
 
 
 def section(title: str) -> str:
