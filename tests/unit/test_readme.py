@@ -24,6 +24,8 @@ OTHER_CODES = {
     "overloaded",
     "bad_request",
     "cannot_unload",
+    "use_infer",
+    "scaling_up",
 }
 
 

@@ -31,7 +31,7 @@ def test_every_route_of_an_edge_matches_its_own_path_with_its_parameters(edge: s
         assert params == dict.fromkeys(route.params, "some-value")
 
 
-def test_the_container_routes_are_the_endpoints_alone() -> None:
+def test_the_container_routes_are_the_endpoints_alone_and_jobs_the_functions() -> None:
     function = {(r.method, r.path) for r in RouteTable(FUNCTION).routes}
     endpoint = {(r.method, r.path) for r in RouteTable(ENDPOINT).routes}
 
@@ -40,8 +40,14 @@ def test_the_container_routes_are_the_endpoints_alone() -> None:
         ("POST", "/invocations"),
         ("POST", "/endpoints/{endpoint}/invocations"),
     }
-    assert function <= endpoint
-    assert len(ROUTES) == len(endpoint) + 1  # and the OpenAPI document, served when asked
+    # Jobs queue on SageMaker's asynchronous front end: the container behind it sees
+    # /invocations only.
+    assert function - endpoint == {
+        ("POST", "/v2/models/{name}/jobs"),
+        ("POST", "/v2/models/{name}/versions/{version}/jobs"),
+        ("GET", "/v2/jobs/{id}"),
+    }
+    assert len(ROUTES) == len(endpoint | function) + 1  # and the OpenAPI document
 
 
 def test_the_openapi_route_is_served_only_when_asked_for() -> None:

@@ -26,6 +26,7 @@ from onnxkit.canary import (
     read_mem_available,
 )
 from onnxkit.errors import ConfigurationError, IntegrityError, ModelNotReadyError
+from onnxkit.jobs import JobQueue, Jobs, JobsOff, jobs_missing
 from onnxkit.manifest import Manifest
 from onnxkit.payloads import PayloadStore
 from onnxkit.phases import Phases
@@ -363,4 +364,28 @@ def _forwarding_backend(
             f"{manifest.name} {manifest.version} is routed to SageMaker but no endpoint is "
             f"configured; set {ENV_SAGEMAKER_ENDPOINT} or {ENV_BACKEND}=lambda"
         )
-    return SageMakerBackend(manifest, clients.sagemaker_runtime(), forward.endpoint)
+    return SageMakerBackend(
+        manifest,
+        clients.sagemaker_runtime(),
+        forward.endpoint,
+        inference_component=forward.inference_component,
+        asynchronous=forward.mode == "async",
+    )
+
+
+def build_jobs(settings: Settings, clients: AwsClients) -> Jobs:
+    """The function's asynchronous jobs: a :class:`JobQueue` on the payload store and the
+    async SageMaker endpoint, or :class:`JobsOff` saying which setting is missing."""
+
+    missing = jobs_missing(settings)
+    if missing:
+        return JobsOff(missing)
+    assert settings.forward.endpoint is not None  # jobs_missing checked it
+    return JobQueue(
+        clients.s3(),
+        clients.sagemaker_runtime(),
+        settings.forward.endpoint,
+        settings.payloads.store,
+        inline_result_bytes=settings.payloads.inline_result_bytes,
+        url_seconds=settings.payloads.url_seconds,
+    )

@@ -183,6 +183,28 @@ class AliasConflictError(OnnxkitError):
     code = "alias_conflict"
 
 
+class UseJobsError(OnnxkitError):
+    """A valid request sent to the wrong route for this model: ``infer`` to a model that only
+    runs as asynchronous jobs (``use_jobs``), or a job for one that runs in the function."""
+
+    status = HTTPStatus.CONFLICT
+    code = "use_jobs"
+
+
+class JobNotFoundError(OnnxkitError):
+    """No job has this id (or the id is not one we hand out)."""
+
+    status = HTTPStatus.NOT_FOUND
+    code = "job_not_found"
+
+
+class JobsNotEnabledError(OnnxkitError):
+    """Asynchronous jobs are off: no payload store, or no SageMaker endpoint in async mode."""
+
+    status = HTTPStatus.NOT_FOUND
+    code = "jobs_not_enabled"
+
+
 # --- 5xx: our side or a dependency failed --------------------------------------------------
 
 
@@ -216,6 +238,13 @@ class PayloadStoreUnavailableError(OnnxkitError):
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "payload_store_unavailable"
+
+
+class JobStoreUnavailableError(OnnxkitError):
+    """The payload store (S3) refused or failed a job's request, record or result."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "job_store_unavailable"
 
 
 class IntegrityError(OnnxkitError):

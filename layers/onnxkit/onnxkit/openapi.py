@@ -39,19 +39,16 @@ _DATA = {
 _SHAPE = {"type": "array", "items": {"type": "integer", "minimum": 0}}
 _DATATYPE = {"type": "string", "enum": list(SUPPORTED_NAMES)}
 
+_ERROR_DETAIL = _object(
+    {
+        "code": {**_STRING, "description": "Short, stable, machine-readable."},
+        "message": {**_STRING, "description": "For a person: what to do instead."},
+    },
+    ["code", "message"],
+)
+
 SCHEMAS: dict[str, Any] = {
-    "Error": _object(
-        {
-            "error": _object(
-                {
-                    "code": {**_STRING, "description": "Short, stable, machine-readable."},
-                    "message": {**_STRING, "description": "For a person: what to do instead."},
-                },
-                ["code", "message"],
-            )
-        },
-        ["error"],
-    ),
+    "Error": _object({"error": _ERROR_DETAIL}, ["error"]),
     "GatewayError": _object({"message": _STRING}, ["message"]),
     # ``data``, or parameters.binary_data_size (binary tensors), or parameters.reference.
     "RequestInput": _object(
@@ -198,6 +195,34 @@ SCHEMAS: dict[str, Any] = {
         },
         ["reference", "url", "method", "headers", "expires_in", "max_bytes"],
     ),
+    "JobAccepted": _object(
+        {
+            "id": _STRING,
+            "status": {"type": "string", "enum": ["pending"]},
+            "model_name": _STRING,
+            "model_version": _STRING,
+            "links": _object({"self": _STRING}, ["self"]),
+        },
+        ["id", "status", "model_name", "links"],
+    ),
+    "Job": _object(
+        {
+            "id": _STRING,
+            "status": {"type": "string", "enum": ["pending", "succeeded", "failed"]},
+            "model_name": {"type": "string", "nullable": True},
+            "model_version": {"type": "string", "nullable": True},
+            "created": {"type": "string", "nullable": True},
+            "result": {
+                **_ref("InferenceResponse"),
+                "description": "The v2 response, when it is small enough to come inline.",
+            },
+            "result_url": {**_STRING, "description": "A presigned GET of a larger result."},
+            "bytes": {"type": "integer"},
+            "expires_in": {"type": "integer", "description": "Seconds result_url stays valid."},
+            "error": _ERROR_DETAIL,
+        },
+        ["id", "status"],
+    ),
     "OpenApi": {"type": "object"},
 }
 
@@ -213,6 +238,8 @@ _ANSWERS = {
     "repository_load": "RepositoryIndex",
     "repository_unload": "RepositoryIndex",
     "upload": "Upload",
+    "submit_job": "JobAccepted",
+    "job_status": "Job",
     "openapi": "OpenApi",
 }
 
@@ -263,9 +290,9 @@ def _operation(route: Route, behind_gateway: bool) -> dict[str, Any]:
     if route.answers_json:
         answer = _ref(_ANSWERS[route.operation])
         content: dict[str, Any] = {"application/json": {"schema": answer}}
-        if route.takes_body:
+        if route.takes_body and not route.json_only:
             content[BINARY_CONTENT_TYPE] = {"schema": _BINARY_BODY}
-        responses["200"] = {"description": "OK", "content": content}
+        responses[str(route.status)] = {"description": _STATUS[route.status], "content": content}
     else:
         responses["200"] = {"description": "OK (empty body)"}
     operation: dict[str, Any] = {
@@ -283,7 +310,17 @@ def _operation(route: Route, behind_gateway: bool) -> dict[str, Any]:
             "required": False,
             "content": {"application/json": {"schema": _ref(_REQUESTS[route.operation])}},
         }
-    if route.takes_body:
+    elif route.json_only:
+        operation["requestBody"] = {
+            "required": True,
+            "description": "A v2 inference request (JSON), as infer takes it.",
+            "content": {
+                "application/json": {
+                    "schema": {"anyOf": [_ref("InferenceRequest"), _ref("Sentences")]}
+                }
+            },
+        }
+    elif route.takes_body:
         operation["requestBody"] = {
             "required": True,
             "description": _BODY_DESCRIPTION,
@@ -316,6 +353,7 @@ _REQUESTS = {
     "upload": "UploadRequest",
     "repository_index": "RepositoryIndexRequest",
 }  # the JSON body of a route that ``takes_json``
+_STATUS = {200: "OK", 202: "Accepted: poll links.self"}
 _BODY_DESCRIPTION = (
     "A v2 inference request (JSON), or JSON followed by raw tensors (the binary tensor "
     "extension: Inference-Header-Content-Length, parameters.binary_data_size); for a model "

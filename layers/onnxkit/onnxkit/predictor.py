@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from onnxkit import __version__
-from onnxkit.backends import Backend
+from onnxkit.backends import Backend, requested_outputs
 from onnxkit.canary import CanaryHealth, CanaryPolicy, Rollout, canary_memory_need, should_roll_back
 from onnxkit.codecs import (
     InferenceRequest,
@@ -734,30 +734,18 @@ class Predictor:
         Raises:
             OnnxkitError: 4xx for anything the caller sent wrong, 5xx for our faults.
         """
-        media = media_type(content_type) if content_type else ""
-        header_length = binary_header_length(content_type, header_length)
-        bare = media in BARE_MEDIA_TYPES
-        if bare:  # the body is one input: no JSON in it
-            check_size(body, max_bytes=self._limits.max_request_bytes, model=name)
-            data: dict[str, Any] | list[Any] = {}
-            binary = b""
-        else:
-            data, binary = split_body(
-                body,
-                header_length,
-                max_bytes=self._limits.max_request_bytes,
-                allow_list=True,
-                model=name,
-            )
+        bare, data, binary = self._read(body, content_type, header_length, model=name)
         backend = self._served(name, version, route=True)
         manifest = backend.manifest
         pipeline = backend.processing
         try:
-            request = self._decode(pipeline, manifest, media if bare else "", body, data, binary)
+            request = self._decode(pipeline, manifest, bare, body, data, binary)
             self.payloads.check_outputs(request)
             wanted = pipeline.model_outputs(request.outputs) if pipeline else request.outputs
             inputs = (
-                pipeline.preprocess(request.inputs, raw_images=bare) if pipeline else request.inputs
+                pipeline.preprocess(request.inputs, raw_images=bool(bare))
+                if pipeline
+                else request.inputs
             )
             started = time.perf_counter()
             outputs = backend.run(inputs, wanted)
@@ -781,6 +769,65 @@ class Predictor:
         self._observer.inference_done(manifest, elapsed, batch)
         self._count_canary(backend, failed=False)
         return reply
+
+    def validate(
+        self,
+        name: str,
+        version: str | None,
+        body: bytes | str | None,
+        *,
+        content_type: str | None = None,
+        header_length: str | None = None,
+    ) -> Backend:
+        """Check a request as :meth:`infer` does, without running it (a job is checked before
+        it is queued): decoded against the signature, through the processing, outputs known.
+
+        Args:
+            name: The model name in the path.
+            version: The version in the path, if any (else the stable version's rules).
+            body: The request body.
+            content_type: The request's ``Content-Type``.
+            header_length: The ``Inference-Header-Content-Length`` header (binary tensors).
+
+        Returns:
+            The backend that would serve the request.
+
+        Raises:
+            OnnxkitError: 4xx for anything the caller sent wrong; 5xx when the model cannot
+                be loaded.
+        """
+        bare, data, binary = self._read(body, content_type, header_length, model=name)
+        backend = self._served(name, version)
+        pipeline = backend.processing
+        request = self._decode(pipeline, backend.manifest, bare, body, data, binary)
+        wanted = pipeline.model_outputs(request.outputs) if pipeline else request.outputs
+        requested_outputs(backend.manifest, wanted)
+        if pipeline is not None:
+            pipeline.preprocess(request.inputs, raw_images=bool(bare))
+        return backend
+
+    def _read(
+        self,
+        body: bytes | str | None,
+        content_type: str | None,
+        header_length: str | None,
+        *,
+        model: str | None = None,
+    ) -> tuple[str, dict[str, Any] | list[Any], bytes]:
+        """A body's bare media type ("" for a v2 request), its JSON and its binary part
+        (``model`` names the upload path in a 413)."""
+        media = media_type(content_type) if content_type else ""
+        if media in BARE_MEDIA_TYPES:  # the body is one input: no JSON in it
+            check_size(body, max_bytes=self._limits.max_request_bytes, model=model)
+            return media, {}, b""
+        data, binary = split_body(
+            body,
+            binary_header_length(content_type, header_length),
+            max_bytes=self._limits.max_request_bytes,
+            allow_list=True,
+            model=model,
+        )
+        return "", data, binary
 
     def _decode(
         self,

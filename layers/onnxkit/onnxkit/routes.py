@@ -23,6 +23,7 @@ from onnxkit.errors import (
     NotAcceptableError,
     RouteNotFoundError,
 )
+from onnxkit.jobs import Jobs, JobsOff
 from onnxkit.media import BINARY_CONTENT_TYPE as BINARY
 from onnxkit.media import HEADER_LENGTH, check_content_type
 from onnxkit.predictor import BARE_MEDIA_TYPES, Serving
@@ -49,6 +50,9 @@ class Route:
         takes_body: Whether it reads a request body.
         answers_json: Whether it answers with a JSON body (``/ping`` answers an empty one).
         takes_json: Whether it takes a small optional JSON body of its own (not inference).
+        json_only: Its body is JSON only: no binary tensors, no bare sentence or image (a
+            job's request is stored and sent on as JSON).
+        status: The status of a success (202 for a job accepted).
     """
 
     method: str
@@ -59,6 +63,8 @@ class Route:
     takes_body: bool = False
     answers_json: bool = True
     takes_json: bool = False
+    json_only: bool = False
+    status: int = 200
     pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -128,6 +134,19 @@ ROUTES: tuple[Route, ...] = (
         "POST", "/v2/repository/models/{name}/unload", "repository_unload",
         "Unload a model and delete its cached files (many models only)",
     ),
+    # Asynchronous jobs on a SageMaker async endpoint: the function queues, SageMaker runs.
+    Route(
+        "POST", f"{_MODEL}/jobs", "submit_job", "Queue an inference job (asynchronous endpoint)",
+        edges=frozenset({FUNCTION}), takes_body=True, json_only=True, status=202,
+    ),
+    Route(
+        "POST", f"{_VERSION}/jobs", "submit_job", "Queue an inference job on this version",
+        edges=frozenset({FUNCTION}), takes_body=True, json_only=True, status=202,
+    ),
+    Route(
+        "GET", "/v2/jobs/{id}", "job_status", "A job's status, and its result once it succeeded",
+        edges=frozenset({FUNCTION}),
+    ),
     Route("GET", OPENAPI_PATH, "openapi", "This document (OpenAPI 3)"),
 )  # fmt: skip
 
@@ -192,6 +211,15 @@ def _ping(predictor: Serving, _: Call, __: RouteTable) -> None:
     predictor.check_ready()
 
 
+def _submit_job(server: Serving, call: Call, table: RouteTable) -> Any:
+    predictor, version = server.predictor_for(call.params["name"], call.params.get("version"))
+    return table.jobs.submit(predictor, call.params["name"], version, call.body or b"")
+
+
+def _job_status(_: Serving, call: Call, table: RouteTable) -> Any:
+    return table.jobs.status(call.params["id"])
+
+
 def _openapi(_: Serving, __: Call, table: RouteTable) -> Any:
     from onnxkit.openapi import build_document
 
@@ -210,6 +238,8 @@ OPERATIONS: dict[str, Operation] = {
     "repository_unload": lambda p, c, t: p.unload_model(c.params["name"]),
     "upload": _upload,
     "ping": _ping,
+    "submit_job": _submit_job,
+    "job_status": _job_status,
     "openapi": _openapi,
 }
 
@@ -221,12 +251,20 @@ class RouteTable:
         edge: ``function`` or ``endpoint``.
         openapi: Serve ``GET /v2/openapi.json`` (behind API Gateway only when asked for).
         routes: The table (default :data:`ROUTES`).
+        jobs: Queues and reports asynchronous jobs (default: off, their routes say how to
+            turn them on).
     """
 
     def __init__(
-        self, edge: Edge, *, openapi: bool = False, routes: tuple[Route, ...] = ROUTES
+        self,
+        edge: Edge,
+        *,
+        openapi: bool = False,
+        routes: tuple[Route, ...] = ROUTES,
+        jobs: Jobs | None = None,
     ) -> None:
         self.edge = edge
+        self.jobs: Jobs = jobs or JobsOff("asynchronous jobs are not served here")
         self.routes = tuple(
             route
             for route in routes
@@ -320,13 +358,15 @@ def negotiate(route: Route, *, content_type: str | None, accept: str | None) -> 
         UnsupportedMediaTypeError: A body route got a media type it never takes (415).
         NotAcceptableError: The client accepts nothing the route answers (406).
     """
-    binary_ok = route.takes_body and accepts(accept, BINARY)
+    binary_ok = route.takes_body and not route.json_only and accepts(accept, BINARY)
     if route.answers_json and not binary_ok and not accepts_json(accept):
         raise NotAcceptableError(
             f"Accept {accept!r} admits no JSON; this API answers {JSON}"
             + (f" (and {BINARY} for binary tensors)" if route.takes_body else " only")
         )
-    if route.takes_body:
+    if route.json_only:
+        check_content_type(content_type)
+    elif route.takes_body:
         check_content_type(content_type, binary=True, bare=BARE_MEDIA_TYPES)
     elif route.takes_json:
         check_content_type(content_type)

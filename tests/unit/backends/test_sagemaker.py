@@ -60,7 +60,7 @@ def test_request_is_v2_json_and_response_becomes_arrays(client) -> None:
             "invoke_endpoint",
             {"Body": body(reply([0.6, 0.8], [1.0])), "ContentType": "application/json"},
             {"EndpointName": "onnxkit-gpu", "Body": ANY, "ContentType": "application/json",
-             "Accept": "application/json"},
+             "Accept": "application/json", "CustomAttributes": f"model={MANIFEST.name}"},
         )  # fmt: skip
         out = backend.run({"ids": IDS}, ["emb"])
         stub.assert_no_pending_responses()
@@ -244,3 +244,38 @@ def test_a_bytes_input_is_forwarded_as_strings() -> None:
     assert seen["inputs"] == [
         {"name": "text", "datatype": "BYTES", "shape": [2], "data": ["hi", ""]}
     ]
+
+
+def test_an_inference_component_is_named_in_the_invocation(client) -> None:
+    backend = SageMakerBackend(MANIFEST, client, "gpu", inference_component="minilm-ic")
+    with Stubber(client) as stub:
+        stub.add_response(
+            "invoke_endpoint",
+            {"Body": body(reply([0.6, 0.8], [1.0]))},
+            {"EndpointName": "gpu", "Body": ANY, "ContentType": "application/json",
+             "Accept": "application/json", "InferenceComponentName": "minilm-ic",
+             "CustomAttributes": f"model={MANIFEST.name}"},
+        )  # fmt: skip
+        backend.run({"ids": IDS}, ["emb"])
+        stub.assert_no_pending_responses()
+
+
+def test_a_component_scaled_to_zero_is_503_scaling_up_with_retry_after(client) -> None:
+    # What SageMaker answers while an inference component has no copy (scaled to zero):
+    # ValidationError, HTTP 400; that failure is also what triggers the scale-out alarm.
+    backend = SageMakerBackend(MANIFEST, client, "gpu", inference_component="minilm-ic")
+    with Stubber(client) as stub:
+        stub.add_client_error(
+            "invoke_endpoint",
+            service_error_code="ValidationError",
+            service_message="Inference Component has no capacity to process this request. "
+            "ApplicationAutoScaling may be in-progress (if configured) or try to increase the "
+            "capacity by invoking UpdateInferenceComponentRuntimeConfig API.",
+            http_status_code=400,
+        )
+        with pytest.raises(OnnxkitError) as raised:
+            backend.run({"ids": IDS})
+    assert (raised.value.status, raised.value.code) == (503, "scaling_up")
+    assert raised.value.headers["Retry-After"] == "60"
+    assert "scaling up from zero" in raised.value.message
+    assert "minutes" in raised.value.message

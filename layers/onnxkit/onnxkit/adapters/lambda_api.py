@@ -26,6 +26,7 @@ from onnxkit.adapters.snapstart import register_snapstart_hooks
 from onnxkit.aws import AwsClients
 from onnxkit.codecs import Reply, encode_json
 from onnxkit.coldstart import INIT_PHASES, Loading, start_loading
+from onnxkit.compose import build_jobs
 from onnxkit.errors import InvalidInputError, error_body
 from onnxkit.manifest import Manifest
 from onnxkit.predictor import Serving
@@ -106,19 +107,19 @@ def json_response(status: int, body: Any, headers: Mapping[str, str] | None = No
     }
 
 
-def reply_response(reply: Reply) -> dict:
+def reply_response(reply: Reply, status: int = HTTPStatus.OK) -> dict:
     """A REST proxy response for an encoded inference reply: JSON as text, binary tensors
     base64-encoded (API Gateway turns them back into bytes: the API's binary media types)."""
     headers = {"Content-Type": [reply.content_type], **{k: [v] for k, v in reply.headers.items()}}
     if reply.content_type == JSON:
         return {
-            "statusCode": int(HTTPStatus.OK),
+            "statusCode": int(status),
             "multiValueHeaders": headers,
             "body": reply.body.decode(),
             "isBase64Encoded": False,
         }
     return {
-        "statusCode": int(HTTPStatus.OK),
+        "statusCode": int(status),
         "multiValueHeaders": headers,
         "body": base64.b64encode(reply.body).decode(),
         "isBase64Encoded": True,
@@ -172,8 +173,8 @@ class LambdaEdge:
         except Exception as exc:
             return self._fail(exc)
         if isinstance(answer, Reply):
-            return reply_response(answer)
-        return json_response(HTTPStatus.OK, answer)
+            return reply_response(answer, route.status)
+        return json_response(route.status, answer)
 
     def _fail(self, error: Exception) -> dict:
         status, payload, headers = error_body(error)
@@ -259,9 +260,11 @@ def build_handler(
     for old, new in settings.deprecated_variables:
         logger.warning(f"{old} is deprecated; set {new} instead", extra={"variable": old})
     metrics = Metrics(namespace=settings.function.metrics_namespace)
-    table = RouteTable(FUNCTION, openapi=settings.api.serve_openapi)
     waited = time.perf_counter()
     predictor = loading.wait()
+    # After the load: the loading thread is done making its AWS clients, so jobs share them.
+    jobs = build_jobs(settings, loading.clients)
+    table = RouteTable(FUNCTION, openapi=settings.api.serve_openapi, jobs=jobs)
     app = create_app(predictor, logger, table, settings.function.route_prefix, metrics)
     observer = MetricsObserver(metrics)
     predictor.observe(observer)

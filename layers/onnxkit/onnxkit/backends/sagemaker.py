@@ -4,14 +4,18 @@ The function validates the request against the manifest's signature (no bad inpu
 the network), forwards it through sagemaker-runtime ``InvokeEndpoint`` and decodes the v2
 response. Retries and timeouts come from the botocore client's config. Failures map to
 statuses a client can act on: throttling 429 with Retry-After, model error 502, timeout 504,
-endpoint missing or not in service 503; a 4xx the container gave (our own error body) is
-passed through unchanged.
+endpoint missing or not in service 503, an inference component scaled to zero 503
+``scaling_up``; a 4xx the container gave (our own error body) is passed through unchanged.
+An asynchronous endpoint takes no InvokeEndpoint: its models answer 409 ``use_jobs``
+(``onnxkit.jobs`` sends them InvokeEndpointAsync instead).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +32,7 @@ from onnxkit.errors import (
     InvalidInputError,
     NotAcceptableError,
     OnnxkitError,
+    UseJobsError,
 )
 from onnxkit.manifest import Manifest
 
@@ -38,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 JSON = "application/json"
 RETRY_AFTER_SECONDS = "1"
+# An inference component scaled to zero gets a copy back in minutes (an instance starts, the
+# container loads): ask clients to come back in about a minute, not to hammer it.
+SCALING_RETRY_AFTER_SECONDS = "60"
 
 
 class SageMakerBackend:
@@ -47,18 +55,44 @@ class SageMakerBackend:
         manifest: The model's manifest (its signature validated the request already).
         client: A boto3 ``sagemaker-runtime`` client (endpoint, timeouts and retries set).
         endpoint_name: The endpoint to invoke.
+        inference_component: The inference component to invoke on it (None: the endpoint's
+            model).
+        asynchronous: The endpoint is an asynchronous one: :meth:`run` refuses (409
+            ``use_jobs``), as SageMaker would refuse InvokeEndpoint.
     """
 
-    def __init__(self, manifest: Manifest, client: Any, endpoint_name: str) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        client: Any,
+        endpoint_name: str,
+        *,
+        inference_component: str | None = None,
+        asynchronous: bool = False,
+    ) -> None:
         self.manifest = manifest
         self._client = client
         self._endpoint = endpoint_name
+        self._component = inference_component
+        self.asynchronous = asynchronous
         self.processing: Pipeline | None = None
+
+    @property
+    def endpoint_name(self) -> str:
+        """The endpoint this backend forwards to."""
+        return self._endpoint
 
     def run(
         self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
     ) -> dict[str, np.ndarray]:
         """Invoke the endpoint; see :class:`onnxkit.backends.Backend`."""
+        if self.asynchronous:
+            name = self.manifest.name
+            raise UseJobsError(
+                f"model {name!r} runs on the asynchronous SageMaker endpoint "
+                f"{self._endpoint!r}, which takes jobs only: POST the same body to "
+                f"/v2/models/{name}/jobs and poll the job it returns (GET /v2/jobs/{{id}})"
+            )
         names = requested_outputs(self.manifest, outputs)
         try:
             tensors = [encode_tensor(name, array) for name, array in inputs.items()]
@@ -75,32 +109,63 @@ class SageMakerBackend:
         return decode_outputs(reply, names)
 
     def _invoke(self, body: bytes) -> bytes:
-        from botocore.exceptions import (
-            ClientError,
-            ConnectionError,
-            ConnectTimeoutError,
-            ReadTimeoutError,
-        )
-
-        where = f"SageMaker endpoint {self._endpoint!r}"
-        try:
+        extra = {"InferenceComponentName": self._component} if self._component else {}
+        with endpoint_errors(f"SageMaker endpoint {self._endpoint!r}"):
             response = self._client.invoke_endpoint(
-                EndpointName=self._endpoint, Body=body, ContentType=JSON, Accept=JSON
+                EndpointName=self._endpoint,
+                Body=body,
+                ContentType=JSON,
+                Accept=JSON,
+                # /invocations names no model: an endpoint serving many reads it from here
+                CustomAttributes=f"model={self.manifest.name}",
+                **extra,
             )
             return bytes(response["Body"].read())
-        except ReadTimeoutError as exc:
-            raise BackendTimeoutError(f"{where} did not answer in time") from exc
-        except (ConnectTimeoutError, ConnectionError) as exc:
-            raise BackendUnavailableError(f"{where} cannot be reached") from exc
-        except ClientError as exc:
-            raise map_client_error(exc, where) from exc
+
+
+@contextlib.contextmanager
+def endpoint_errors(where: str) -> Iterator[None]:
+    """Turn sagemaker-runtime faults raised inside the block into onnxkit errors.
+
+    Args:
+        where: Names the endpoint in the messages (``SageMaker endpoint 'x'``).
+
+    Raises:
+        OnnxkitError: See :func:`map_client_error`; a read timeout is 504, a connection
+            failure 503.
+    """
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        ConnectTimeoutError,
+        ReadTimeoutError,
+    )
+
+    try:
+        yield
+    except ReadTimeoutError as exc:
+        raise BackendTimeoutError(f"{where} did not answer in time") from exc
+    except (ConnectTimeoutError, ConnectionError) as exc:
+        raise BackendUnavailableError(f"{where} cannot be reached") from exc
+    except ClientError as exc:
+        raise map_client_error(exc, where) from exc
 
 
 def map_client_error(exc: Any, where: str) -> OnnxkitError:
-    """An InvokeEndpoint ClientError as an onnxkit error."""
+    """An InvokeEndpoint (or InvokeEndpointAsync) ClientError as an onnxkit error."""
     error = exc.response.get("Error", {})
     code = str(error.get("Code", ""))
     message = str(error.get("Message", ""))
+    if "no capacity" in message.lower():
+        # An inference component scaled to zero: SageMaker answers ValidationError (400)
+        # "Inference Component has no capacity to process this request", and that failure
+        # (the NoCapacityInvocationFailures metric) is what makes auto scaling add a copy.
+        return BackendUnavailableError(
+            f"{where} is scaling up from zero (its inference component has no copy running "
+            "yet); starting one takes a few minutes: retry later",
+            code="scaling_up",
+            headers={"Retry-After": SCALING_RETRY_AFTER_SECONDS},
+        )
     if code in ("ThrottlingException", "TooManyRequestsException") or "throttl" in message.lower():
         return BackendThrottledError(
             f"{where} is throttling requests; retry after a short wait",

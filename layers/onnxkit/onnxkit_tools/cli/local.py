@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from onnxkit.settings import ENV_MODEL_DIR, ENV_SERVE_OPENAPI, ENV_WORKERS
+from onnxkit.settings import ENV_MODEL_DIR, ENV_PAYLOAD_STORE, ENV_SERVE_OPENAPI, ENV_WORKERS
 from onnxkit_tools.local.emulator import Emulator
 from onnxkit_tools.local.s3 import (
     LOCAL_BUCKET,
@@ -209,9 +209,21 @@ def start_api(
 @click.option(
     "--workers", type=click.IntRange(1, 256), help="server processes (default: one per vCPU)"
 )
+@click.option(
+    "--async",
+    "asynchronous",
+    is_flag=True,
+    help="also emulate SageMaker's asynchronous inference (InvokeEndpointAsync): inputs read "
+    f"from S3, replies written under {ENV_PAYLOAD_STORE}'s async-output/ (errors: "
+    "async-failure/), as an endpoint config's AsyncInferenceConfig would",
+)
 @_ENV_VARS
 def start_endpoint(
-    port: int, model_dir: Path | None, workers: int | None, env_vars: Path | None
+    port: int,
+    model_dir: Path | None,
+    workers: int | None,
+    asynchronous: bool,
+    env_vars: Path | None,
 ) -> int:
     """Run the SageMaker endpoint container's server on 127.0.0.1 (CPU).
 
@@ -220,12 +232,24 @@ def start_endpoint(
     same v2 JSON as the function. The model comes from --model-dir, or from the registry
     (ONNXKIT_MODEL_STORE / ONNXKIT_MODEL_NAME / ONNXKIT_MODEL_ALIAS; with none of those, the
     default digits model in a local moto S3). SIGTERM or Ctrl-C drains in-flight requests.
+
+    With --async it also answers /endpoints/NAME/async-invocations as SageMaker's asynchronous
+    front end does (ONNXKIT_PAYLOAD_STORE names where inputs are read and replies written;
+    on a local S3 its bucket is created).
     """
     env = function_env(env_vars, os.environ)
     if model_dir is not None:
         env[ENV_MODEL_DIR] = str(model_dir.resolve())
     if workers is not None:
         env[ENV_WORKERS] = str(workers)
+    if asynchronous and not env.get(ENV_PAYLOAD_STORE, "").startswith("s3://"):
+        raise click.UsageError(f"--async needs {ENV_PAYLOAD_STORE}=s3://bucket/prefix")
     with with_local_store(env) as env:
+        module = "onnxkit.adapters.endpoint"
+        if asynchronous:
+            from onnxkit_tools.local.async_inference import prepare_store
+
+            prepare_store(env)
+            module = "onnxkit_tools.local.async_inference"
         click.echo(f"endpoint on http://127.0.0.1:{port} (/ping, /invocations)", err=True)
-        return run_endpoint(with_payload_store(env), port=port)
+        return run_endpoint(with_payload_store(env), port=port, module=module)

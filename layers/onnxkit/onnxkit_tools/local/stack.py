@@ -118,11 +118,19 @@ def with_payload_store(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def run_endpoint(env: Mapping[str, str], *, port: int) -> int:
+def run_endpoint(
+    env: Mapping[str, str], *, port: int, module: str = "onnxkit.adapters.endpoint"
+) -> int:
     """Run the endpoint container's entry point on 127.0.0.1 with ``env``, until it exits.
 
     It runs in a child process, as in the container (workers, drain on SIGTERM); SIGINT and
     SIGTERM received here are passed on, so Ctrl-C drains it.
+
+    Args:
+        env: The endpoint's environment (added to this process's).
+        port: Where it listens.
+        module: What ``python -m`` runs: the container's server, or a local wrapper of it
+            (``onnxkit_tools.local.async_inference``).
 
     Returns:
         The server's exit code.
@@ -134,7 +142,7 @@ def run_endpoint(env: Mapping[str, str], *, port: int) -> int:
         ENV_PORT: str(port),
     }
     child_env.setdefault(ENV_SERVE_OPENAPI, "true")
-    process = subprocess.Popen([sys.executable, "-m", "onnxkit.adapters.endpoint"], env=child_env)
+    process = subprocess.Popen([sys.executable, "-m", module], env=child_env)
 
     def forward(signum: int, _: FrameType | None) -> None:
         process.send_signal(signum)

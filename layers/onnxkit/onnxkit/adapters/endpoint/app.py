@@ -100,10 +100,10 @@ class EndpointApp:
                 answer = await anyio.to_thread.run_sync(perform, limiter=self._limiter)
             if isinstance(answer, Reply):  # JSON or binary tensors, encoded already
                 response = Response(
-                    answer.body, headers=answer.headers, media_type=answer.content_type
+                    answer.body, route.status, answer.headers, media_type=answer.content_type
                 )
             elif route.answers_json:
-                response = Response(encode_json(answer), media_type=JSON)
+                response = Response(encode_json(answer), route.status, media_type=JSON)
             else:
                 response = Response(b"")
         except ClientDisconnect:
@@ -261,6 +261,13 @@ def _asgi(view: Callable[[Request], Awaitable[Response]]) -> ASGIApp:
 def app_from_env() -> ASGIApp:
     """The app factory each uvicorn worker calls: settings from the environment, model loaded
     in the background."""
+    app, _, _ = endpoint_from_env()
+    return app
+
+
+def endpoint_from_env() -> tuple[ConcurrencyLimit, EndpointApp, Settings]:
+    """What :func:`app_from_env` serves, with the app behind it and the settings it read (a
+    local tool wraps them: ``onnxkit_tools.local.async_inference``)."""
     from onnxkit.compose import build_server
 
     configure_logging()
@@ -269,8 +276,8 @@ def app_from_env() -> ASGIApp:
     siblings = None
     if plan.workers > 1:  # spawned by uvicorn's supervisor, whose pid names the shared folder
         siblings = SiblingReadiness(readiness_folder(os.getppid()), plan.workers)
-    app, _ = create_app(predictor, settings, threads=plan.threads, siblings=siblings)
-    return app
+    app, endpoint = create_app(predictor, settings, threads=plan.threads, siblings=siblings)
+    return app, endpoint, settings
 
 
 def _too_large(

@@ -37,11 +37,16 @@ KEEP_ALIVE_SECONDS = 300
 APP_FACTORY = "onnxkit.adapters.endpoint.app:app_from_env"
 
 
-def main(environ: Mapping[str, str] | None = None) -> int:
+def main(environ: Mapping[str, str] | None = None, *, app_factory: str = APP_FACTORY) -> int:
     """The container's entry point (``serve``): validate, then serve until SIGTERM and drain.
 
     Configuration errors, and a model folder that does not exist, fail here at once (exit 2)
     rather than in every worker.
+
+    Args:
+        environ: The environment (default ``os.environ``).
+        app_factory: ``module:function`` each worker calls for its ASGI app (local tools
+            wrap the container's own).
 
     Returns:
         The exit code: 0 after a graceful stop, 2 for bad configuration, 1 when the server
@@ -77,7 +82,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         },
     )
     config = EndpointConfig(
-        APP_FACTORY,
+        app_factory,
         factory=True,
         host=settings.endpoint.host,
         port=settings.endpoint.port,
@@ -131,13 +136,13 @@ class EndpointConfig(uvicorn.Config):
         self.header_timeout = header_timeout
 
 
-def exit_after() -> None:
+def exit_after(app_factory: str = APP_FACTORY) -> None:
     """Run :func:`main` and exit with its code, skipping interpreter teardown.
 
     A model load still going in a daemon thread (SIGTERM during loading) must not turn a
     clean stop into a crash at teardown.
     """
-    code = main()
+    code = main(app_factory=app_factory)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
