@@ -272,14 +272,25 @@ def test_function_role_reaches_the_payload_bucket_one_prefix_at_a_time(zip_: str
     assert granted == {
         "s3:GetObject": _objects(*PAYLOAD_PREFIXES),
         "s3:PutObject": _objects("uploads", "results", "jobs"),
+        "s3:ListBucket": {f"arn:aws:s3:::{PAYLOADS}"},
     }
 
     # AND the uploads PutObject says why it is there
     (sign,) = (s for s in statements(role) if s.get("Sid") == "SignUploadUrls")
     assert sign["Action"] == ["s3:PutObject"]
 
-    # AND no statement of the role lists, deletes, uses s3:* or touches the bucket itself
+    # AND it may list only the keys it reads, so that a missing one is 404 and not 403 (AWS
+    # evaluates s3:prefix against the requested key for that choice)
+    (listing,) = (s for s in statements(role) if s.get("Sid") == "SeeMissingPayloadsAsMissing")
+    assert listing["Action"] == ["s3:ListBucket"]
+    assert listing["Condition"] == {
+        "StringLike": {"s3:prefix": ["uploads/*", "jobs/*", "async-output/*", "async-failure/*"]}
+    }
+
+    # AND no other statement of the role lists, deletes, uses s3:* or touches the bucket itself
     for statement in statements(role):
+        if statement.get("Sid") == "SeeMissingPayloadsAsMissing":
+            continue
         rendered = [render(r, params, ATTRIBUTES) for r in statement["Resource"]]
         for action in statement["Action"]:
             assert "*" not in action, statement
