@@ -338,3 +338,42 @@ def test_a_gpu_provider_is_wanted_only_when_asked_for() -> None:
     assert not cpu.session.wants_gpu
     assert gpu.session.wants_gpu
     assert gpu.session.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def test_many_models_settings_are_read_and_checked_together() -> None:
+    from onnxkit.settings import ModelsSettings
+
+    settings = Settings.from_env(
+        {
+            "ONNXKIT_MODEL_STORE": "s3://bucket/prefix",
+            "ONNXKIT_MODELS": " digits, minilm ,digits",
+            "ONNXKIT_MODELS_MEMORY_MB": "900",
+        }
+    )
+    assert settings.models == ModelsSettings(names=("digits", "minilm"), memory_mb=900)
+    assert settings.model.name is None  # no single model with ONNXKIT_MODELS
+    every = Settings.from_env(
+        {
+            "ONNXKIT_MODEL_STORE": "s3://bucket/p",
+            "ONNXKIT_MODELS": "*",
+            "ONNXKIT_MODELS_ALLOW": "d*, m*",
+        }
+    )
+    assert every.models.every
+    assert every.models.allow == ("d*", "m*")
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env(
+            {
+                "ONNXKIT_MODEL_STORE": "s3://bucket/p",
+                "ONNXKIT_MODELS": "Digits,ok",
+                "ONNXKIT_MODELS_DISK_MB": "0",
+                "ONNXKIT_SAGEMAKER_MODE": "batch",
+                "ONNXKIT_PAYLOAD_STORE": "file:///tmp/x",
+            }
+        )
+    message = str(caught.value)
+    assert "'Digits'" in message
+    assert "ONNXKIT_MODELS_DISK_MB" in message
+    assert "ONNXKIT_SAGEMAKER_MODE" in message
+    assert "ONNXKIT_PAYLOAD_STORE" in message
+    assert "ONNXKIT_MODEL_NAME" not in message

@@ -388,7 +388,8 @@ class Settings:
         reader = _Reader(environ)
         models = reader.models()
         settings = cls(
-            model=reader.model(many=models.enabled),
+            # ONNXKIT_MODELS set (even wrongly, reported below): no single model is required
+            model=reader.model(many=models.enabled or bool(reader.raw(ENV_MODELS))),
             canary=reader.canary(),
             aws=reader.aws(),
             session=SessionSettings(
@@ -560,8 +561,9 @@ class _Reader:
             bad = [n for n in names if not _is_name(n)]
             if bad:
                 self.problems.append(
-                    f"{ENV_MODELS}={raw!r}: {', '.join(map(repr, bad))} are not model names "
-                    "(a comma-separated list of names, or *)"
+                    f"{ENV_MODELS}={raw!r} holds what is not a model name: "
+                    f"{', '.join(map(repr, bad))} (a comma-separated list of lower-case names, "
+                    "or *)"
                 )
                 names = ()
         allow = tuple(p.strip() for p in self.raw(ENV_MODELS_ALLOW).split(",") if p.strip())
