@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,3 +162,18 @@ def text_env_vars(
     values = function_env(local_s3.endpoint, folder / "lambda-tmp", ONNXKIT_MODEL_NAME=TEXT_MODEL)
     path.write_text(json.dumps(values))
     return path
+
+
+def emf_counts(log: str, metric: str, dimension: str) -> Counter[str]:
+    """Data points of one metric per value of a dimension (``model``, ``version``), from the
+    EMF lines in a function's log."""
+    counts: Counter[str] = Counter()
+    for line in log.splitlines():
+        if '"_aws"' not in line or "{" not in line:
+            continue
+        blob = json.loads(line[line.index("{") :])
+        (directive,) = blob["_aws"]["CloudWatchMetrics"]
+        if metric in (m["Name"] for m in directive["Metrics"]):
+            value = blob[metric]
+            counts[blob[dimension]] += len(value) if isinstance(value, list) else 1
+    return counts

@@ -17,7 +17,7 @@ import pytest
 
 from onnxkit_tools.net import wait_http
 from tests.conftest import REPO
-from tests.integration.conftest import ONNXKIT, cli_env, function_env, run_onnxkit
+from tests.integration.conftest import ONNXKIT, cli_env, emf_counts, function_env, run_onnxkit
 
 pytestmark = pytest.mark.integration
 
@@ -119,20 +119,6 @@ def test_the_failing_model_passes_the_warm_up_and_fails_on_real_input(tmp_path: 
         session.run(None, {"input": features})
 
 
-def emf_by_version(log: str, metric: str) -> Counter[str]:
-    """Data points of one metric per version dimension, from the EMF lines in a log."""
-    counts: Counter[str] = Counter()
-    for line in log.splitlines():
-        if '"_aws"' not in line or "{" not in line:
-            continue
-        blob = json.loads(line[line.index("{") :])
-        (directive,) = blob["_aws"]["CloudWatchMetrics"]
-        if metric in (m["Name"] for m in directive["Metrics"]):
-            value = blob[metric]
-            counts[blob["version"]] += len(value) if isinstance(value, list) else 1
-    return counts
-
-
 def stored_alias(local_s3: Any) -> dict[str, Any]:
     raw = local_s3.client().get_object(
         Bucket="onnxkit-it", Key="canary/models/digits/_aliases/prod.json"
@@ -190,7 +176,7 @@ def test_canary_share_metrics_and_automatic_rollback(
         print(f"canary share: {share} of 1000 (bounds {low}-{high})")
         assert low <= share <= high
         # AND the function's metrics count each version's inferences
-        by_version = emf_by_version(log_path.read_text(), "InferenceMs")
+        by_version = emf_counts(log_path.read_text(), "InferenceMs", "version")
         assert by_version == {"1": served[(200, "1")], "2": share}
 
         # GIVEN the canary dropped, and v3, which loads but fails at inference, as the canary
@@ -231,7 +217,7 @@ def test_canary_share_metrics_and_automatic_rollback(
         # AND the stable version serves every request afterwards
         after = Counter(infer(base) for _ in range(100))
         assert after == {(200, "1"): 100}
-        errors = emf_by_version(log_path.read_text(), "InferenceErrors")
+        errors = emf_counts(log_path.read_text(), "InferenceErrors", "version")
         assert errors == {"3": MIN_REQUESTS}
         assert api.poll() is None, "start-api must not have restarted"
     finally:

@@ -9,7 +9,6 @@ import json
 import subprocess
 import urllib.error
 import urllib.request
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 
 from onnxkit_tools.net import wait_http
 from tests.conftest import REPO, WIDTH, offset_model
-from tests.integration.conftest import ONNXKIT, cli_env, function_env
+from tests.integration.conftest import ONNXKIT, cli_env, emf_counts, function_env
 
 pytestmark = pytest.mark.integration
 
@@ -51,20 +50,6 @@ def index(base: str) -> dict[str, dict[str, Any]]:
     status, rows = post(base, "/v2/repository/index", b"{}")
     assert status == 200, rows
     return {row["name"]: row for row in rows}
-
-
-def emf_by_model(log: str, metric: str) -> Counter[str]:
-    """Data points of one metric per model dimension, from the EMF lines in a log."""
-    counts: Counter[str] = Counter()
-    for line in log.splitlines():
-        if '"_aws"' not in line or "{" not in line:
-            continue
-        blob = json.loads(line[line.index("{") :])
-        (directive,) = blob["_aws"]["CloudWatchMetrics"]
-        if metric in (m["Name"] for m in directive["Metrics"]):
-            value = blob[metric]
-            counts[blob["model"]] += len(value) if isinstance(value, list) else 1
-    return counts
 
 
 def test_five_models_behind_one_function_with_a_budget_for_three(
@@ -140,6 +125,6 @@ def test_five_models_behind_one_function_with_a_budget_for_three(
 
     # AND the metrics are per model: inferences, loads (m1 twice) and evictions
     log = log_path.read_text()
-    assert emf_by_model(log, "InferenceMs") == {"m1": 2, "m2": 1, "m3": 1, "m4": 1, "m5": 1}
-    assert emf_by_model(log, "ModelLoadMs") == {"m1": 2, "m2": 1, "m3": 1, "m4": 1, "m5": 1}
-    assert emf_by_model(log, "ModelEvictions") == {"m1": 1, "m2": 1, "m3": 1}
+    assert emf_counts(log, "InferenceMs", "model") == {"m1": 2, "m2": 1, "m3": 1, "m4": 1, "m5": 1}
+    assert emf_counts(log, "ModelLoadMs", "model") == {"m1": 2, "m2": 1, "m3": 1, "m4": 1, "m5": 1}
+    assert emf_counts(log, "ModelEvictions", "model") == {"m1": 1, "m2": 1, "m3": 1}

@@ -389,3 +389,35 @@ def test_the_upload_route_needs_a_served_model(tiny: Predictor) -> None:
     route, params = table.match("POST", "/v2/models/other/uploads")
     with pytest.raises(ModelNotFoundError):
         table.perform(tiny, route, params, None, {})
+
+
+def test_a_job_checks_its_uploads_with_a_head_and_never_reads_them(
+    s3: Any, store: PayloadStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN an upload of the right size, one of the wrong size, and a client that records calls
+    values = np.full((3, 4), 7.0, np.float32)
+    good = upload(s3, store, values.astype("<f4").tobytes())
+    short = upload(s3, store, b"\0" * 8)
+    calls: list[str] = []
+    original_get, original_head = s3.get_object, s3.head_object
+    monkeypatch.setattr(s3, "get_object", lambda **k: calls.append("get") or original_get(**k))
+    monkeypatch.setattr(s3, "head_object", lambda **k: calls.append("head") or original_head(**k))
+    spec = TensorSpec("x", "FP32", (-1, 4))
+
+    def raw(reference: str) -> dict[str, Any]:
+        return {"name": "x", "datatype": "FP32", "shape": [3, 4],
+                "parameters": {"reference": reference}}  # fmt: skip
+
+    # WHEN the requests are checked as a job's are
+    checked = decode_request(
+        {"inputs": [raw(good)]}, (spec,), max_batch_size=8, references=store.checker()
+    )
+    with pytest.raises(InvalidInputError, match="size is 8 but its shape"):
+        decode_request(
+            {"inputs": [raw(short)]}, (spec,), max_batch_size=8, references=store.checker()
+        )
+
+    # THEN each object was only HEADed: the input holds zeros of its shape in its place
+    assert calls == ["head", "head"]
+    assert checked.inputs["x"].shape == (3, 4)
+    assert not checked.inputs["x"].any()

@@ -92,7 +92,7 @@ class ReferenceReader(Protocol):
 
     def __call__(
         self, reference: str, *, name: str, expected_bytes: int | None
-    ) -> bytes | bytearray:
+    ) -> bytes | bytearray | memoryview:
         """The object's bytes; ``expected_bytes`` (None for BYTES) lets a wrong size be refused
         before the object is read."""
         ...
@@ -513,7 +513,7 @@ def decode_tensor(
     *,
     max_batch_size: int,
     binary: bytes | memoryview | None = None,
-    fetch: Callable[..., bytes | bytearray] | None = None,
+    fetch: Callable[..., bytes | bytearray | memoryview] | None = None,
 ) -> np.ndarray:
     """Decode one v2 input tensor and check it against its spec.
 
@@ -570,7 +570,7 @@ def decode_tensor(
         data = fetch(expected_bytes=count * dtype.numpy.itemsize)
         return _from_binary(
             name, data, dtype, shape, what="the referenced object's size",
-            owned=isinstance(data, bytearray),
+            owned=isinstance(data, bytearray | memoryview),  # handed over, never shared
         )  # fmt: skip
     if binary is not None:
         return _from_binary(name, binary, dtype, shape)

@@ -214,6 +214,45 @@ class PayloadStore:
 
         return read
 
+    def checker(self) -> ReferenceReader:
+        """For a request that runs elsewhere (a job): each reference is checked, never read.
+
+        A HEAD checks what :meth:`read_reference` checks (an upload of this store, present,
+        the size the input's shape and datatype need, within ``ONNXKIT_UPLOAD_MAX_BYTES``
+        together), but not the function's memory: the endpoint reads it. A fixed-size input
+        gets zeros of its size in its place, in memory the kernel maps only when written (it
+        is only read); a BYTES input (an image, a text) is read, as processing needs it.
+        """
+        if not self.enabled:
+            return self.reader()
+        left = [self._settings.upload_max_bytes]
+
+        def check(
+            reference: str, *, name: str, expected_bytes: int | None
+        ) -> bytes | bytearray | memoryview:
+            if expected_bytes is None:
+                data = self.read_reference(reference, name=name, limit=left[0])
+                left[0] -= len(data)
+                return data
+            key = self.upload_key(reference)
+            with self._faults(key, name=name):
+                size = int(self._client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+            if size > left[0]:
+                raise PayloadTooLargeError(
+                    f"input {name!r}: the upload {reference} is {size} bytes, over the "
+                    f"{left[0]} bytes left to this request ({ENV_UPLOAD_MAX_BYTES})"
+                )
+            if size != expected_bytes:
+                raise InvalidInputError(
+                    f"input {name!r}: the referenced object's size is {size} but its shape "
+                    f"and datatype need {expected_bytes} bytes (raw little-endian values, "
+                    "as the binary tensor extension lays them out)"
+                )
+            left[0] -= size
+            return np.zeros(size, np.uint8).data  # calloc: zero pages until written
+
+        return check
+
     def read_reference(
         self,
         reference: str,

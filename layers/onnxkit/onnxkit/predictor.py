@@ -25,6 +25,7 @@ from onnxkit.canary import CanaryHealth, CanaryPolicy, Rollout, canary_memory_ne
 from onnxkit.codecs import (
     InferenceRequest,
     InferenceResponse,
+    ReferenceReader,
     Reply,
     check_size,
     decode_request,
@@ -799,7 +800,11 @@ class Predictor:
         bare, data, binary = self._read(body, content_type, header_length, model=name)
         backend = self._served(name, version)
         pipeline = backend.processing
-        request = self._decode(pipeline, backend.manifest, bare, body, data, binary)
+        # The request runs elsewhere: its uploads are checked, not read into this function.
+        checker = self.payloads.checker()
+        request = self._decode(
+            pipeline, backend.manifest, bare, body, data, binary, references=checker
+        )
         wanted = pipeline.model_outputs(request.outputs) if pipeline else request.outputs
         requested_outputs(backend.manifest, wanted)
         if pipeline is not None:
@@ -837,9 +842,11 @@ class Predictor:
         body: bytes | str | None,
         data: dict[str, Any] | list[Any],
         binary: bytes,
+        references: ReferenceReader | None = None,
     ) -> InferenceRequest:
         """The request's inputs: a bare body's (``media`` set) or a list's through the
-        processing, else the v2 request's."""
+        processing, else the v2 request's (uploads read by ``references``, default the
+        payload store's reader)."""
         if media:
             if pipeline is None:
                 raise UnsupportedMediaTypeError(
@@ -868,7 +875,7 @@ class Predictor:
             signature,
             max_batch_size=self._limits.max_batch_size,
             binary=binary,
-            references=self.payloads.reader(),
+            references=references or self.payloads.reader(),
         )
 
     def _failed(self, backend: Backend, error: Exception) -> OnnxkitError:
