@@ -62,8 +62,13 @@ def test_the_function_forwards_each_model_to_an_endpoint_serving_many(
     processes = []
     try:
         endpoint_port = free_port()
+        # one worker: each worker process keeps its own repository, and the index below
+        # asks one of them
         endpoint = start(
-            ["local", "start-endpoint", "--port", str(endpoint_port)], common, tmp_path, "endpoint"
+            ["local", "start-endpoint", "--port", str(endpoint_port)],
+            {**common, "ONNXKIT_WORKERS": "1"},
+            tmp_path,
+            "endpoint",
         )
         processes.append(endpoint)
         endpoint_url = f"http://127.0.0.1:{endpoint_port}"

@@ -361,3 +361,19 @@ def test_a_single_model_loads_on_request_but_cannot_be_unloaded(five: Path, tmp_
     assert caught.value.status == 409
     with pytest.raises(ModelNotFoundError):
         predictor.unload_model("m3")
+
+
+def test_the_endpoints_workers_share_the_default_budgets(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {"ONNXKIT_MODEL_STORE": f"file://{tmp_path}", "ONNXKIT_MODELS": "a",
+         "ONNXKIT_CACHE_DIR": str(tmp_path)}
+    )  # fmt: skip
+    one = repository_budget(settings)
+    four = repository_budget(settings, workers=4)
+    assert one.disk_bytes is not None
+    assert (
+        four.disk_bytes == int(one.disk_bytes / 4) or abs(four.disk_bytes - one.disk_bytes / 4) <= 1
+    )
+    assert four.memory_bytes is not None
+    assert one.memory_bytes is not None
+    assert four.memory_bytes < one.memory_bytes / 3  # MemAvailable moves between the two reads

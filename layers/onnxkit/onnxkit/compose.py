@@ -250,6 +250,9 @@ def build_repository(
 
         return predictor, forget
 
+    # The endpoint's workers (resolved by then) each keep a repository: a share of the machine.
+    workers = max(1, settings.endpoint.workers) if role == ENDPOINT else 1
+
     def forwarded(manifest: Manifest) -> bool:  # runs on SageMaker: no memory here
         return role == FUNCTION and choose_backend(settings.forward, manifest) == "sagemaker"
 
@@ -264,7 +267,7 @@ def build_repository(
         make,
         catalog,
         settings.api,
-        budget or repository_budget(settings),
+        budget or repository_budget(settings, workers=workers),
         memory_of=lambda manifests: memory_cost(m for m in manifests if not forwarded(m)),
         disk_of=lambda manifests: folder_bytes(store.local_dir(m) for m in manifests),
     )
@@ -278,13 +281,15 @@ MEMORY_SHARE = 0.6
 DISK_SHARE = 0.8
 
 
-def repository_budget(settings: Settings) -> Budget:
+def repository_budget(settings: Settings, *, workers: int = 1) -> Budget:
     """The repository's budgets: the configured ones, else shares of what there is.
 
     Memory: ``ONNXKIT_MODELS_MEMORY_MB``, else :data:`MEMORY_SHARE` of the function's memory
     (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``) or of the machine's available memory. Disk:
     ``ONNXKIT_MODELS_DISK_MB``, else :data:`DISK_SHARE` of the cache folder's file system
-    (Lambda's ``/tmp``, sized by ``EphemeralStorage``).
+    (Lambda's ``/tmp``, sized by ``EphemeralStorage``). A default is divided among the
+    endpoint's ``workers`` (processes with a repository each); a configured value is each
+    one's own.
     """
     mib = 1024 * 1024
     chosen = settings.models
@@ -295,7 +300,7 @@ def repository_budget(settings: Settings) -> Budget:
         memory = int(settings.canary.memory_mb * mib * MEMORY_SHARE)
     else:
         available = read_mem_available()
-        memory = int(available * MEMORY_SHARE) if available is not None else None
+        memory = int(available * MEMORY_SHARE / workers) if available is not None else None
     if chosen.disk_mb is not None:
         disk: int | None = chosen.disk_mb * mib
     else:
@@ -303,7 +308,7 @@ def repository_budget(settings: Settings) -> Budget:
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
         try:
-            disk = int(shutil.disk_usage(folder).total * DISK_SHARE)
+            disk = int(shutil.disk_usage(folder).total * DISK_SHARE / workers)
         except OSError:
             disk = None
     return Budget(memory_bytes=memory, disk_bytes=disk)
