@@ -11,6 +11,7 @@ as ``onnxkit publish`` does (version 1, alias prod, no CPU twin) under --models 
              evicts the other and reloads its own (the cost of a budget that is too small)
   warm       --warm requests to a loaded model through the repository, through a
              single-model Predictor, and bare session.run (medians), alternating in blocks
+             of 20 in a rotating order (the first 3 of each block dropped)
 
 Prints the median over rounds with its spread (min-max) and the ratios of the medians.
 
@@ -169,9 +170,13 @@ def main(argv: list[str] | None = None) -> int:
                 "session.run": lambda s=session: s.run(None, feed),
             }
             samples: dict[str, list[float]] = {key: [] for key in paths}
-            for _ in range(args.warm // 20):  # blocks of 20, the first 3 of each dropped
-                for key, call in paths.items():
-                    block = [timed(call) for _ in range(20)]
+            order = list(paths)
+            for block_number in range(args.warm // 20):  # blocks of 20, the first 3 dropped
+                # each path follows each other equally often: a session's spinning pool
+                # slows whatever runs right after it
+                shift = block_number % len(order)
+                for key in order[shift:] + order[:shift]:
+                    block = [timed(paths[key]) for _ in range(20)]
                     samples[key] += block[3:]
             for key in paths:
                 warm[key].append(statistics.median(samples[key]))
