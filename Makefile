@@ -80,10 +80,11 @@ template-check: $(SAM_VENV)/.stamp $(CHECKOV_VENV)/.stamp ## sam validate --lint
 build-zip: $(SAM_VENV)/.stamp ## sam build of the zip variant (function + layer), no Docker needed
 	$(SAM_VENV)/bin/sam build PredictZipFunction --template template.yaml
 
-bench: $(VENV)/.stamp-dev $(SAM_VENV)/.stamp ## warm path per layer vs InferenceSession.run; cold start (digits, MiniLM, MiniLM with its tokenizer, 320 MB) + warm invoke vs a naive script; binary vs JSON request decode
+bench: $(VENV)/.stamp-dev $(SAM_VENV)/.stamp ## warm path per layer vs InferenceSession.run; cold start (digits, MiniLM, MiniLM with its tokenizer, 320 MB) + warm invoke vs a naive script; binary vs JSON request decode; many models: load on demand and reload vs a raw GET + session
 	$(VENV)/bin/python scripts/bench_local.py
 	$(VENV)/bin/python scripts/bench_function.py
 	$(VENV)/bin/python scripts/bench_codecs.py
+	$(VENV)/bin/python scripts/bench_repository.py
 
 bench-endpoint: $(VENV)/.stamp-dev ## req/s of the SageMaker endpoint server vs Flask and BentoML (peers in their own venvs)
 	$(VENV)/bin/python scripts/bench_endpoint.py --json .onnxkit/bench-endpoint.json
