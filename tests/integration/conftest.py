@@ -116,20 +116,32 @@ def start_api(rie: Path, env_vars: Path) -> Iterator[str]:
 def serve_api(env_vars: Path) -> Iterator[str]:
     """`onnxkit local start-api` with an env-vars file, on a free port, until the block ends;
     gives the base URL once the model is ready."""
+    with serve_api_logged(env_vars, None) as (base, _):
+        yield base
+
+
+@contextlib.contextmanager
+def serve_api_logged(
+    env_vars: Path, log: Path | None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """:func:`serve_api`, with the function's output (its logs and EMF metrics) written to
+    ``log``; gives the base URL and the process (a test checks it never restarted)."""
     from onnxkit_tools.net import free_port
 
     port = free_port()
-    process = subprocess.Popen(
-        [ONNXKIT, "local", "start-api", "--port", str(port), "--env-vars", str(env_vars)],
-        cwd=REPO,
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with contextlib.ExitStack() as files:
+        out = files.enter_context(log.open("wb")) if log is not None else subprocess.DEVNULL
+        process = subprocess.Popen(
+            [ONNXKIT, "local", "start-api", "--port", str(port), "--env-vars", str(env_vars)],
+            cwd=REPO,
+            env=cli_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/v2/health/ready", process=process)
-        yield base
+        yield base, process
     finally:
         process.terminate()
         process.wait(timeout=15)

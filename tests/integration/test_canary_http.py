@@ -4,7 +4,6 @@ automatic rollback of a canary that loads but fails at inference (issue 8's acce
 from __future__ import annotations
 
 import json
-import subprocess
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -15,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from onnxkit_tools.net import wait_http
 from tests.conftest import REPO
-from tests.integration.conftest import ONNXKIT, cli_env, emf_counts, function_env, run_onnxkit
+from tests.integration.conftest import emf_counts, function_env, run_onnxkit, serve_api_logged
 
 pytestmark = pytest.mark.integration
 
@@ -129,7 +127,6 @@ def stored_alias(local_s3: Any) -> dict[str, Any]:
 def test_canary_share_metrics_and_automatic_rollback(
     rie: Path, local_s3: Any, digits_dir: Path, tmp_path: Path
 ) -> None:
-    from onnxkit_tools.net import free_port
 
     endpoint = local_s3.endpoint
     # GIVEN digits v1 (int8) on prod and v2 (fp32) as a 20 % canary, through the CLI
@@ -153,16 +150,7 @@ def test_canary_share_metrics_and_automatic_rollback(
     )
     env_file.write_text(json.dumps(settings))
     log_path = tmp_path / "function.log"
-    port = free_port()
-    with log_path.open("w") as log:
-        api = subprocess.Popen(
-            [ONNXKIT, "local", "start-api", "--port", str(port), "--env-vars", str(env_file)],
-            cwd=REPO, env=cli_env(), stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/v2/health/ready", process=api)
-
+    with serve_api_logged(env_file, log_path) as (base, api):
         # WHEN 1,000 requests arrive
         served = Counter(infer(base) for _ in range(1000))
 
@@ -220,9 +208,6 @@ def test_canary_share_metrics_and_automatic_rollback(
         errors = emf_counts(log_path.read_text(), "InferenceErrors", "version")
         assert errors == {"3": MIN_REQUESTS}
         assert api.poll() is None, "start-api must not have restarted"
-    finally:
-        api.terminate()
-        api.wait(timeout=15)
 
     listing = onnxkit("models", "list", endpoint=endpoint)
     assert "aliases prod->1 (canary 3 aborted " in listing

@@ -6,7 +6,6 @@ with their states (issue 10's acceptance)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,9 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from onnxkit_tools.net import wait_http
 from tests.conftest import REPO, WIDTH, offset_model
-from tests.integration.conftest import ONNXKIT, cli_env, emf_counts, function_env
+from tests.integration.conftest import emf_counts, function_env, serve_api_logged
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +53,6 @@ def index(base: str) -> dict[str, dict[str, Any]]:
 def test_five_models_behind_one_function_with_a_budget_for_three(
     rie: Path, local_s3: Any, tmp_path: Path
 ) -> None:
-    from onnxkit_tools.net import free_port
     from onnxkit_tools.registry import Registry, publish_model
 
     # GIVEN five models in the store, m_k adding k to its input
@@ -78,16 +75,8 @@ def test_five_models_behind_one_function_with_a_budget_for_three(
     del settings["PredictFunction"]["ONNXKIT_MODEL_NAME"]
     env_file.write_text(json.dumps(settings))
     log_path = tmp_path / "function.log"
-    port = free_port()
-    with log_path.open("w") as log:
-        api = subprocess.Popen(
-            [ONNXKIT, "local", "start-api", "--port", str(port), "--env-vars", str(env_file)],
-            cwd=REPO, env=cli_env(), stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
     x = np.random.default_rng(10).standard_normal((2, WIDTH)).astype(np.float32)
-    try:
-        wait_http(f"{base}/v2/health/ready", process=api)
+    with serve_api_logged(env_file, log_path) as (base, api):
         # THEN nothing is loaded before a request, and the index lists all five
         assert {n: r["state"] for n, r in index(base).items()} == dict.fromkeys(
             NAMES, "UNAVAILABLE"
@@ -119,9 +108,6 @@ def test_five_models_behind_one_function_with_a_budget_for_three(
         assert error["error"]["code"] == "model_not_found"
         assert "'m1', 'm2', 'm3', 'm4', 'm5'" in error["error"]["message"]
         assert api.poll() is None, "start-api must not have restarted"
-    finally:
-        api.terminate()
-        api.wait(timeout=15)
 
     # AND the metrics are per model: inferences, loads (m1 twice) and evictions
     log = log_path.read_text()
