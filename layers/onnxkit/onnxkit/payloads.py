@@ -237,17 +237,7 @@ class PayloadStore:
             key = self.upload_key(reference)
             with self._faults(key, name=name):
                 size = int(self._client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
-            if size > left[0]:
-                raise PayloadTooLargeError(
-                    f"input {name!r}: the upload {reference} is {size} bytes, over the "
-                    f"{left[0]} bytes left to this request ({ENV_UPLOAD_MAX_BYTES})"
-                )
-            if size != expected_bytes:
-                raise InvalidInputError(
-                    f"input {name!r}: the referenced object's size is {size} but its shape "
-                    f"and datatype need {expected_bytes} bytes (raw little-endian values, "
-                    "as the binary tensor extension lays them out)"
-                )
+            _check_size(reference, name, size, expected_bytes, left[0], ENV_UPLOAD_MAX_BYTES)
             left[0] -= size
             return np.zeros(size, np.uint8).data  # calloc: zero pages until written
 
@@ -285,17 +275,7 @@ class PayloadStore:
             body = reply["Body"]
             try:
                 size = int(reply["ContentLength"])
-                if size > limit:
-                    raise PayloadTooLargeError(
-                        f"input {name!r}: the upload {reference} is {size} bytes, over the "
-                        f"{limit} bytes left to this request ({self._rule})"
-                    )
-                if expected_bytes is not None and size != expected_bytes:
-                    raise InvalidInputError(
-                        f"input {name!r}: the referenced object's size is {size} but its shape "
-                        f"and datatype need {expected_bytes} bytes (raw little-endian values, "
-                        "as the binary tensor extension lays them out)"
-                    )
+                _check_size(reference, name, size, expected_bytes, limit, self._rule)
                 return _read_into(body, size, reference)
             except BaseException:
                 body.close()  # unread: drop the connection rather than drain it
@@ -450,3 +430,21 @@ def _upload_request(body: bytes | str | None) -> tuple[int | None, str | None]:
             '"content_type" must be a media type such as application/octet-stream or image/png'
         )
     return size, content_type
+
+
+def _check_size(
+    reference: str, name: str, size: int, expected: int | None, limit: int, rule: str
+) -> None:
+    """Refuse an object (from its declared size, before any byte is read) that is over what
+    the request has left (413) or not the size its input's shape and datatype need (400)."""
+    if size > limit:
+        raise PayloadTooLargeError(
+            f"input {name!r}: the upload {reference} is {size} bytes, over the "
+            f"{limit} bytes left to this request ({rule})"
+        )
+    if expected is not None and size != expected:
+        raise InvalidInputError(
+            f"input {name!r}: the referenced object's size is {size} but its shape "
+            f"and datatype need {expected} bytes (raw little-endian values, "
+            "as the binary tensor extension lays them out)"
+        )

@@ -35,14 +35,13 @@ from onnxkit.canary import MEMORY_FACTOR
 from onnxkit.codecs import Reply
 from onnxkit.errors import ModelNotFoundError
 from onnxkit.manifest import Manifest
-from onnxkit.predictor import SERVER_NAME, NullObserver, Observer, Predictor
+from onnxkit.predictor import SERVER_EXTENSIONS, SERVER_NAME, NullObserver, Observer, Predictor
 from onnxkit.settings import ApiSettings
 
 logger = logging.getLogger(__name__)
 
 READY = "READY"
 UNAVAILABLE = "UNAVAILABLE"
-REPOSITORY_EXTENSIONS = ("model_repository", "model_repository_metadata")
 
 Key = tuple[str, str | None]
 """A model name and the version or alias a request pinned (None: the configured alias)."""
@@ -256,11 +255,6 @@ class ModelRepository:
     def check_ready(self) -> None:
         """The repository serves once it is built (``/ping``)."""
 
-    def close(self) -> None:
-        """Drop every loaded model (the endpoint's shutdown)."""
-        for entry in self._snapshot():
-            entry.predictor.unload()
-
     # -- the protocol ----------------------------------------------------------------------
 
     def server_metadata(self) -> dict[str, Any]:
@@ -268,7 +262,7 @@ class ModelRepository:
         return {
             "name": SERVER_NAME,
             "version": __version__,
-            "extensions": list(REPOSITORY_EXTENSIONS),
+            "extensions": list(SERVER_EXTENSIONS),
         }
 
     def server_ready(self) -> dict[str, Any]:
