@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxkit_tools.bench.cost import SharePoint
 from onnxkit_tools.bench.errors import BenchError
 
 DEFAULT_BATCH = 32
@@ -112,6 +113,15 @@ class Measurement:
         bench = self.timing(1, 1)
         assert bench is not None
         return bench.p50_ms / self.floor.p50_ms
+
+    def share_points(self) -> list[SharePoint]:
+        """The batch-1 point of every share, what the cost model reads."""
+        points = []
+        for share in sorted(self.shares, key=lambda s: s.vcpus):
+            t = self.timing(share.vcpus, 1)
+            assert t is not None
+            points.append(SharePoint(t.vcpus, t.p50_ms, t.p99_ms, t.mean_ms, t.throughput_per_s))
+        return points
 
     @property
     def peak_rss_mb(self) -> float:

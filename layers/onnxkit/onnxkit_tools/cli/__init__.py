@@ -14,6 +14,7 @@ import click
 
 from onnxkit import __version__
 from onnxkit.errors import OnnxkitError
+from onnxkit_tools.cli.bench import bench
 from onnxkit_tools.cli.build import examples, quantize
 from onnxkit_tools.cli.check import check
 from onnxkit_tools.cli.local import local
@@ -27,6 +28,7 @@ examples:
   onnxkit publish build/digits/int8/model.onnx --name digits --alias prod \\
       --report build/digits/report.json --store s3://my-bucket/onnxkit
   onnxkit check build/digits/int8/model.onnx
+  onnxkit bench build/digits/int8/model.onnx --out build/digits/bench
   onnxkit models list --store s3://my-bucket/onnxkit
   onnxkit local invoke --event events/predict_infer_200.json
   onnxkit local start-api --port 3000
@@ -41,10 +43,11 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 @click.version_option(__version__, prog_name="onnxkit")
 def cli() -> None:
     """Serverless deployment kit for ONNX models on AWS: build, quantize and publish models, run
-    the function and the SageMaker endpoint locally without AWS or Docker."""
+    the function and the SageMaker endpoint locally without AWS or Docker, and estimate what
+    serving a model costs (onnxkit bench)."""
 
 
-for command in (examples, quantize, publish, check, models, local, openapi):
+for command in (examples, quantize, publish, check, bench, models, local, openapi):
     cli.add_command(command)
 
 
