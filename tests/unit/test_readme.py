@@ -66,6 +66,7 @@ def test_the_errors_table_names_every_code_and_no_other() -> None:
         "alias_conflict",
         "configuration_error",
         "quantize_error",
+        "bench_error",
         "invalid_processing",  # publish's and quantize's --tokenizer/--preprocess/--labels
     }
 

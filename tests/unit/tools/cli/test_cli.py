@@ -34,6 +34,7 @@ COMMANDS = [
     [],
     ["examples", "build"],
     ["quantize"],
+    ["bench"],
     ["publish"],
     ["models"],
     ["models", "list"],
