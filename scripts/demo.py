@@ -1,4 +1,5 @@
-"""The whole path on this machine: model -> quantize -> publish to local S3 -> start-api -> predict.
+"""The whole path on this machine: model -> quantize -> publish to local S3 -> start-api -> predict
+-> what serving it costs.
 
 Run through `make demo`. Every step is a real `onnxkit` command, echoed exactly as it runs (after
 the `export` line it echoes first), so you can paste each one from the repository root; everything
@@ -80,16 +81,16 @@ def main() -> int:
     env.update(exported)
     s3 = api = None
     try:
-        step("0/5 the environment of every command below (fake credentials, S3 on loopback)")
+        step("0/6 the environment of every command below (fake credentials, S3 on loopback)")
         print("$ export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in exported.items()))
-        step("1/5 train an MLP on scikit-learn's digits, export ONNX, quantize to int8, score both")
+        step("1/6 train an MLP on scikit-learn's digits, export ONNX, quantize to int8, score both")
         run("examples", "build", "digits", "--out", str(WORK / "digits"), env=env)
 
-        step(f"2/5 start S3 locally (moto on {endpoint})")
+        step(f"2/6 start S3 locally (moto on {endpoint})")
         s3 = start("local", "s3", "--port", str(s3_port), env=env)
         wait_ready(f"{endpoint}/moto-api/", s3)
 
-        step("3/5 publish the int8 model as a new version and point `prod` at it")
+        step("3/6 publish the int8 model as a new version and point `prod` at it")
         run(
             "publish",
             str(WORK / "digits" / "int8" / "model.onnx"),
@@ -110,12 +111,12 @@ def main() -> int:
             env=env,
         )
 
-        step(f"4/5 serve it: the function under the Lambda emulator, local API on :{api_port}")
+        step(f"4/6 serve it: the function under the Lambda emulator, local API on :{api_port}")
         api = start("local", "start-api", "--port", str(api_port), env=env)
         base = f"http://127.0.0.1:{api_port}"
         wait_ready(f"{base}/v2/health/ready", api)
 
-        step("5/5 a real prediction: a held-out handwritten digit")
+        step("5/6 a real prediction: a held-out handwritten digit")
         validation = np.load(REPO / WORK / "digits" / "validation.npz")
         row, label = validation["input"][0], int(validation["label"][0])
         body = json.dumps(
@@ -163,9 +164,22 @@ def main() -> int:
             f"(top 3 labels {', '.join(image_outputs['top_labels'])})"
         )
         print(
-            f"\nthe servers stop now; to keep them, run steps 2 and 4 yourself (after the export "
-            f"line), or just `{SHOWN} local start-api`: it starts its own S3 with the default "
-            "digits model"
+            f"\nthe servers stop now (before the benchmark); to keep them, run steps 2 and 4 "
+            f"yourself (after the export line), or just `{SHOWN} local start-api`: it starts its "
+            "own S3 with the default digits model"
+        )
+        stop(api)
+        stop(s3)
+
+        step("6/6 what it costs: latency per vCPU share, Lambda per MemorySize, SageMaker")
+        run(
+            "bench",
+            str(WORK / "digits" / "int8" / "model.onnx"),
+            "--out",
+            str(WORK / "digits" / "bench"),
+            "--seconds",
+            "0.5",
+            env=env,
         )
         return 0 if predicted == label == image_outputs["label"][0] else 1
     except (subprocess.CalledProcessError, urllib.error.URLError) as exc:
