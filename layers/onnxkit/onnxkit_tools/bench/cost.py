@@ -133,7 +133,9 @@ def _number(document: dict[str, Any], *keys: str, positive: bool = True) -> floa
 
 def _parse(document: dict[str, Any], origin: str) -> Prices:
     for key in ("date", "region"):
-        if not isinstance(document.get(key), str):
+        if key not in document:
+            raise BenchError(f"missing {key}")
+        if not isinstance(document[key], str):
             raise BenchError(f"{key} must be a string")
     source = document.get("source")
     if not isinstance(source, dict) or not all(isinstance(v, str) for v in source.values()):
