@@ -27,6 +27,7 @@ from onnxkit_tools.quantize.budget import (
 )
 from onnxkit_tools.quantize.candidates import CANDIDATE_FAMILIES
 from onnxkit_tools.quantize.data import TASKS
+from onnxkit_tools.quantize.optimize import OPTIMIZE_MODES
 
 EXIT_NONE_PASSED = 3
 EXAMPLES = ("digits", "minilm")
@@ -254,6 +255,15 @@ _OUT = click.Path(dir_okay=False, path_type=Path)
     help="comma-separated name patterns of candidates to build (e.g. 'dynamic-qint8-*')",
 )
 @click.option(
+    "--optimize",
+    type=click.Choice(OPTIMIZE_MODES),
+    default="auto",
+    show_default=True,
+    help="auto: also build opt-* candidates on an optimized graph (onnxruntime's transformer "
+    "fusion for BERT-like encoders, else its extended graph rewrites; then LayerNorm outputs "
+    "smoothed into their MatMuls), side by side in the table; none: the original graph only",
+)
+@click.option(
     "--keep-as",
     type=click.Choice(("weight-only", "fp32")),
     default="weight-only",
@@ -316,6 +326,7 @@ def quantize(
     max_latency_ratio: float | None,
     max_size_ratio: float | None,
     candidates: str,
+    optimize: str,
     keep_as: str,
     batch: int,
     calibration_rows: int,
@@ -347,6 +358,7 @@ def quantize(
         probe_rows=probe_rows,
         max_probes=max_probes,
         keep_as=keep_as,
+        optimize=optimize,
         progress=True,
         verbose=verbose,
         keep_dir=keep_candidates,

@@ -35,7 +35,11 @@ MIXED_SHARES = (0.4, 0.5, 0.75, 0.9, 0.97)
 # 0.9928 without) and saves little; a larger one (word embeddings) is most of the file: int8.
 SMALL_TABLE_SHARE = 0.02
 
-CANDIDATE_FAMILIES = ("dynamic-*", "static-*", "weight-only-*", "mixed-*")
+CANDIDATE_FAMILIES = ("dynamic-*", "static-*", "weight-only-*", "mixed-*", "opt-*")
+# Candidates built on the optimized graph (see optimize.py) carry this prefix.
+OPTIMIZED_PREFIX = "opt-"
+# The ops that hold an embedding table: int8 in the weight-only candidates when large.
+TABLE_OPS = ("Gather", "EmbedLayerNormalization")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class CandidateSpec:
         keep: Mixed only: the nodes kept out of dynamic int8.
         keep_as: Mixed only: what the kept MatMul/Gemm nodes become: ``weight-only`` (8-bit
             MatMulNBits) or ``fp32``. Kept Gathers are always fp32.
+        graph: ``original`` (the pre-processed source) or ``optimized`` (fused, smoothed: see
+            :mod:`onnxkit_tools.quantize.optimize`).
     """
 
     name: str
@@ -60,6 +66,7 @@ class CandidateSpec:
     calibration: str | None = None
     keep: tuple[str, ...] = ()
     keep_as: str | None = None
+    graph: str = "original"
 
     def quantization(self) -> dict[str, Any]:
         """The ``quantization`` record of a report (and of a published manifest)."""
@@ -68,6 +75,7 @@ class CandidateSpec:
             "method": self.method,
             "weight_type": self.weight_type,
             "per_channel": self.per_channel,
+            "graph": self.graph,
         }
         if self.method == "static":
             record.update(format="QDQ", activation_type="QUInt8", calibration=self.calibration)
@@ -103,6 +111,24 @@ def default_candidates() -> list[CandidateSpec]:
     ]
     specs.append(CandidateSpec("weight-only-int8", "weight-only", weight_type="int8-block"))
     return specs
+
+
+def optimized_candidates() -> list[CandidateSpec]:
+    """The fixed candidates on the optimized graph: fp32 alone (what optimization buys), then
+    the fastest int8 and the most accurate 8-bit; mixed ones follow their own sensitivity."""
+    graph = "optimized"
+    return [
+        CandidateSpec(f"{OPTIMIZED_PREFIX}fp32", "fp32", weight_type="float32", graph=graph),
+        CandidateSpec(
+            f"{OPTIMIZED_PREFIX}dynamic-qint8-channel", "dynamic", per_channel=True, graph=graph
+        ),
+        CandidateSpec(
+            f"{OPTIMIZED_PREFIX}weight-only-int8",
+            "weight-only",
+            weight_type="int8-block",
+            graph=graph,
+        ),
+    ]
 
 
 def _wanted(name: str, patterns: Sequence[str]) -> bool:
@@ -266,7 +292,7 @@ def _weight_nodes(model: Any) -> list[tuple[str, str, int]]:
     for tensor in model.graph.initializer:
         itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
         sizes[tensor.name] = math.prod(tensor.dims) * itemsize
-    weight_input = {"MatMul": 1, "Gemm": 1, "Conv": 1, "Gather": 0}
+    weight_input = {"MatMul": 1, "Gemm": 1, "Conv": 1, "Gather": 0, "EmbedLayerNormalization": 2}
     nodes = []
     for node in model.graph.node:
         index = weight_input.get(node.op_type)
@@ -323,6 +349,7 @@ def build_dynamic(
         only: When given, quantize these nodes only (sensitivity probes).
         external: Write tensors to an external data file.
     """
+    import onnx
     from onnxruntime.quantization import quantize_dynamic
 
     quantize_dynamic(
@@ -333,6 +360,10 @@ def build_dynamic(
         nodes_to_exclude=list(exclude),
         nodes_to_quantize=list(only),
         use_external_data_format=external,
+        # ONNX shape inference cannot type the outputs of onnxruntime's fused operators
+        # (MultiHeadAttention, SkipLayerNormalization) on an optimized graph; the quantizer then
+        # fails ("Unable to find data type for weight_name") unless told they are float.
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
 
 
@@ -399,7 +430,7 @@ def build_weight_only(
     quantize_dynamic(
         quantizer.model.model,
         str(target),
-        op_types_to_quantize=["Gather"],
+        op_types_to_quantize=list(TABLE_OPS),
         nodes_to_quantize=list(tables),
         weight_type=_quant_type("QInt8"),
         use_external_data_format=external,

@@ -19,7 +19,9 @@ from onnxkit_tools.quantize.budget import Budget, judge
 from onnxkit_tools.quantize.candidates import (
     CANDIDATE_FAMILIES,
     MIXED_SHARES,
+    OPTIMIZED_PREFIX,
     SMALL_TABLE_SHARE,
+    TABLE_OPS,
     CandidateSpec,
     _wanted,
     build_dynamic,
@@ -30,6 +32,7 @@ from onnxkit_tools.quantize.candidates import (
     has_external_data,
     mixed_keep_sets,
     model_size_bytes,
+    optimized_candidates,
     prepare_model,
     weight_nodes,
     write_model,
@@ -47,6 +50,7 @@ from onnxkit_tools.quantize.data import (
 )
 from onnxkit_tools.quantize.datasets import DataReader, model_inputs
 from onnxkit_tools.quantize.errors import QuantizeError
+from onnxkit_tools.quantize.optimize import OPTIMIZE_MODES, optimize_graph, smooth_activations
 from onnxkit_tools.quantize.report import CandidateResult, Report
 from onnxkit_tools.quantize.sensitivity import _measure_sensitivity
 
@@ -81,6 +85,9 @@ class GateOptions:
         progress: Steps on stderr.
         verbose: Let onnxruntime's quantizer logs through.
         keep_dir: Also keep every candidate model here (for inspection or reselection).
+        optimize: ``auto``: also build the ``opt-*`` candidates on an optimized graph
+            (transformer fusion or onnxruntime's extended rewrites, then activation smoothing),
+            with mixed precision selected again on it; ``none``: the original graph only.
     """
 
     task: str = "auto"
@@ -96,6 +103,7 @@ class GateOptions:
     progress: bool = False
     verbose: bool = False
     keep_dir: Path | None = None
+    optimize: str = "auto"
 
 
 def quantize_with_gate(
@@ -139,7 +147,7 @@ def quantize_with_gate(
     started = time.perf_counter()
     budget = budget or Budget()
     options = options or GateOptions()
-    specs, plan_mixed = _plan_candidates(options)
+    specs, plan_mixed, plan_opt_mixed = _plan_candidates(options)
     source, target = Path(source), Path(target)
     if not source.is_file():
         raise QuantizeError(f"no model at {source}")
@@ -148,10 +156,10 @@ def quantize_with_gate(
     large = model_size_bytes(source) > EXTERNAL_DATA_BYTES
     measurer = _measure_baseline(source, data, options)
     task = measurer.task
-    progress = _Progress(
-        options.progress, len(specs) + (len(MIXED_SHARES) if plan_mixed else 0), "candidate"
-    )
+    planned = len(specs) + len(MIXED_SHARES) * (int(plan_mixed) + int(plan_opt_mixed))
+    progress = _Progress(options.progress, planned, "candidate")
     sensitivity: list[dict[str, Any]] = []
+    optimization: dict[str, Any] = {"method": "none", "detail": "not asked for (optimize=none)"}
     with tempfile.TemporaryDirectory(prefix="onnxkit-quantize-") as scratch:
         runner = _CandidateRunner(
             Path(scratch), measurer, options, progress, external=external, large=large
@@ -159,9 +167,23 @@ def quantize_with_gate(
         prepared = runner.prepare(source)
         weights = _sort_weights(runner.base)
         cal_rows = _head(data.calibration, options.calibration_rows)
+        optimized = [s for s in specs if s.graph == "optimized"]
+        if optimized or plan_opt_mixed:
+            optimization = runner.prepare_optimized(source, cal_rows)
+            if runner.opt_base is None:
+                runner.progress.total -= len(optimized) + len(MIXED_SHARES) * plan_opt_mixed
+                optimized, plan_opt_mixed = [], False
+        specs = [s for s in specs if s.graph != "optimized"]
         _run_fixed_candidates(runner, specs, cal_rows, weights)
+        if runner.opt_base is not None:
+            opt_weights = _sort_weights(runner.opt_base)
+            _run_fixed_candidates(runner, optimized, cal_rows, opt_weights, optimized=True)
         if plan_mixed:
             sensitivity = _run_mixed_candidates(runner, source, data.calibration, task, weights)
+        if plan_opt_mixed and runner.opt_base is not None:
+            sensitivity += _run_mixed_candidates(
+                runner, source, data.calibration, task, opt_weights, optimized=True
+            )
         fp32, chosen = _choose_and_write(runner, budget, task, target)
     progress.close()
     return Report(
@@ -181,7 +203,7 @@ def quantize_with_gate(
             "labels": data.labels is not None,
             **data.sources,
         },
-        settings=_settings(measurer, options, prepared, external),
+        settings={**_settings(measurer, options, prepared, external), "optimization": optimization},
         seconds=time.perf_counter() - started,
     )
 
@@ -189,14 +211,19 @@ def quantize_with_gate(
 # --- the steps of a gate run ------------------------------------------------------------------
 
 
-def _plan_candidates(options: GateOptions) -> tuple[list[CandidateSpec], bool]:
-    """The fixed candidates ``options`` asks for, and whether it asks for mixed ones too.
+def _plan_candidates(options: GateOptions) -> tuple[list[CandidateSpec], bool, bool]:
+    """The fixed candidates ``options`` asks for, and whether it asks for mixed ones on the
+    original graph and on the optimized one.
 
     Raises:
         QuantizeError: An option is invalid, or no candidate name matches the patterns.
     """
     if options.keep_as not in ("weight-only", "fp32"):
         raise QuantizeError(f"keep_as must be weight-only or fp32, not {options.keep_as!r}")
+    if options.optimize not in OPTIMIZE_MODES:
+        raise QuantizeError(
+            f"optimize must be one of {', '.join(OPTIMIZE_MODES)}, not {options.optimize!r}"
+        )
     counts = {
         "batch": options.batch,
         "calibration rows": options.calibration_rows,
@@ -206,15 +233,22 @@ def _plan_candidates(options: GateOptions) -> tuple[list[CandidateSpec], bool]:
     bad = [f"{name} {value}" for name, value in counts.items() if value < 1]
     if bad:
         raise QuantizeError(f"these must be at least 1: {', '.join(bad)}")
-    specs = [s for s in default_candidates() if _wanted(s.name, options.candidates)]
+    every = default_candidates()
+    if options.optimize == "auto":
+        every += optimized_candidates()
+    specs = [s for s in every if _wanted(s.name, options.candidates)]
     plan_mixed = _wanted("mixed-1", options.candidates)
-    if not specs and not plan_mixed:
+    plan_opt_mixed = options.optimize == "auto" and _wanted(
+        f"{OPTIMIZED_PREFIX}mixed-1", options.candidates
+    )
+    if not specs and not plan_mixed and not plan_opt_mixed:
         raise QuantizeError(
             f"no candidate matches {','.join(options.candidates)}; names: "
-            + ", ".join(s.name for s in default_candidates())
+            + ", ".join(s.name for s in every)
             + ", mixed-<n>"
+            + (f", {OPTIMIZED_PREFIX}mixed-<n>" if options.optimize == "auto" else "")
         )
-    return specs, plan_mixed
+    return specs, plan_mixed, plan_opt_mixed
 
 
 @dataclass(frozen=True)
@@ -305,6 +339,7 @@ class _CandidateRunner:
         self.external = external  # the source has external data: so do written models
         self.large = large  # too large for one protobuf: the quantizers write external data
         self.results: list[CandidateResult] = []
+        self.opt_base: Path | None = None  # the optimized, pre-processed graph, once built
 
     def path(self, name: str) -> Path:
         """Where candidate ``name`` is built."""
@@ -314,6 +349,37 @@ class _CandidateRunner:
         """Pre-process the fp32 model into :attr:`base`; returns what was done."""
         with _quiet(self.options.verbose):
             return prepare_model(source, self.base, external=self.large)
+
+    def prepare_optimized(self, source: Path, calibration: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Optimize the fp32 graph, smooth its normalized activations and pre-process it into
+        :attr:`opt_base` (left None when no optimization applies); returns the report's record.
+        """
+        if self.large or self.external:
+            # The transformers optimizer and an offline session write one protobuf file.
+            return {"method": "none", "detail": "skipped: the model keeps external data"}
+        folder = self.work / "optimized"
+        folder.mkdir()
+        fused = folder / "fused.onnx"
+        try:
+            with _quiet(self.options.verbose):
+                optimization = optimize_graph(source, fused)
+        except Exception as exc:  # an optimizer that cannot handle this graph
+            LOG.debug("graph optimization failed", exc_info=True)
+            return {"method": "none", "detail": f"failed: {type(exc).__name__}: {exc}"[:300]}
+        if optimization is None:
+            return {"method": "none", "detail": "no transformer fusion or rewrite applies"}
+        record = optimization.to_dict()
+        smoothed = folder / "smoothed.onnx"
+        count = smooth_activations(fused, smoothed, calibration)
+        record["smoothed_activations"] = count
+        if count:
+            record["detail"] += f"; {count} normalized activations smoothed into their MatMuls"
+        if self.options.progress:
+            print(f"[quantize] optimized graph: {record['detail']}", file=sys.stderr, flush=True)
+        self.opt_base = folder / "prepared.onnx"
+        with _quiet(self.options.verbose):
+            record["preprocessing"] = prepare_model(smoothed if count else fused, self.opt_base)
+        return record
 
     def run(self, spec: CandidateSpec, build: Callable[[Path], None]) -> None:
         """Build one candidate and measure it; a build or run that fails is recorded as such."""
@@ -353,7 +419,7 @@ def _sort_weights(base: Path) -> _Weights:
     """Sort ``base``'s weight nodes: a table over :data:`SMALL_TABLE_SHARE` of them is large."""
     nodes = weight_nodes(base)
     total_bytes = sum(size for _, _, size in nodes) or 1
-    tables = [(name, size) for name, kind, size in nodes if kind == "Gather"]
+    tables = [(name, size) for name, kind, size in nodes if kind in TABLE_OPS]
     large_tables = [name for name, size in tables if size / total_bytes > SMALL_TABLE_SHARE]
     return _Weights(
         matmuls={name for name, kind, _ in nodes if kind in ("MatMul", "Gemm")},
@@ -368,13 +434,18 @@ def _run_fixed_candidates(
     specs: Sequence[CandidateSpec],
     calibration: dict[str, np.ndarray],
     weights: _Weights,
+    *,
+    optimized: bool = False,
 ) -> None:
-    """Build and measure the dynamic, static and weight-only candidates of ``specs``."""
+    """Build and measure the fixed candidates of ``specs`` on the original (or optimized) graph."""
+    base = runner.opt_base if optimized and runner.opt_base is not None else runner.base
     for spec in specs:
-        if spec.method == "dynamic":
+        if spec.method == "fp32":
+            build = partial(write_model, base, external=runner.large)
+        elif spec.method == "dynamic":
             build = partial(
                 build_dynamic,
-                runner.base,
+                base,
                 weight_type=spec.weight_type,
                 per_channel=spec.per_channel,
                 external=runner.large,
@@ -382,14 +453,14 @@ def _run_fixed_candidates(
         elif spec.method == "static":
             build = partial(
                 build_static,
-                runner.base,
+                base,
                 calibration=calibration,
                 method=spec.calibration or "MinMax",
                 external=runner.large,
             )
         else:
             build = partial(
-                build_weight_only, runner.base, tables=weights.large_tables, external=runner.large
+                build_weight_only, base, tables=weights.large_tables, external=runner.large
             )
         runner.run(spec, build)
 
@@ -400,28 +471,39 @@ def _run_mixed_candidates(
     calibration: dict[str, np.ndarray],
     task: _Task,
     weights: _Weights,
+    *,
+    optimized: bool = False,
 ) -> list[dict[str, Any]]:
-    """Measure each weight node's sensitivity, then build and measure the mixed candidates.
+    """Measure each weight node's sensitivity, then build and measure the mixed candidates (on
+    the optimized graph, named ``opt-mixed-<n>``, when ``optimized``).
 
     Returns:
-        The sensitivity rows, most sensitive first.
+        The sensitivity rows, most sensitive first (each with its ``graph``).
     """
     options = runner.options
-    sensitivity = _measure_sensitivity(
-        runner.base, runner.work, calibration, source, task, options, runner.large
-    )
+    base, work, prefix = runner.base, runner.work, ""
+    if optimized and runner.opt_base is not None:
+        base, work, prefix = runner.opt_base, runner.opt_base.parent, OPTIMIZED_PREFIX
+    sensitivity = _measure_sensitivity(base, work, calibration, source, task, options, runner.large)
+    graph = "optimized" if prefix else "original"
+    sensitivity = [{**row, "graph": graph} for row in sensitivity]
     keepable = [row for row in sensitivity if not set(row["nodes"]).intersection(weights.tables)]
     keep_sets = mixed_keep_sets([(row["nodes"], row["sensitivity"]) for row in keepable])
     # The plan counted one candidate per share; shares that keep the same nodes make one.
-    runner.progress.total = len(runner.results) + len(keep_sets)
+    runner.progress.total += len(keep_sets) - len(MIXED_SHARES)
     for measured in keep_sets:
         keep = (*measured, *weights.small_tables)
         spec = CandidateSpec(
-            f"mixed-{len(measured)}", "mixed", per_channel=True, keep=keep, keep_as=options.keep_as
+            f"{prefix}mixed-{len(measured)}",
+            "mixed",
+            per_channel=True,
+            keep=keep,
+            keep_as=options.keep_as,
+            graph=graph,
         )
         build = partial(
             build_mixed,
-            runner.base,
+            base,
             keep=keep,
             keep_as=options.keep_as,
             matmuls=weights.matmuls,

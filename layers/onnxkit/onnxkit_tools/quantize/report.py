@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxkit_tools.quantize.budget import Budget, explain_rejection, judge
+from onnxkit_tools.quantize.candidates import OPTIMIZED_PREFIX
 from onnxkit_tools.quantize.errors import QuantizeError
 
 REPORT_SCHEMA = "onnxkit.quantize/1"
@@ -205,7 +206,10 @@ def format_table(report: Report) -> str:
         f"{_fmt(fp32['latency_batch_ms'], '9.3f')} {1:5.2f} {quality_cells(fp32['quality'])}  "
         "reference",
     ]
-    for c in report.candidates:
+    optimization = report.settings.get("optimization")
+    if optimization:
+        lines.insert(-2, f"optimized graph (opt-*): {optimization.get('detail', 'none')}")
+    for c in _side_by_side(report.candidates):
         if c.error is not None:
             result = "error: " + c.error[:80]
         elif c.passed:
@@ -220,3 +224,19 @@ def format_table(report: Report) -> str:
             f"{quality_cells(c.quality)}  {result}"
         )
     return "\n".join(lines)
+
+
+def _side_by_side(candidates: list[CandidateResult]) -> list[CandidateResult]:
+    """Each ``opt-`` candidate right after its namesake on the original graph (``opt-fp32``
+    first); the optimized ones without a namesake (``opt-mixed-<n>``) last, in build order."""
+    prefix = OPTIMIZED_PREFIX
+    optimized = {c.name: c for c in candidates if c.name.startswith(prefix)}
+    ordered = [optimized.pop(f"{prefix}fp32")] if f"{prefix}fp32" in optimized else []
+    for candidate in candidates:
+        if candidate.name.startswith(prefix):
+            continue
+        ordered.append(candidate)
+        twin = optimized.pop(prefix + candidate.name, None)
+        if twin is not None:
+            ordered.append(twin)
+    return ordered + [c for c in candidates if c.name in optimized]
