@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 
 import click
@@ -61,20 +59,6 @@ examples:
 """
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
-
-
-class _BenchProgress(_Progress):
-    """The quantization gate's progress (a tqdm bar on a terminal), with lines of its own."""
-
-    def step(self, name: str) -> None:
-        """Announce the next step."""
-        if self._bar is not None or not self._enabled:
-            super().step(name)
-            return
-        self._count += 1
-        elapsed = time.perf_counter() - self._started
-        text = f"{self._label} {self._count}/{self.total}: {name}"
-        print(f"[bench {elapsed:6.1f}s] {text}", file=sys.stderr, flush=True)
 
 
 @click.command(epilog=_DETAILS)
@@ -197,7 +181,7 @@ def bench(
     )
     from onnxkit.session import available_cpus
 
-    progress = _BenchProgress(not quiet, (max_vcpus or available_cpus()) + 1, "bench")
+    progress = _Progress(not quiet, (max_vcpus or available_cpus()) + 1, "step", prefix="bench")
     try:
         measurement = measure_model(
             model, options, on_share=lambda n: progress.step(f"measuring on {n} vCPU")

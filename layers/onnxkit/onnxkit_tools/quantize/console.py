@@ -33,8 +33,9 @@ def _quiet(verbose: bool = False) -> Iterator[None]:
 class _Progress:
     """Steps on stderr: a tqdm bar on a terminal, one line per step otherwise (logs, CI)."""
 
-    def __init__(self, enabled: bool, total: int, label: str) -> None:
+    def __init__(self, enabled: bool, total: int, label: str, *, prefix: str = "quantize") -> None:
         self._label = label
+        self._prefix = prefix  # the command the log lines name: [quantize 12.3s] ...
         self._bar: Any = None
         self._count = 0
         self.total = total
@@ -57,7 +58,7 @@ class _Progress:
             self._bar.update(1)
         else:
             elapsed = time.perf_counter() - self._started
-            print(f"[quantize {elapsed:6.1f}s] {text}", file=sys.stderr, flush=True)
+            print(f"[{self._prefix} {elapsed:6.1f}s] {text}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         """Remove the bar."""
