@@ -142,6 +142,19 @@ def test_load_session_sizes_threads_to_available_cpus(
     assert session.get_session_options().intra_op_num_threads == 1
 
 
+def test_spinning_between_runs_is_a_choice(tiny_model: BuiltModel) -> None:
+    entry = "session.force_spinning_stop"
+    served = load_session(tiny_model.path).get_session_options()
+    paired = load_session(tiny_model.path, spin_between_runs=False).get_session_options()
+
+    # Both spin inside a run; only the paired-timing one parks as soon as a run returns.
+    assert served.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert paired.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert paired.get_session_config_entry(entry) == "1"
+    with pytest.raises(RuntimeError, match=entry):  # onnxruntime's answer for an unset key
+        served.get_session_config_entry(entry)
+
+
 def test_garbage_file_is_a_model_load_error(tmp_path: Path) -> None:
     garbage = tmp_path / "model.onnx"
     garbage.write_bytes(b"this is not an onnx graph\x00\xff" * 4)

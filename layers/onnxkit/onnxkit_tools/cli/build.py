@@ -261,7 +261,8 @@ _OUT = click.Path(dir_okay=False, path_type=Path)
     show_default=True,
     help="auto: also build opt-* candidates on an optimized graph (onnxruntime's transformer "
     "fusion for BERT-like encoders, else its extended graph rewrites; then LayerNorm outputs "
-    "smoothed into their MatMuls), side by side in the table; none: the original graph only",
+    "smoothed into their MatMuls) and smooth-* ones on the original graph smoothed the same "
+    "way, side by side in the table; none: the original graph only",
 )
 @click.option(
     "--keep-as",

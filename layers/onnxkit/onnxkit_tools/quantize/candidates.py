@@ -35,9 +35,18 @@ MIXED_SHARES = (0.4, 0.5, 0.75, 0.9, 0.97)
 # 0.9928 without) and saves little; a larger one (word embeddings) is most of the file: int8.
 SMALL_TABLE_SHARE = 0.02
 
-CANDIDATE_FAMILIES = ("dynamic-*", "static-*", "weight-only-*", "mixed-*", "opt-*")
+CANDIDATE_FAMILIES = (
+    "dynamic-*",
+    "static-*",
+    "weight-only-*",
+    "mixed-*",
+    "opt-*",
+    "smooth-*",
+)
 # Candidates built on the optimized graph (see optimize.py) carry this prefix.
 OPTIMIZED_PREFIX = "opt-"
+# Candidates built on the original graph with its normalized activations smoothed (no fusion).
+SMOOTHED_PREFIX = "smooth-"
 # The ops that hold an embedding table: int8 in the weight-only candidates when large.
 TABLE_OPS = ("Gather", "EmbedLayerNormalization")
 
@@ -55,8 +64,9 @@ class CandidateSpec:
         keep: Mixed only: the nodes kept out of dynamic int8.
         keep_as: Mixed only: what the kept MatMul/Gemm nodes become: ``weight-only`` (8-bit
             MatMulNBits) or ``fp32``. Kept Gathers are always fp32.
-        graph: ``original`` (the pre-processed source) or ``optimized`` (fused, smoothed: see
-            :mod:`onnxkit_tools.quantize.optimize`).
+        graph: ``original`` (the pre-processed source), ``optimized`` (fused, smoothed) or
+            ``smoothed`` (the original, smoothed, unfused): see
+            :mod:`onnxkit_tools.quantize.optimize`.
     """
 
     name: str
@@ -115,7 +125,10 @@ def default_candidates() -> list[CandidateSpec]:
 
 def optimized_candidates() -> list[CandidateSpec]:
     """The fixed candidates on the optimized graph: fp32 alone (what optimization buys), then
-    the fastest int8 and the most accurate 8-bit; mixed ones follow their own sensitivity."""
+    the fastest int8 and the most accurate 8-bit; mixed ones follow their own sensitivity.
+    Last, the fastest int8 on the smoothed original graph: fusion can cost more than it saves
+    (onnxruntime's CPU MultiHeadAttention kernel ran slower than the unfused attention it
+    replaced on MiniLM), while smoothing is free at run time."""
     graph = "optimized"
     return [
         CandidateSpec(f"{OPTIMIZED_PREFIX}fp32", "fp32", weight_type="float32", graph=graph),
@@ -127,6 +140,12 @@ def optimized_candidates() -> list[CandidateSpec]:
             "weight-only",
             weight_type="int8-block",
             graph=graph,
+        ),
+        CandidateSpec(
+            f"{SMOOTHED_PREFIX}dynamic-qint8-channel",
+            "dynamic",
+            per_channel=True,
+            graph="smoothed",
         ),
     ]
 

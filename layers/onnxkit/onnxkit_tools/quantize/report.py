@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxkit_tools.quantize.budget import Budget, explain_rejection, judge
-from onnxkit_tools.quantize.candidates import OPTIMIZED_PREFIX
+from onnxkit_tools.quantize.candidates import OPTIMIZED_PREFIX, SMOOTHED_PREFIX
 from onnxkit_tools.quantize.errors import QuantizeError
 
 REPORT_SCHEMA = "onnxkit.quantize/1"
@@ -172,8 +172,9 @@ def format_table(report: Report) -> str:
         quality_head = f"{'accuracy':>8} {'agree':>7}" if has_accuracy else f"{'agree':>7}"
     else:
         quality_head = f"{'cos min':>8} {'cos mean':>8} {'max|err|':>9}"
+    width = max([24, *(len(c.name) for c in report.candidates)])
     head = (
-        f"{'candidate':<24} {'size MB':>8} {'size×':>6} {'b1 ms':>8} {'b1×':>5} "
+        f"{'candidate':<{width}} {'size MB':>8} {'size×':>6} {'b1 ms':>8} {'b1×':>5} "
         f"{'b' + str(batch) + ' ms':>9} {'b' + str(batch) + '×':>5} {quality_head}  result"
     )
 
@@ -201,7 +202,7 @@ def format_table(report: Report) -> str:
         ),
         f"budget: {report.budget.describe(report.task)}",
         head,
-        f"{'fp32':<24} {fp32['size_bytes'] / 1e6:8.2f} {1:6.2f} "
+        f"{'fp32':<{width}} {fp32['size_bytes'] / 1e6:8.2f} {1:6.2f} "
         f"{_fmt(fp32['latency_b1_ms'], '8.3f')} {1:5.2f} "
         f"{_fmt(fp32['latency_batch_ms'], '9.3f')} {1:5.2f} {quality_cells(fp32['quality'])}  "
         "reference",
@@ -209,6 +210,8 @@ def format_table(report: Report) -> str:
     optimization = report.settings.get("optimization")
     if optimization:
         lines.insert(-2, f"optimized graph (opt-*): {optimization.get('detail', 'none')}")
+        if optimization.get("smoothed_original"):
+            lines.insert(-2, f"smoothed graph (smooth-*): {optimization['smoothed_original']}")
     for c in _side_by_side(report.candidates):
         if c.error is not None:
             result = "error: " + c.error[:80]
@@ -218,7 +221,7 @@ def format_table(report: Report) -> str:
             result = "fail: " + "; ".join(c.failures)
         size_mb = None if c.size_bytes is None else c.size_bytes / 1e6
         lines.append(
-            f"{c.name:<24} {_fmt(size_mb, '8.2f')} {_fmt(c.size_ratio, '6.2f')} "
+            f"{c.name:<{width}} {_fmt(size_mb, '8.2f')} {_fmt(c.size_ratio, '6.2f')} "
             f"{_fmt(c.latency_b1_ms, '8.3f')} {_fmt(c.latency_b1_ratio, '5.2f')} "
             f"{_fmt(c.latency_batch_ms, '9.3f')} {_fmt(c.latency_batch_ratio, '5.2f')} "
             f"{quality_cells(c.quality)}  {result}"
@@ -227,16 +230,18 @@ def format_table(report: Report) -> str:
 
 
 def _side_by_side(candidates: list[CandidateResult]) -> list[CandidateResult]:
-    """Each ``opt-`` candidate right after its namesake on the original graph (``opt-fp32``
-    first); the optimized ones without a namesake (``opt-mixed-<n>``) last, in build order."""
-    prefix = OPTIMIZED_PREFIX
-    optimized = {c.name: c for c in candidates if c.name.startswith(prefix)}
-    ordered = [optimized.pop(f"{prefix}fp32")] if f"{prefix}fp32" in optimized else []
+    """Each ``opt-`` and ``smooth-`` candidate right after its namesake on the original graph
+    (``opt-fp32`` first); those without a namesake (``opt-mixed-<n>``) last, in build order."""
+    prefixes = (OPTIMIZED_PREFIX, SMOOTHED_PREFIX)
+    variants = {c.name: c for c in candidates if c.name.startswith(prefixes)}
+    first = f"{OPTIMIZED_PREFIX}fp32"
+    ordered = [variants.pop(first)] if first in variants else []
     for candidate in candidates:
-        if candidate.name.startswith(prefix):
+        if candidate.name.startswith(prefixes):
             continue
         ordered.append(candidate)
-        twin = optimized.pop(prefix + candidate.name, None)
-        if twin is not None:
-            ordered.append(twin)
-    return ordered + [c for c in candidates if c.name in optimized]
+        for prefix in prefixes:
+            twin = variants.pop(prefix + candidate.name, None)
+            if twin is not None:
+                ordered.append(twin)
+    return ordered + [c for c in candidates if c.name in variants]

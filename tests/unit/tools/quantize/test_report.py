@@ -102,3 +102,50 @@ def test_report_json_schema(embedding_gate) -> None:
     for row in document["candidates"]:
         assert row["name"] in table
     assert "<- chosen" in table
+
+
+def test_table_puts_each_graph_variant_next_to_its_namesake() -> None:
+    # GIVEN candidates in build order: original graph, optimized graph, smoothed graph
+    names = [
+        "dynamic-qint8-channel",
+        "weight-only-int8",
+        "mixed-4",
+        "opt-fp32",
+        "opt-dynamic-qint8-channel",
+        "opt-weight-only-int8",
+        "smooth-dynamic-qint8-channel",
+        "opt-mixed-2",
+    ]
+    report = Report(
+        source="m.onnx",
+        target=None,
+        task="embedding",
+        output="y",
+        budget=Budget(),
+        fp32={
+            "quality": {"cosine_min": 1.0, "cosine_mean": 1.0, "max_abs_error": 0.0},
+            "size_bytes": 4_000_000,
+            "latency_b1_ms": 10.0,
+            "latency_batch_ms": 100.0,
+        },
+        candidates=[made_up(name) for name in names],
+        chosen=None,
+        settings={
+            "optimization": {"detail": "transformer fusion", "smoothed_original": "12 smoothed"}
+        },
+    )
+    # WHEN the table is drawn
+    table = format_table(report)
+    rows = [line.split()[0] for line in table.splitlines() if line.split()[0] in names]
+    # THEN opt-fp32 leads, each variant follows its namesake, and opt-mixed-<n> comes last
+    assert rows == [
+        "opt-fp32",
+        "dynamic-qint8-channel",
+        "opt-dynamic-qint8-channel",
+        "smooth-dynamic-qint8-channel",
+        "weight-only-int8",
+        "opt-weight-only-int8",
+        "mixed-4",
+        "opt-mixed-2",
+    ]
+    assert "smoothed graph (smooth-*): 12 smoothed" in table
