@@ -77,8 +77,8 @@ def load_session(
         intra_op_threads: 0 sizes the pool to :func:`available_cpus`.
         providers: Execution providers in order of preference (default CPU).
         allow_spinning: Let idle pool threads spin (lower latency, more CPU while idle).
-        spin_between_runs: With ``allow_spinning``, keep spinning after a run returns (about
-            50-80 ms on onnxruntime 1.32) rather than parking at once. False when another
+        spin_between_runs: With ``allow_spinning``, keep spinning after a run returns (40-80 ms
+            measured on onnxruntime 1.32) rather than parking at once. False when another
             session shares the cores between runs (the gate's paired timing): the idle pool
             would otherwise steal them from the session being timed.
         gpu_device: The device index GPU providers use.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -382,23 +382,36 @@ def realtime_point(
     """
     if not 0 < utilization <= 1:
         raise BenchError(f"utilization must be in (0, 1], not {utilization:g}")
+    point = _instance_point(points, instance, utilization)
+    monthly = instance.hourly * HOURS_PER_MONTH
+    return replace(
+        point,
+        mode="realtime",
+        monthly_fixed=monthly,
+        cost_per_million=monthly / point.capacity_per_month * 1e6,
+    )
+
+
+def _instance_point(
+    points: list[SharePoint], instance: Instance, utilization: float
+) -> SageMakerPoint:
+    """``instance`` at the throughput measured for its vCPUs, busy ``utilization`` of the time:
+    capacity filled in, mode and costs left for the caller."""
     _check_points(points)
     values, capped = _point_at(points, instance.vcpus)
     throughput = values["throughput_per_s"]
-    capacity = throughput * utilization * SECONDS_PER_MONTH
-    monthly = instance.hourly * HOURS_PER_MONTH
     return SageMakerPoint(
         instance=instance.name,
-        mode="realtime",
+        mode="",
         vcpus=instance.vcpus,
         measured_vcpus=min(instance.vcpus, max(p.vcpus for p in points)),
         capped=capped,
         hourly=instance.hourly,
-        monthly_fixed=monthly,
+        monthly_fixed=0.0,
         throughput_per_s=throughput,
         utilization=utilization,
-        capacity_per_month=capacity,
-        cost_per_million=monthly / capacity * 1e6,
+        capacity_per_month=throughput * utilization * SECONDS_PER_MONTH,
+        cost_per_million=0.0,
     )
 
 
@@ -412,21 +425,11 @@ def async_s3_per_million(prices: Prices) -> float:
 def async_point(points: list[SharePoint], instance: Instance, prices: Prices) -> SageMakerPoint:
     """Asynchronous inference: instances run only while a backlog exists, fully busy then, and
     scale to zero; each prediction also pays its S3 requests."""
-    _check_points(points)
-    values, capped = _point_at(points, instance.vcpus)
-    throughput = values["throughput_per_s"]
-    instance_seconds = 1e6 / throughput
-    return SageMakerPoint(
-        instance=instance.name,
+    point = _instance_point(points, instance, 1.0)
+    instance_seconds = 1e6 / point.throughput_per_s
+    return replace(
+        point,
         mode="async",
-        vcpus=instance.vcpus,
-        measured_vcpus=min(instance.vcpus, max(p.vcpus for p in points)),
-        capped=capped,
-        hourly=instance.hourly,
-        monthly_fixed=0.0,
-        throughput_per_s=throughput,
-        utilization=1.0,
-        capacity_per_month=throughput * SECONDS_PER_MONTH,
         cost_per_million=instance.hourly / 3600 * instance_seconds + async_s3_per_million(prices),
     )
 

@@ -593,8 +593,8 @@ def paired_latency_ms(
     sessions spin during a run, as the function serves them, but park as soon as a run returns
     (``spin_between_runs=False``): a pool left spinning (50-80 ms after each run on onnxruntime
     1.32) steals the cores from the other session. Timing without spinning instead penalizes
-    the model with more, smaller operators: a dynamic int8 MiniLM read 0.51-0.54x fp32 that way
-    and 0.45-0.50x as served, on the same 2 CPUs.
+    the model with more, smaller operators: a dynamic int8 MiniLM read a median 0.52x fp32 that
+    way and 0.48x with spinning (six runs each, alternating blocks of 40 calls, same 2 CPUs).
 
     Returns:
         (reference median ms, candidate median ms, median of candidate/reference per round).
