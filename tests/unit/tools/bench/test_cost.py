@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from onnxkit_tools.bench.cost import (
+    LambdaPoint,
     SharePoint,
     break_even,
     estimate_costs,
@@ -168,6 +169,33 @@ def test_recommended_memory_meets_a_latency_target_or_says_none_does() -> None:
     assert missed.target_met is False
     assert "no MemorySize meets" in missed.reason
     assert missed.memory_mb == 3538  # the fastest; the cheaper of the two equally fast
+
+
+def _point(memory_mb: int, billed_ms: int, p99_ms: float) -> LambdaPoint:
+    gb_seconds = memory_mb / 1024 * billed_ms / 1000
+    cost = 0.2 + gb_seconds * 0.0000166667 * 1e6  # request fee + duration, per million
+    return LambdaPoint(
+        memory_mb, memory_mb / 1769, p99_ms, p99_ms, p99_ms, billed_ms,
+        memory_mb < 1769, False, True, {"x86_64": cost},
+    )  # fmt: skip
+
+
+def test_sizes_within_two_percent_of_gb_seconds_tie_and_the_faster_wins() -> None:
+    # 768 MB x 69 ms = 52,992 MB-ms; 1,536 MB x 35 ms = 53,760 (+1.4%: a tie, and 2.3x faster);
+    # 3,008 MB x 20 ms = 60,160 (+13.5%: dearer)
+    grid = [_point(768, 69, 80.0), _point(1536, 35, 35.0), _point(3008, 20, 20.0)]
+
+    assert recommend_memory(grid).memory_mb == 1536
+    assert recommend_memory(grid, latency_target_ms=100.0).memory_mb == 1536
+
+
+def test_the_request_fee_does_not_hide_a_dearer_duration() -> None:
+    # a 1 ms model: 768 MB costs 50% more GB-seconds than 512 MB, though the request fee makes
+    # the totals only 2% apart
+    grid = [_point(512, 1, 0.09), _point(768, 1, 0.06)]
+
+    assert grid[1].x86 / grid[0].x86 == pytest.approx(1.02, abs=0.001)
+    assert recommend_memory(grid).memory_mb == 512
 
 
 def test_memory_below_the_measured_footprint_is_never_recommended() -> None:
