@@ -67,6 +67,8 @@ def test_the_errors_table_names_every_code_and_no_other() -> None:
         "configuration_error",
         "quantize_error",
         "bench_error",
+        "convert_error",
+        "parity_error",
         "invalid_processing",  # publish's and quantize's --tokenizer/--preprocess/--labels
     }
 

@@ -17,6 +17,7 @@ from onnxkit.errors import OnnxkitError
 from onnxkit_tools.cli.bench import bench
 from onnxkit_tools.cli.build import examples, quantize
 from onnxkit_tools.cli.check import check
+from onnxkit_tools.cli.convert import convert
 from onnxkit_tools.cli.local import local
 from onnxkit_tools.cli.openapi import openapi
 from onnxkit_tools.cli.registry import models, publish
@@ -25,6 +26,7 @@ from onnxkit_tools.local.emulator import EmulatorError
 EPILOG = """\b
 examples:
   onnxkit examples build digits --out build/digits
+  onnxkit convert mymodels:build_regressor --out build/regressor/model.onnx
   onnxkit publish build/digits/int8/model.onnx --name digits --alias prod \\
       --report build/digits/report.json --store s3://my-bucket/onnxkit
   onnxkit check build/digits/int8/model.onnx
@@ -47,7 +49,7 @@ def cli() -> None:
     serving a model costs (onnxkit bench)."""
 
 
-for command in (examples, quantize, publish, check, bench, models, local, openapi):
+for command in (examples, convert, quantize, publish, check, bench, models, local, openapi):
     cli.add_command(command)
 
 

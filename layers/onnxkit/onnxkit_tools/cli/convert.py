@@ -1,0 +1,125 @@
+"""``onnxkit convert``: a framework model to ONNX, checked against the framework."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from onnxkit_tools.convert import (
+    DEFAULT_OPSET,
+    FRAMEWORKS,
+    Tolerance,
+    convert_model,
+    report_path,
+)
+from onnxkit_tools.convert.convert import DEFAULT_ROWS
+from onnxkit_tools.convert.parity import MAX_ABS_ERROR, MIN_COSINE
+
+_DETAILS = f"""\
+SOURCE is module:attribute, code on your machine that holds a fitted model or a function
+returning one (the current folder is importable), or a .joblib/.pkl file, read only with
+--allow-pickle because unpickling runs whatever code the file names.
+
+The source framework and onnxruntime then answer the same rows: --sample FILE.npz (one array
+of rows x features, or one named X), or --rows random normal rows shaped from the model. Per
+output: max abs error and minimum cosine for scores, probabilities and regressions (passes
+when max abs <= --max-abs-error or cosine >= --min-cosine; defaults {MAX_ABS_ERROR:g} and
+{MIN_COSINE:g}), identical labels for classifiers. The ONNX model runs all rows in one batch
+and the first row alone, so a batch axis fixed at export is caught.
+
+\b
+Writes MODEL.conversion.json beside --out either way; --out itself only when every output
+passes. Classifiers get a plain probabilities tensor (no ZipMap), which onnxkit serves as is.
+
+\b
+exit status: 0 converted; 1 the source cannot be read or converted, or parity failed (the
+message names the output and the worst sample row).
+
+\b
+examples:
+  onnxkit convert mymodels:build_regressor --out build/regressor/model.onnx
+  onnxkit convert model.joblib --allow-pickle --sample rows.npz --out build/clf/model.onnx
+"""
+
+
+@click.command(epilog=_DETAILS)
+@click.argument("source")
+@click.option(
+    "--out",
+    "target",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the .onnx file to write",
+)
+@click.option(
+    "--framework",
+    type=click.Choice(FRAMEWORKS),
+    default="auto",
+    show_default=True,
+    help="the source's framework (auto: from the loaded object)",
+)
+@click.option(
+    "--sample",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="input rows for the parity check (.npz)",
+)
+@click.option(
+    "--rows",
+    type=click.IntRange(2),
+    default=DEFAULT_ROWS,
+    show_default=True,
+    help="random rows for the parity check when --sample is not given",
+)
+@click.option(
+    "--opset", type=click.IntRange(9), default=DEFAULT_OPSET, show_default=True, help="ONNX opset"
+)
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="read a .joblib/.pkl source (it runs any code it names: only files you made)",
+)
+@click.option(
+    "--max-abs-error",
+    type=float,
+    default=MAX_ABS_ERROR,
+    show_default=True,
+    help="a float output passes at or below this largest absolute difference...",
+)
+@click.option(
+    "--min-cosine",
+    type=float,
+    default=MIN_COSINE,
+    show_default=True,
+    help="...or at or above this minimum cosine",
+)
+def convert(
+    source: str,
+    target: Path,
+    framework: str,
+    sample: Path | None,
+    rows: int,
+    opset: int,
+    allow_pickle: bool,
+    max_abs_error: float,
+    min_cosine: float,
+) -> None:
+    """Convert a framework model to ONNX, checked against the framework on the same inputs."""
+    report = convert_model(
+        source,
+        target,
+        framework=framework,
+        sample=sample,
+        rows=rows,
+        opset=opset,
+        allow_pickle=allow_pickle,
+        tolerance=Tolerance(min_cosine=min_cosine, max_abs_error=max_abs_error),
+    )
+    for output in report.parity.outputs:
+        if output.kind == "label":
+            detail = f"labels identical {output.agreement:.2%}"
+        else:
+            detail = f"max abs error {output.max_abs_error:.3g}, min cosine {output.cosine_min:.6f}"
+        click.echo(f"parity {output.name}: {detail} over {report.parity.rows} rows")
+    click.echo(f"wrote {target} ({report.framework}, opset {report.opset})")
+    click.echo(f"report: {report_path(target)}")

@@ -1,0 +1,81 @@
+"""scikit-learn (and estimators that follow its API) to ONNX through skl2onnx, and the same
+estimator's answers for the parity check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from onnxkit_tools.convert.errors import ConvertError
+
+PACKAGES = ("skl2onnx", "scikit-learn")
+
+
+def is_estimator(model: Any) -> bool:
+    """A fitted-or-not scikit-learn style estimator (it has ``fit`` and ``get_params``)."""
+    return hasattr(model, "fit") and hasattr(model, "get_params")
+
+
+def _final_step(model: Any) -> Any:
+    steps = getattr(model, "steps", None)
+    return steps[-1][1] if steps else model
+
+
+def is_classifier(model: Any) -> bool:
+    """The model (or a pipeline's last step) predicts labels."""
+    from sklearn.base import is_classifier as sklearn_is_classifier
+
+    return bool(sklearn_is_classifier(_final_step(model)))
+
+
+def features(model: Any) -> int | None:
+    """How many input columns the fitted model expects, when it says."""
+    count = getattr(model, "n_features_in_", None)
+    return int(count) if count is not None else None
+
+
+def convert_sklearn(model: Any, sample: np.ndarray, opset: int) -> Any:
+    """An ONNX model of ``model`` whose input type and width come from ``sample`` (its batch
+    axis dynamic); classifiers give ``label`` and a plain ``probabilities`` tensor (no ZipMap).
+
+    Raises:
+        ConvertError: skl2onnx is missing, has no converter for the model, or fails.
+    """
+    try:
+        from skl2onnx import to_onnx
+    except ImportError as exc:
+        raise ConvertError(
+            "converting scikit-learn models needs skl2onnx: pip install 'onnxkit[tools]'"
+        ) from exc
+    options = {id(_final_step(model)): {"zipmap": False}} if is_classifier(model) else None
+    try:
+        return to_onnx(model, sample[:1], target_opset=opset, options=options)
+    except Exception as exc:  # skl2onnx raises RuntimeError, MissingShapeCalculator, ...
+        name = type(_final_step(model)).__name__
+        raise ConvertError(
+            f"skl2onnx could not convert {name}: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc
+
+
+def reference_outputs(model: Any, sample: np.ndarray) -> list[tuple[np.ndarray, str]]:
+    """What the estimator itself answers, in skl2onnx's output order, each with its kind:
+    classifiers ``(labels, label)`` then ``(probabilities, float)`` when it has
+    ``predict_proba``; regressors ``predict``; transformers ``transform``.
+
+    Raises:
+        ConvertError: The estimator cannot predict on the sample (not fitted, wrong width).
+    """
+    try:
+        if is_classifier(model):
+            answers = [(np.asarray(model.predict(sample)), "label")]
+            if hasattr(model, "predict_proba"):
+                answers.append((np.asarray(model.predict_proba(sample)), "float"))
+            return answers
+        if hasattr(model, "predict"):
+            return [(np.asarray(model.predict(sample)), "float")]
+        return [(np.asarray(model.transform(sample)), "float")]
+    except Exception as exc:  # NotFittedError, ValueError on the width, ...
+        raise ConvertError(
+            f"{type(model).__name__} cannot answer the sample: {type(exc).__name__}: {exc}"
+        ) from exc

@@ -1,0 +1,72 @@
+"""Where a source model comes from: a ``module:attribute`` the user's own code defines, or a
+pickle-based file (joblib, pickle) read only when the user says they trust it."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+from onnxkit_tools.convert.errors import ConvertError
+
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+_REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def is_reference(source: str) -> bool:
+    """``package.module:attribute`` (the attribute may be dotted)."""
+    return bool(_REFERENCE.match(source)) and not Path(source).exists()
+
+
+def load_reference(source: str) -> Any:
+    """Import ``module:attribute`` from the current folder or ``sys.path``; a function (a
+    factory) is called without arguments and its result is the model.
+
+    Raises:
+        ConvertError: The module does not import or has no such attribute.
+    """
+    module_name, _, attribute = source.partition(":")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # as `python -m` would find the user's module
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConvertError(f"cannot import {module_name!r} for {source}: {exc}") from exc
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ConvertError(f"{module_name!r} has no attribute {attribute!r} ({source})")
+        target = getattr(target, part)
+    if isinstance(target, types.FunctionType | types.BuiltinFunctionType | types.MethodType):
+        try:
+            return target()
+        except Exception as exc:  # the user's factory
+            raise ConvertError(f"{source}() failed: {type(exc).__name__}: {exc}") from exc
+    return target
+
+
+def load_pickle(path: Path, *, allow_pickle: bool) -> Any:
+    """Read a joblib or pickle file, only when ``allow_pickle``.
+
+    Unpickling runs whatever code the file names, so a file is read only when the user vouches
+    for it; a served model artifact is never a pickle.
+
+    Raises:
+        ConvertError: Not allowed, missing, or not readable.
+    """
+    if not allow_pickle:
+        raise ConvertError(
+            f"{path.name} is a pickle: loading one runs any code it contains. Pass "
+            "--allow-pickle if you made this file yourself, or point at the code that builds "
+            "the model (module:factory)"
+        )
+    if not path.is_file():
+        raise ConvertError(f"no file at {path}")
+    try:
+        import joblib
+
+        return joblib.load(path)
+    except Exception as exc:  # joblib re-raises whatever unpickling hit
+        raise ConvertError(f"cannot read {path.name}: {type(exc).__name__}: {exc}") from exc
