@@ -17,12 +17,21 @@ from onnxkit_tools.convert.convert import DEFAULT_ROWS
 from onnxkit_tools.convert.parity import MAX_ABS_ERROR, MIN_COSINE
 
 _DETAILS = f"""\
-SOURCE is module:attribute, code on your machine that holds a fitted model or a function
-returning one (the current folder is importable), or a .joblib/.pkl file, read only with
---allow-pickle because unpickling runs whatever code the file names.
+SOURCE is module:attribute, code on your machine that holds a model (a fitted scikit-learn
+estimator or pipeline, a PyTorch module) or a function returning one (the current folder is
+importable); a TorchScript archive (.pt/.pth/.ts); or a pickle (.joblib/.pkl, or a module
+saved whole with torch.save), read only with --allow-pickle because unpickling runs whatever
+code the file names. A state dict holds weights only: point at the code that builds the module.
 
-The source framework and onnxruntime then answer the same rows: --sample FILE.npz (one array
-of rows x features, or one named X), or --rows random normal rows shaped from the model. Per
+PyTorch modules go through torch.onnx.export with axis 0 of every input dynamic ("batch"), and
+axis 1 too ("sequence") for token ids (2-D integers) and 3-D float inputs; --dynamic-axes
+NAME=0:batch,1:sequence replaces one input's (NAME= exports it static). Outputs are named
+output (output_0, output_1, ... for several). Random rows come from the first layer: Linear,
+Conv1d/Conv2d or Embedding.
+
+The source framework and onnxruntime then answer the same rows: --sample FILE.npz (one array,
+or one per input named as forward names them; scikit-learn: rows x features, or X), or --rows
+random rows shaped from the model. Per
 output: max abs error and minimum cosine for scores, probabilities and regressions (passes
 when max abs <= --max-abs-error or cosine >= --min-cosine; defaults {MAX_ABS_ERROR:g} and
 {MIN_COSINE:g}), identical labels for classifiers. The ONNX model runs all rows in one batch
@@ -40,7 +49,25 @@ message names the output and the worst sample row).
 examples:
   onnxkit convert mymodels:build_regressor --out build/regressor/model.onnx
   onnxkit convert model.joblib --allow-pickle --sample rows.npz --out build/clf/model.onnx
+  onnxkit convert encoder.ts --sample tokens.npz --out build/encoder/model.onnx
 """
+
+
+def _parse_axes(values: tuple[str, ...]) -> dict[str, dict[int, str]] | None:
+    if not values:
+        return None
+    axes: dict[str, dict[int, str]] = {}
+    for value in values:
+        name, sep, spec = value.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{value!r}: want NAME=AXIS:LABEL[,AXIS:LABEL] or NAME=")
+        axes[name] = {}
+        for part in filter(None, spec.split(",")):
+            axis, colon, label = part.partition(":")
+            if not colon or not axis.isdigit() or not label:
+                raise click.BadParameter(f"{part!r} in {value!r}: want AXIS:LABEL, like 0:batch")
+            axes[name][int(axis)] = label
+    return axes
 
 
 @click.command(epilog=_DETAILS)
@@ -75,6 +102,13 @@ examples:
     "--opset", type=click.IntRange(9), default=DEFAULT_OPSET, show_default=True, help="ONNX opset"
 )
 @click.option(
+    "--dynamic-axes",
+    "dynamic_axes",
+    multiple=True,
+    metavar="NAME=AXIS:LABEL,...",
+    help="PyTorch: one input's dynamic axes, replacing the default (repeatable; NAME= is static)",
+)
+@click.option(
     "--allow-pickle",
     is_flag=True,
     help="read a .joblib/.pkl source (it runs any code it names: only files you made)",
@@ -100,6 +134,7 @@ def convert(
     sample: Path | None,
     rows: int,
     opset: int,
+    dynamic_axes: tuple[str, ...],
     allow_pickle: bool,
     max_abs_error: float,
     min_cosine: float,
@@ -112,6 +147,7 @@ def convert(
         sample=sample,
         rows=rows,
         opset=opset,
+        axes=_parse_axes(dynamic_axes),
         allow_pickle=allow_pickle,
         tolerance=Tolerance(min_cosine=min_cosine, max_abs_error=max_abs_error),
     )

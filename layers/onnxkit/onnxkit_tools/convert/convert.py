@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from onnxkit_tools.convert import pytorch as pt
 from onnxkit_tools.convert import sklearn as sk
+from onnxkit_tools.convert.base import Converted
 from onnxkit_tools.convert.errors import ConvertError, ParityError
 from onnxkit_tools.convert.parity import ParityReport, Tolerance, compare_output
 from onnxkit_tools.convert.sources import (
@@ -22,7 +24,7 @@ from onnxkit_tools.convert.sources import (
     load_reference,
 )
 
-FRAMEWORKS = ("auto", "sklearn")
+FRAMEWORKS = ("auto", "sklearn", "pytorch")
 DEFAULT_OPSET = 17
 DEFAULT_ROWS = 64
 REPORT_SUFFIX = ".conversion.json"
@@ -75,31 +77,35 @@ def convert_model(
     sample: Path | None = None,
     rows: int = DEFAULT_ROWS,
     opset: int = DEFAULT_OPSET,
+    axes: dict[str, dict[int, str]] | None = None,
     allow_pickle: bool = False,
     tolerance: Tolerance | None = None,
     seed: int = 0,
 ) -> ConversionReport:
     """Convert ``source`` to ONNX at ``target`` when it answers like the source framework.
 
-    Both run the same sample rows (``sample``, or ``rows`` random rows shaped from the model's
-    signature); the parity report is written beside ``target`` either way, the model only when
-    every output is within ``tolerance``.
+    Both run the same sample (``sample``, or ``rows`` random rows shaped from the model); the
+    parity report is written beside ``target`` either way, the model only when every output
+    is within ``tolerance``.
 
     Args:
-        source: ``module:attribute`` (a model, or a function returning one) or a pickle-based
-            file (``.joblib``/``.pkl``, read only with ``allow_pickle``).
+        source: ``module:attribute`` (a model, or a function returning one), a TorchScript
+            archive (``.pt``/``.pth``/``.ts``), or a pickle-based file (``.joblib``/``.pkl``,
+            or a ``torch.save``d module), read only with ``allow_pickle``.
         target: The ``.onnx`` file to write.
-        framework: ``auto`` (from the loaded object) or ``sklearn``.
-        sample: An ``.npz`` with the input rows (one array, or one named ``X``).
+        framework: ``auto`` (from the loaded object), ``sklearn`` or ``pytorch``.
+        sample: An ``.npz``: one array, or one per input named as the model names them.
         rows: Random rows to generate when no sample is given.
         opset: The ONNX opset to target.
+        axes: PyTorch: the dynamic axes per input (default: batch, and sequence for token
+            ids and 3-D float inputs); an input given ``{}`` is exported static.
         allow_pickle: Read pickle-based files (they run code when loaded).
         tolerance: What counts as the same answer (default cos >= 0.9999 or max abs <= 1e-4).
         seed: The random rows' seed.
 
     Raises:
         ConvertError: The source cannot be loaded or converted, or the converted model does
-            not run on the sample (a batch axis left fixed, say).
+            not run on the sample (an axis fixed that should be dynamic, say).
         ParityError: The converted model answers differently (the report names the worst row).
     """
     started = time.perf_counter()
@@ -109,32 +115,43 @@ def convert_model(
     if target.suffix != ".onnx":
         raise ConvertError(f"--out must name an .onnx file, not {target.name}")
     model = _load(source, allow_pickle=allow_pickle)
-    if not sk.is_estimator(model):
-        raise ConvertError(
-            f"{source} is a {type(model).__module__}.{type(model).__name__}, not a model "
-            "onnx convert reads: it converts scikit-learn estimators and pipelines"
-        )
-    rows_array, described = _sample(model, sample, rows, seed)
-    onnx_model = sk.convert_sklearn(model, rows_array, opset)
-    expected = sk.reference_outputs(model, rows_array)
-    actual, session = _run(onnx_model, rows_array)
+    kind = _framework(model, source, framework)
+    feed, described = _feed(model, kind, sample, rows, seed)
+    if kind == "sklearn":
+        converted: Converted = sk.convert(model, feed, opset)
+    else:
+        converted = pt.convert(model, feed, opset, axes)
+    actual, session = _run(converted.model, converted.feed)
     names = [o.name for o in session.get_outputs()]
-    if len(actual) < len(expected):
+    if len(actual) < len(converted.expected):
         raise ConvertError(
-            f"the ONNX model has {len(actual)} outputs where the source answers {len(expected)}"
+            f"the ONNX model has {len(actual)} outputs where the source answers "
+            f"{len(converted.expected)}"
         )
+    compared = [
+        compare_output(name, got, want, how, tolerance)
+        for name, got, (want, how) in zip(names, actual, converted.expected, strict=False)
+    ]
+    for label, feed, expected in converted.variants:
+        try:
+            answers = session.run(None, feed)
+        except Exception as exc:  # onnxruntime's shape errors
+            raise ConvertError(
+                f"the ONNX model declares a dynamic axis but fails at {label}: "
+                f"{type(exc).__name__}: {str(exc)[:300]}. A shape the trace saw as a constant "
+                "(a Python int from tensor.size()) is baked into the graph"
+            ) from exc
+        compared += [
+            compare_output(f"{name}@{label}", got, want, how, tolerance)
+            for name, got, (want, how) in zip(names, answers, expected, strict=False)
+        ]
     parity = ParityReport(
-        rows=len(rows_array),
-        tolerance=tolerance,
-        outputs=[
-            compare_output(name, got, want, kind, tolerance)
-            for name, got, (want, kind) in zip(names, actual, expected, strict=False)
-        ],
+        rows=len(next(iter(converted.feed.values()))), tolerance=tolerance, outputs=compared
     )
     report = ConversionReport(
         source=source,
-        framework="sklearn",
-        converter=_versions(sk.PACKAGES),
+        framework=converted.framework,
+        converter=_versions(converted.packages),
         opset=opset,
         sample=described,
         inputs=_signature(session.get_inputs()),
@@ -154,57 +171,73 @@ def convert_model(
         )
     import onnx
 
-    onnx.save(onnx_model, str(target))
+    onnx.save(converted.model, str(target))
     return report
+
+
+def _framework(model: Any, source: str, asked: str) -> str:
+    found = "sklearn" if sk.is_estimator(model) else "pytorch" if pt.is_module(model) else None
+    if found is None:
+        raise ConvertError(
+            f"{source} is a {type(model).__module__}.{type(model).__name__}, not a model onnxkit "
+            "convert reads: it converts scikit-learn estimators and pipelines, and PyTorch modules"
+        )
+    if asked not in ("auto", found):
+        raise ConvertError(f"{source} is a {found} model, not {asked}")
+    return found
 
 
 def _load(source: str, *, allow_pickle: bool) -> Any:
     path = Path(source)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return load_pickle(path, allow_pickle=allow_pickle)
+    if path.suffix.lower() in pt.TORCH_SUFFIXES:
+        return pt.load_file(path, allow_pickle=allow_pickle)
     if is_reference(source):
         return load_reference(source)
     if path.exists():
         raise ConvertError(
-            f"cannot tell what {path.name} holds: give a .joblib/.pkl file or module:attribute"
+            f"cannot tell what {path.name} holds: give module:attribute, a .joblib/.pkl file "
+            "or a .pt/.pth/.ts file"
         )
     raise ConvertError(f"no file at {source}, and it is not a module:attribute reference")
 
 
-def _sample(model: Any, sample: Path | None, rows: int, seed: int) -> tuple[np.ndarray, str]:
+def _feed(
+    model: Any, kind: str, sample: Path | None, rows: int, seed: int
+) -> tuple[dict[str, np.ndarray], str]:
     if sample is not None:
         try:
             with np.load(sample) as data:
                 arrays = {k: data[k] for k in data.files}
         except (OSError, ValueError) as exc:
             raise ConvertError(f"cannot read {sample}: {exc}") from exc
-        if "X" in arrays:
-            array = arrays["X"]
-        elif len(arrays) == 1:
-            array = next(iter(arrays.values()))
-        else:
-            raise ConvertError(
-                f"{sample.name} holds {', '.join(sorted(arrays))}: give one array, or name the "
-                "input rows X"
-            )
-        if array.ndim != 2 or not len(array):
-            raise ConvertError(f"{sample.name}: want rows x features, got shape {array.shape}")
-        if array.dtype.kind == "f":
-            array = array.astype(np.float32)
-        return array, f"{sample}: {len(array)} rows x {array.shape[1]} ({array.dtype})"
-    width = sk.features(model)
-    if width is None:
-        raise ConvertError(
-            f"{type(model).__name__} does not say how many features it takes (not fitted?); "
-            "pass --sample rows.npz"
-        )
+        if not arrays or any(a.ndim < 1 or not len(a) for a in arrays.values()):
+            raise ConvertError(f"{sample.name}: every array needs rows")
+        if len({len(a) for a in arrays.values()}) > 1:
+            raise ConvertError(f"{sample.name}: the arrays hold different numbers of rows")
+        if kind == "sklearn" and len(arrays) > 1:
+            if "X" not in arrays:
+                raise ConvertError(
+                    f"{sample.name} holds {', '.join(sorted(arrays))}: give one array, or name "
+                    "the input rows X"
+                )
+            arrays = {"X": arrays["X"]}
+        feed = {k: a.astype(np.float32) if a.dtype.kind == "f" else a for k, a in arrays.items()}
+        shapes = ", ".join(f"{k} {'x'.join(map(str, a.shape))} {a.dtype}" for k, a in feed.items())
+        return feed, f"{sample}: {shapes}"
     if rows < 2:
-        raise ConvertError(f"--rows must be at least 2, not {rows}")
-    array = np.random.default_rng(seed).normal(size=(rows, width)).astype(np.float32)
-    return array, f"{rows} random normal rows x {width} float32 (seed {seed}), from the model"
+        raise ConvertError(f"rows must be at least 2, not {rows}")
+    made = (sk if kind == "sklearn" else pt).default_feed(model, rows, seed)
+    if made is None:
+        raise ConvertError(
+            f"cannot tell what {type(model).__name__} takes (not fitted, or no first layer to read "
+            "the shape from): pass --sample rows.npz"
+        )
+    return made
 
 
-def _run(onnx_model: Any, rows: np.ndarray) -> tuple[list[np.ndarray], Any]:
+def _run(onnx_model: Any, feed: dict[str, np.ndarray]) -> tuple[list[np.ndarray], Any]:
     """Run all rows as one batch, and the first row alone: a batch axis fixed at export
     fails one of the two."""
     from onnxkit.session import load_session
@@ -214,19 +247,19 @@ def _run(onnx_model: Any, rows: np.ndarray) -> tuple[list[np.ndarray], Any]:
     except Exception as exc:
         raise ConvertError(f"onnxruntime cannot load the converted model: {exc}") from exc
     names = [o.name for o in session.get_outputs()]
-    feed_name = session.get_inputs()[0].name
+    rows = len(next(iter(feed.values())))
     try:
-        outputs = session.run(None, {feed_name: rows})
-        single = session.run(None, {feed_name: rows[:1]})
+        outputs = session.run(None, feed)
+        single = session.run(None, {k: v[:1] for k, v in feed.items()})
     except Exception as exc:  # onnxruntime's shape and type errors
         raise ConvertError(
-            f"the converted model does not run on the sample ({len(rows)} rows, and 1 row): "
+            f"the converted model does not run on the sample ({rows} rows, and 1 row): "
             f"{type(exc).__name__}: {str(exc)[:300]}. Is an axis fixed that should be dynamic?"
         ) from exc
     for name, whole, one in zip(names, outputs, single, strict=True):
-        if len(whole) != len(rows) or len(one) != 1:
+        if len(whole) != rows or len(one) != 1:
             raise ConvertError(
-                f"output {name!r} has {len(whole)} rows for {len(rows)} input rows: the batch "
+                f"output {name!r} has {len(whole)} rows for {rows} input rows: the batch "
                 "axis is not the first axis, or is fixed"
             )
     return [np.asarray(o) for o in outputs], session

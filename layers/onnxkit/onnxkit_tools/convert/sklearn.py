@@ -7,9 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from onnxkit_tools.convert.base import Converted
 from onnxkit_tools.convert.errors import ConvertError
 
 PACKAGES = ("skl2onnx", "scikit-learn")
+INPUT = "X"  # what skl2onnx names the input of a model converted from an array
 
 
 def is_estimator(model: Any) -> bool:
@@ -29,10 +31,33 @@ def is_classifier(model: Any) -> bool:
     return bool(sklearn_is_classifier(_final_step(model)))
 
 
-def features(model: Any) -> int | None:
-    """How many input columns the fitted model expects, when it says."""
+def default_feed(model: Any, rows: int, seed: int) -> tuple[dict[str, np.ndarray], str] | None:
+    """Random normal float32 rows as wide as the fitted model says it takes, or None."""
     count = getattr(model, "n_features_in_", None)
-    return int(count) if count is not None else None
+    if count is None:
+        return None
+    array = np.random.default_rng(seed).normal(size=(rows, int(count))).astype(np.float32)
+    return {INPUT: array}, f"{rows} random normal rows x {count} float32 (seed {seed})"
+
+
+def convert(model: Any, feed: dict[str, np.ndarray], opset: int) -> Converted:
+    """Convert ``model`` on the one array of ``feed`` and ask the estimator the same rows.
+
+    Raises:
+        ConvertError: The feed is not one array, or the conversion or the estimator fails.
+    """
+    if len(feed) != 1:
+        raise ConvertError(
+            f"a scikit-learn model takes one array of rows x features, not {', '.join(feed)}"
+        )
+    sample = next(iter(feed.values()))
+    if sample.ndim != 2:
+        raise ConvertError(f"want rows x features, got shape {sample.shape}")
+    onnx_model = convert_sklearn(model, sample, opset)
+    name = onnx_model.graph.input[0].name
+    return Converted(
+        onnx_model, reference_outputs(model, sample), "sklearn", PACKAGES, {name: sample}
+    )
 
 
 def convert_sklearn(model: Any, sample: np.ndarray, opset: int) -> Any:

@@ -173,7 +173,7 @@ def test_a_batch_axis_fixed_at_export_is_caught() -> None:
     onnx.checker.check_model(model)
     # WHEN it runs on a sample of another size, THEN the error says what to look at
     with pytest.raises(ConvertError, match="axis fixed"):
-        _run(model, np.ones((64, 3), np.float32))
+        _run(model, {"X": np.ones((64, 3), np.float32)})
 
 
 def test_label_parity_reports_the_first_difference() -> None:
