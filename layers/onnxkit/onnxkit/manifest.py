@@ -68,6 +68,8 @@ class Manifest:
             outputs into answers (:mod:`onnxkit.processing`): ``{"text", "image",
             "postprocess"}`` declarations, data only. The files they name (a tokenizer, a
             labels file) are among ``files``, never the first, and verified like the graph.
+        conversion: How the graph was made from a framework model, when ``onnxkit convert``
+            made it: its report (source, converter versions, parity with the framework).
     """
 
     name: str
@@ -84,6 +86,7 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     cpu_graph: dict[str, Any] | None = None
     processing: dict[str, Any] | None = None
+    conversion: dict[str, Any] | None = None
 
     @property
     def model_file(self) -> FileEntry:
@@ -131,7 +134,7 @@ class Manifest:
         data = asdict(self)
         data["inputs"] = [t.to_dict() for t in self.inputs]
         data["outputs"] = [t.to_dict() for t in self.outputs]
-        for optional in ("cpu_graph", "processing"):  # absent, as before they existed
+        for optional in ("cpu_graph", "processing", "conversion"):  # absent, as before them
             if data[optional] is None:
                 del data[optional]
         return data
@@ -189,12 +192,19 @@ class Manifest:
             created_at=str(data.get("created_at", "")),
             metadata=dict(data.get("metadata", {})),
             cpu_graph=_cpu_graph(data.get("cpu_graph"), files),
+            conversion=_optional_object(data.get("conversion"), "conversion"),
         )
         if manifest.backend not in BACKENDS:
             raise ValueError(f"backend {manifest.backend!r} is not one of {BACKENDS}")
         if data.get("processing") is not None:
             manifest = replace(manifest, processing=_processing(data["processing"], manifest))
         return manifest
+
+
+def _optional_object(data: Any, what: str) -> dict[str, Any] | None:
+    if data is not None and not isinstance(data, dict):
+        raise TypeError(f"{what} is a JSON object or absent")
+    return data
 
 
 def _cpu_graph(data: Any, files: tuple[FileEntry, ...]) -> dict[str, Any] | None:

@@ -480,6 +480,7 @@ def publish_model(
     alias: str | None = None,
     backend: str = "lambda",
     report_path: Path | None = None,
+    conversion_path: Path | None = None,
     progress: Progress | None = None,
     cpu_graph: bool = True,
     on_upload_size: Callable[[int], object] | None = None,
@@ -495,6 +496,8 @@ def publish_model(
         alias: An alias to move to the new version (``prod``).
         backend: ``lambda`` or ``sagemaker``.
         report_path: A quantization report (JSON) to record in the manifest.
+        conversion_path: A conversion report (``onnxkit convert``'s ``.conversion.json``) to
+            record in the manifest.
         progress: Byte-count callback for a progress bar.
         cpu_graph: Also publish the CPU twin (:mod:`onnxkit_tools.cpu_graph`) of a
             single-file model that runs in the function, so cold starts skip the graph
@@ -522,6 +525,8 @@ def publish_model(
         quantization=quantization,
         backend=backend,
     )
+    if conversion_path is not None:
+        manifest = replace(manifest, conversion=json.loads(conversion_path.read_text()))
     declared = None
     if processing is not None:
         from onnxkit_tools.processing import declare_processing

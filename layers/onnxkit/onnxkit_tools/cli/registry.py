@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,12 @@ from onnxkit_tools.registry import publish_model, pull, resolve_ref
 )
 @click.option(
     "--report",
+    "reports",
+    multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="quantization report (JSON from `onnxkit quantize --report`) to record",
+    help="a report to record in the manifest: the quantization report (`onnxkit quantize "
+    "--report`) and/or the conversion report (`onnxkit convert`'s MODEL.conversion.json); "
+    "repeatable, told apart by their schema",
 )
 @click.option(
     "--kms-key-id",
@@ -89,7 +94,7 @@ def publish(
     version: str | None,
     alias: str | None,
     backend: str,
-    report: Path | None,
+    reports: tuple[Path, ...],
     kms_key_id: str | None,
     cpu_graph: bool,
     tokenizer: Path | None,
@@ -138,6 +143,7 @@ def publish(
         output=scores_output,
         l2_normalize=l2_normalize,
     )
+    report, conversion = _sort_reports(reports)
     registry = open_registry(store, kms_key_id=kms_key_id)
     if backend == "lambda":
         check_before_publish(model, memory_mb, strict=strict_init_budget)
@@ -150,6 +156,7 @@ def publish(
             alias=alias,
             backend=backend,
             report_path=report,
+            conversion_path=conversion,
             progress=progress,
             cpu_graph=cpu_graph,
             on_upload_size=progress.resize,  # the CPU twin adds to it
@@ -187,6 +194,25 @@ def describe_processing(processing: dict[str, Any]) -> str:
             done.append(f"top {step['top_k']}" + (" with labels" if step.get("labels") else ""))
         parts.append(f"{step['output']}: {', '.join(done) or 'as is'}")
     return "; ".join(parts)
+
+
+def _sort_reports(reports: tuple[Path, ...]) -> tuple[Path | None, Path | None]:
+    """(quantization report, conversion report) among ``--report`` files, by their schema."""
+    from onnxkit_tools.convert.convert import REPORT_SCHEMA as CONVERSION_SCHEMA
+
+    found: dict[str, Path] = {}
+    for path in reports:
+        try:
+            schema = json.loads(path.read_text()).get("schema")
+        except (ValueError, AttributeError) as exc:
+            raise click.BadParameter(f"{path} is not a JSON report", param_hint="--report") from exc
+        kind = "conversion" if schema == CONVERSION_SCHEMA else "quantization"
+        if kind in found:
+            raise click.BadParameter(
+                f"two {kind} reports: {found[kind]} and {path}", param_hint="--report"
+            )
+        found[kind] = path
+    return found.get("quantization"), found.get("conversion")
 
 
 @click.group()

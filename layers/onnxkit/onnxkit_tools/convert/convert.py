@@ -28,6 +28,7 @@ FRAMEWORKS = ("auto", "sklearn", "pytorch")
 DEFAULT_OPSET = 17
 DEFAULT_ROWS = 64
 REPORT_SUFFIX = ".conversion.json"
+REPORT_SCHEMA = "onnxkit.conversion/1"
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class ConversionReport:
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``<model>.conversion.json``."""
         return {
-            "schema": "onnxkit.conversion/1",
+            "schema": REPORT_SCHEMA,
             "source": self.source,
             "framework": self.framework,
             "converter": self.converter,

@@ -13,6 +13,8 @@ import numpy as np
 
 from onnxkit_tools.convert.base import Converted, kind_of
 from onnxkit_tools.convert.errors import ConvertError
+from onnxkit_tools.convert.sklearn import is_estimator
+from onnxkit_tools.convert.sources import is_model
 
 PACKAGES = ("torch",)
 TORCH_SUFFIXES = (".pt", ".pth", ".ts")
@@ -23,11 +25,7 @@ SEQUENCE = 13
 
 def is_module(model: Any) -> bool:
     """A ``torch.nn.Module`` (TorchScript included), told without importing torch."""
-    return any(
-        f"{cls.__module__}.{cls.__qualname__}"
-        in ("torch.nn.modules.module.Module", "torch.jit._script.ScriptModule")
-        for cls in type(model).__mro__
-    )
+    return is_model(model) and not is_estimator(model)
 
 
 def load_file(path: Path, *, allow_pickle: bool) -> Any:

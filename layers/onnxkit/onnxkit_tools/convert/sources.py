@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import re
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,22 @@ def is_reference(source: str) -> bool:
     return bool(_REFERENCE.match(source)) and not Path(source).exists()
 
 
+def is_model(value: Any) -> bool:
+    """A scikit-learn style estimator (``fit`` and ``get_params``) or a PyTorch module (told
+    without importing torch): what a factory returns, never a factory itself."""
+    if hasattr(value, "fit") and hasattr(value, "get_params"):
+        return True
+    return any(
+        f"{cls.__module__}.{cls.__qualname__}"
+        in ("torch.nn.modules.module.Module", "torch.jit._script.ScriptModule")
+        for cls in type(value).__mro__
+    )
+
+
 def load_reference(source: str) -> Any:
-    """Import ``module:attribute`` from the current folder or ``sys.path``; a function (a
-    factory) is called without arguments and its result is the model.
+    """Import ``module:attribute`` from the current folder or ``sys.path``; anything callable
+    that is neither a model nor a class (a factory, wrapped or not) is called without
+    arguments and its result is the model.
 
     Raises:
         ConvertError: The module does not import or has no such attribute.
@@ -39,7 +51,7 @@ def load_reference(source: str) -> Any:
         if not hasattr(target, part):
             raise ConvertError(f"{module_name!r} has no attribute {attribute!r} ({source})")
         target = getattr(target, part)
-    if isinstance(target, types.FunctionType | types.BuiltinFunctionType | types.MethodType):
+    if callable(target) and not isinstance(target, type) and not is_model(target):
         try:
             return target()
         except Exception as exc:  # the user's factory
