@@ -14,6 +14,7 @@ from onnxkit_tools.convert import (
     report_path,
 )
 from onnxkit_tools.convert.convert import DEFAULT_ROWS
+from onnxkit_tools.convert.huggingface import DEFAULT_TASK, TASKS
 from onnxkit_tools.convert.parity import MAX_ABS_ERROR, MIN_COSINE
 
 _DETAILS = f"""\
@@ -22,6 +23,11 @@ estimator or pipeline, a PyTorch module) or a function returning one (the curren
 importable); a TorchScript archive (.pt/.pth/.ts); or a pickle (.joblib/.pkl, or a module
 saved whole with torch.save), read only with --allow-pickle because unpickling runs whatever
 code the file names. A state dict holds weights only: point at the code that builds the module.
+A folder with config.json is a Hugging Face transformers checkpoint (read offline): --task
+picks the head and the output (feature-extraction: last_hidden_state; sentence-embedding:
+mean-pooled over the mask, L2-normalized; text-/token-classification: logits); its inputs are
+the tokenizer's, the sample is built-in sentences, and tokenizer.json is copied beside the
+model as MODEL.tokenizer.json (for onnxkit publish --tokenizer).
 
 PyTorch modules go through torch.onnx.export with axis 0 of every input dynamic ("batch"), and
 axis 1 too ("sequence") for token ids (2-D integers) and 3-D float inputs; --dynamic-axes
@@ -50,6 +56,7 @@ examples:
   onnxkit convert mymodels:build_regressor --out build/regressor/model.onnx
   onnxkit convert model.joblib --allow-pickle --sample rows.npz --out build/clf/model.onnx
   onnxkit convert encoder.ts --sample tokens.npz --out build/encoder/model.onnx
+  onnxkit convert ./my-bert --task text-classification --out build/bert/model.onnx
 """
 
 
@@ -85,6 +92,13 @@ def _parse_axes(values: tuple[str, ...]) -> dict[str, dict[int, str]] | None:
     default="auto",
     show_default=True,
     help="the source's framework (auto: from the loaded object)",
+)
+@click.option(
+    "--task",
+    type=click.Choice(tuple(TASKS)),
+    default=DEFAULT_TASK,
+    show_default=True,
+    help="a transformers checkpoint's task: which head, which output",
 )
 @click.option(
     "--sample",
@@ -131,6 +145,7 @@ def convert(
     source: str,
     target: Path,
     framework: str,
+    task: str,
     sample: Path | None,
     rows: int,
     opset: int,
@@ -144,6 +159,7 @@ def convert(
         source,
         target,
         framework=framework,
+        task=task,
         sample=sample,
         rows=rows,
         opset=opset,

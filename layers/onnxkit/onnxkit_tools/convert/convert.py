@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from onnxkit_tools.convert import huggingface as hf
 from onnxkit_tools.convert import pytorch as pt
 from onnxkit_tools.convert import sklearn as sk
 from onnxkit_tools.convert.base import Converted
@@ -24,7 +25,7 @@ from onnxkit_tools.convert.sources import (
     load_reference,
 )
 
-FRAMEWORKS = ("auto", "sklearn", "pytorch")
+FRAMEWORKS = ("auto", "sklearn", "pytorch", "huggingface")
 DEFAULT_OPSET = 17
 DEFAULT_ROWS = 64
 REPORT_SUFFIX = ".conversion.json"
@@ -46,6 +47,8 @@ class ConversionReport:
     target: str | None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    task: str | None = None
+    tokenizer: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``<model>.conversion.json``."""
@@ -62,6 +65,8 @@ class ConversionReport:
             "target": self.target,
             "seconds": round(self.seconds, 2),
             "notes": self.notes,
+            "task": self.task,
+            "tokenizer": self.tokenizer,
         }
 
 
@@ -82,6 +87,7 @@ def convert_model(
     allow_pickle: bool = False,
     tolerance: Tolerance | None = None,
     seed: int = 0,
+    task: str = hf.DEFAULT_TASK,
 ) -> ConversionReport:
     """Convert ``source`` to ONNX at ``target`` when it answers like the source framework.
 
@@ -91,10 +97,12 @@ def convert_model(
 
     Args:
         source: ``module:attribute`` (a model, or a function returning one), a TorchScript
-            archive (``.pt``/``.pth``/``.ts``), or a pickle-based file (``.joblib``/``.pkl``,
-            or a ``torch.save``d module), read only with ``allow_pickle``.
+            archive (``.pt``/``.pth``/``.ts``), a transformers checkpoint folder, or a
+            pickle-based file (``.joblib``/``.pkl``, or a ``torch.save``d module), read only
+            with ``allow_pickle``.
         target: The ``.onnx`` file to write.
-        framework: ``auto`` (from the loaded object), ``sklearn`` or ``pytorch``.
+        framework: ``auto`` (from the loaded object), ``sklearn``, ``pytorch`` or
+            ``huggingface``.
         sample: An ``.npz``: one array, or one per input named as the model names them.
         rows: Random rows to generate when no sample is given.
         opset: The ONNX opset to target.
@@ -103,6 +111,7 @@ def convert_model(
         allow_pickle: Read pickle-based files (they run code when loaded).
         tolerance: What counts as the same answer (default cos >= 0.9999 or max abs <= 1e-4).
         seed: The random rows' seed.
+        task: A transformers checkpoint's task (:data:`huggingface.TASKS`).
 
     Raises:
         ConvertError: The source cannot be loaded or converted, or the converted model does
@@ -115,13 +124,19 @@ def convert_model(
         raise ConvertError(f"framework must be one of {', '.join(FRAMEWORKS)}, not {framework!r}")
     if target.suffix != ".onnx":
         raise ConvertError(f"--out must name an .onnx file, not {target.name}")
-    model = _load(source, allow_pickle=allow_pickle)
-    kind = _framework(model, source, framework)
-    feed, described = _feed(model, kind, sample, rows, seed)
-    if kind == "sklearn":
-        converted: Converted = sk.convert(model, feed, opset)
+    checkpoint = Path(source) if hf.is_checkpoint(Path(source)) else None
+    if checkpoint is not None:
+        if framework not in ("auto", "huggingface"):
+            raise ConvertError(f"{source} is a transformers checkpoint, not {framework}")
+        converted, described = _convert_checkpoint(checkpoint, task, sample, opset, axes)
     else:
-        converted = pt.convert(model, feed, opset, axes)
+        model = _load(source, allow_pickle=allow_pickle)
+        kind = _framework(model, source, framework)
+        feed, described = _feed(model, kind, sample, rows, seed)
+        if kind == "sklearn":
+            converted = sk.convert(model, feed, opset)
+        else:
+            converted = pt.convert(model, feed, opset, axes)
     actual, session = _run(converted.model, converted.feed)
     names = [o.name for o in session.get_outputs()]
     if len(actual) < len(converted.expected):
@@ -160,6 +175,7 @@ def convert_model(
         parity=parity,
         target=str(target) if parity.passed else None,
         seconds=time.perf_counter() - started,
+        task=task if checkpoint is not None else None,
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     report_file = report_path(target)
@@ -173,7 +189,33 @@ def convert_model(
     import onnx
 
     onnx.save(converted.model, str(target))
+    copied = hf.copy_tokenizer(checkpoint, target) if checkpoint is not None else None
+    if copied is not None:
+        report = replace(report, tokenizer=copied.name)
+        report_file.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return report
+
+
+def _convert_checkpoint(
+    folder: Path,
+    task: str,
+    sample: Path | None,
+    opset: int,
+    axes: dict[str, dict[int, str]] | None,
+) -> tuple[Converted, str]:
+    tokenizer, model = hf.load_checkpoint(folder, task)
+    names = hf.input_names(tokenizer)
+    if sample is not None:
+        feed, described = _feed(model, "pytorch", sample, DEFAULT_ROWS, 0)
+        missing = [n for n in names if n not in feed]
+        if missing:
+            raise ConvertError(f"{sample.name} lacks {', '.join(missing)} (the tokenizer's inputs)")
+    elif tokenizer is None:
+        raise ConvertError(f"{folder} has no tokenizer to make a sample from: pass --sample")
+    else:
+        feed, described = hf.default_feed(tokenizer, names)
+    converted = pt.convert(hf.wrap(model, task, names), feed, opset, axes)
+    return replace(converted, framework="huggingface", packages=hf.PACKAGES), described
 
 
 def _framework(model: Any, source: str, asked: str) -> str:

@@ -65,7 +65,11 @@ def load_file(path: Path, *, allow_pickle: bool) -> Any:
 
 
 def input_names(module: Any) -> list[str]:
-    """The forward method's positional parameters (a TorchScript module's as compiled)."""
+    """The forward method's positional parameters (a TorchScript module's as compiled), or
+    the names a wrapper with ``*tensors`` declares in ``onnx_input_names``."""
+    declared = getattr(module, "onnx_input_names", None)
+    if declared:
+        return list(declared)
     forward = module.forward
     try:
         parameters = inspect.signature(forward).parameters.values()
@@ -158,7 +162,11 @@ def convert(
             answers = _flatten(module(*args))
     except Exception as exc:  # the user's forward
         raise ConvertError(f"the module fails on the sample: {type(exc).__name__}: {exc}") from exc
-    outputs = [f"output_{i}" for i in range(len(answers))] if len(answers) > 1 else ["output"]
+    outputs = getattr(module, "onnx_output_names", None) or (
+        [f"output_{i}" for i in range(len(answers))] if len(answers) > 1 else ["output"]
+    )
+    if len(outputs) != len(answers):
+        raise ConvertError(f"forward answered {len(answers)} tensors for outputs {outputs}")
     sequences = {feed[n].shape[1] for n in used if 1 in axes.get(n, {}) and feed[n].ndim > 1}
     output_axes = {
         name: {0: "batch", **({1: "sequence"} if _has_sequence(a, sequences) else {})}
