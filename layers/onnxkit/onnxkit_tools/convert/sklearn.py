@@ -10,8 +10,16 @@ import numpy as np
 from onnxkit_tools.convert.base import Converted
 from onnxkit_tools.convert.errors import ConvertError
 
-PACKAGES = ("skl2onnx", "scikit-learn")
+PACKAGES = ("skl2onnx", "scikit-learn", "onnxmltools", "xgboost", "lightgbm")
 INPUT = "X"  # what skl2onnx names the input of a model converted from an array
+# The ai.onnx.ml opset of the tree and linear operators: 3 is the newest that skl2onnx and
+# onnxmltools' booster converters both write (onnxmltools refuses 5).
+ML_OPSET = 3
+
+
+def opset_map(opset: int) -> dict[str, int]:
+    """The opsets to target: ``opset`` for the default domain, :data:`ML_OPSET` for ML ops."""
+    return {"": opset, "ai.onnx.ml": ML_OPSET}
 
 
 def is_estimator(model: Any) -> bool:
@@ -73,14 +81,73 @@ def convert_sklearn(model: Any, sample: np.ndarray, opset: int) -> Any:
         raise ConvertError(
             "converting scikit-learn models needs skl2onnx: pip install 'onnxkit[tools]'"
         ) from exc
+    _register_boosters()
     options = {id(_final_step(model)): {"zipmap": False}} if is_classifier(model) else None
     try:
-        return to_onnx(model, sample[:1], target_opset=opset, options=options)
+        return to_onnx(model, sample[:1], target_opset=opset_map(opset), options=options)
     except Exception as exc:  # skl2onnx raises RuntimeError, MissingShapeCalculator, ...
         name = type(_final_step(model)).__name__
         raise ConvertError(
             f"skl2onnx could not convert {name}: {type(exc).__name__}: {str(exc)[:300]}"
         ) from exc
+
+
+def _register_boosters() -> None:
+    """Teach skl2onnx XGBoost's and LightGBM's scikit-learn estimators (alone or in a
+    pipeline) with onnxmltools' converters, for whichever of the two is imported: a fitted
+    booster means its package is, and neither is imported otherwise.
+
+    Raises:
+        ConvertError: A booster is in use but onnxmltools is not installed.
+    """
+    import sys
+
+    wanted = [name for name in ("xgboost", "lightgbm") if name in sys.modules]
+    if not wanted:
+        return
+    try:
+        from skl2onnx import update_registered_converter
+        from skl2onnx.common.shape_calculator import (
+            calculate_linear_classifier_output_shapes as classifier_shapes,
+        )
+        from skl2onnx.common.shape_calculator import (
+            calculate_linear_regressor_output_shapes as regressor_shapes,
+        )
+    except ImportError:
+        return  # convert_sklearn says skl2onnx is missing
+    try:
+        if "xgboost" in wanted:
+            from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+        if "lightgbm" in wanted:
+            from onnxmltools.convert.lightgbm.operator_converters.LightGbm import (
+                convert_lightgbm,
+            )
+    except ImportError as exc:
+        raise ConvertError(
+            "converting XGBoost or LightGBM models needs onnxmltools: pip install "
+            "'onnxkit[convert-boosters]'"
+        ) from exc
+    options = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
+    if "xgboost" in wanted:
+        from xgboost import XGBClassifier, XGBRegressor
+
+        update_registered_converter(
+            XGBClassifier, "XGBoostXGBClassifier", classifier_shapes, convert_xgboost,
+            options=options,
+        )  # fmt: skip
+        update_registered_converter(
+            XGBRegressor, "XGBoostXGBRegressor", regressor_shapes, convert_xgboost
+        )
+    if "lightgbm" in wanted:
+        from lightgbm import LGBMClassifier, LGBMRegressor
+
+        update_registered_converter(
+            LGBMClassifier, "LightGbmLGBMClassifier", classifier_shapes, convert_lightgbm,
+            options=options,
+        )  # fmt: skip
+        update_registered_converter(
+            LGBMRegressor, "LightGbmLGBMRegressor", regressor_shapes, convert_lightgbm
+        )
 
 
 def reference_outputs(model: Any, sample: np.ndarray) -> list[tuple[np.ndarray, str]]:

@@ -5,8 +5,10 @@ written."""
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -193,3 +195,78 @@ def test_one_value_per_row_is_judged_on_the_whole_column() -> None:
     by_hand = expected @ actual / np.linalg.norm(expected) / np.linalg.norm(actual)
     assert off.cosine_min == pytest.approx(by_hand)
     assert (off.passed, off.worst_row, off.max_abs_error) == (False, 2, 0.5)
+
+
+def _booster(kind: str, *, scaled: bool = False) -> tuple[Any, np.ndarray, np.ndarray]:
+    """A fitted XGBoost or LightGBM estimator (``scaled``: behind a StandardScaler)."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    package, task = kind.split("-")
+    pytest.importorskip(package, reason=f"{package} is not installed (the dev extra)")
+    if task == "classifier":
+        X, y = load_iris(return_X_y=True)
+    else:
+        X, y = load_diabetes(return_X_y=True)
+    if package == "xgboost":
+        from xgboost import XGBClassifier, XGBRegressor
+
+        model = (XGBClassifier if task == "classifier" else XGBRegressor)(n_estimators=20)
+    else:
+        from lightgbm import LGBMClassifier, LGBMRegressor
+
+        booster = LGBMClassifier if task == "classifier" else LGBMRegressor
+        model = booster(n_estimators=20, verbose=-1)
+    if scaled:
+        model = make_pipeline(StandardScaler(), model)
+    return model.fit(X, y), X.astype(np.float32), y
+
+
+def _as_user_module(model: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    module = type(sys)("user_boosters")
+    module.model = model  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "user_boosters", module)
+    return "user_boosters:model"
+
+
+@pytest.mark.parametrize(
+    "kind", ["xgboost-classifier", "xgboost-regressor", "lightgbm-classifier", "lightgbm-regressor"]
+)
+def test_boosters_convert_through_onnxmltools(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a booster the user's code fitted (as a module attribute)
+    model, X, _ = _booster(kind)
+    np.savez(tmp_path / "rows.npz", X=X)
+    # WHEN it is converted on its own training rows
+    source = _as_user_module(model, monkeypatch)
+    convert_model(source, tmp_path / "m.onnx", sample=tmp_path / "rows.npz")
+    # THEN onnxruntime gives the booster's own labels, or its predictions to float32 rounding
+    session = load_session(tmp_path / "m.onnx", intra_op_threads=1)
+    first = session.run(None, {"X": X})[0]
+    if kind.endswith("classifier"):
+        np.testing.assert_array_equal(first, model.predict(X))
+    else:
+        np.testing.assert_allclose(first.ravel(), model.predict(X), rtol=1e-5, atol=1e-3)
+
+
+def test_float32_drift_before_a_tree_ensemble_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN boosted trees behind a StandardScaler: scikit-learn scales in float64, the ONNX
+    # graph in float32, and a row sitting on a split threshold lands on the other side
+    model, X, _ = _booster("xgboost-regressor", scaled=True)
+    np.savez(tmp_path / "rows.npz", X=X)
+    # WHEN it is converted, THEN parity fails on that row and no model is written
+    with pytest.raises(ParityError, match=r"output 'variable'.*worst at sample row \d+"):
+        convert_model(
+            _as_user_module(model, monkeypatch), tmp_path / "m.onnx", sample=tmp_path / "rows.npz"
+        )
+    assert not (tmp_path / "m.onnx").exists()
+    # ... and the row it names really is one where float32 scaling changes the answer
+    report = json.loads((tmp_path / "m.conversion.json").read_text())
+    row = report["parity"]["outputs"][0]["worst_row"]
+    scaler, booster = model.steps[0][1], model.steps[1][1]
+    in64 = booster.predict(scaler.transform(X[row : row + 1].astype(np.float64)))
+    in32 = booster.predict(scaler.transform(X[row : row + 1]).astype(np.float32))
+    assert abs(in64[0] - in32[0]) > 1e-2
