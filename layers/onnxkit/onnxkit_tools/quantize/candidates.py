@@ -47,6 +47,9 @@ CANDIDATE_FAMILIES = (
 OPTIMIZED_PREFIX = "opt-"
 # Candidates built on the original graph with its normalized activations smoothed (no fusion).
 SMOOTHED_PREFIX = "smooth-"
+# Magnitude pruning: asked for by name (--candidates 'prune-*'), never by default; it changes
+# neither the stored size nor the dense kernels' speed, only the compressed size.
+PRUNE_SPARSITIES = (0.5, 0.75, 0.9)
 # The ops that hold an embedding table: int8 in the weight-only candidates when large.
 TABLE_OPS = ("Gather", "EmbedLayerNormalization")
 
@@ -64,6 +67,8 @@ class CandidateSpec:
         keep: Mixed only: the nodes kept out of dynamic int8.
         keep_as: Mixed only: what the kept MatMul/Gemm nodes become: ``weight-only`` (8-bit
             MatMulNBits) or ``fp32``. Kept Gathers are always fp32.
+        sparsity: Pruning only: the share of each MatMul/Gemm weight matrix set to zero
+            (``prune``: then fp32; ``prune-dynamic``: then dynamic int8 per channel).
         graph: ``original`` (the pre-processed source), ``optimized`` (fused, smoothed) or
             ``smoothed`` (the original, smoothed, unfused): see
             :mod:`onnxkit_tools.quantize.optimize`.
@@ -77,6 +82,7 @@ class CandidateSpec:
     keep: tuple[str, ...] = ()
     keep_as: str | None = None
     graph: str = "original"
+    sparsity: float | None = None
 
     def quantization(self) -> dict[str, Any]:
         """The ``quantization`` record of a report (and of a published manifest)."""
@@ -89,6 +95,8 @@ class CandidateSpec:
         }
         if self.method == "static":
             record.update(format="QDQ", activation_type="QUInt8", calibration=self.calibration)
+        if self.method in ("prune", "prune-dynamic"):
+            record.update(sparsity=self.sparsity, pruning="magnitude, per weight matrix")
         if self.method in ("weight-only", "mixed"):
             record.update(
                 weight_only={
@@ -150,6 +158,78 @@ def optimized_candidates() -> list[CandidateSpec]:
     ]
 
 
+def pruned_candidates() -> list[CandidateSpec]:
+    """Magnitude pruning at each of :data:`PRUNE_SPARSITIES`, alone and then dynamic int8."""
+    specs = []
+    for sparsity in PRUNE_SPARSITIES:
+        percent = round(sparsity * 100)
+        specs.append(CandidateSpec(f"prune-{percent}", "prune", weight_type="float32",
+                                   sparsity=sparsity))  # fmt: skip
+        specs.append(CandidateSpec(f"prune-{percent}-dynamic", "prune-dynamic", per_channel=True,
+                                   sparsity=sparsity))  # fmt: skip
+    return specs
+
+
+def build_pruned(
+    base: Path, target: Path, *, sparsity: float, then_dynamic: bool, external: bool = False
+) -> None:
+    """Zero the smallest-magnitude ``sparsity`` of every MatMul/Gemm weight matrix (each on its
+    own), then keep fp32 or quantize dynamic int8 per channel."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(base))
+    weights = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+            continue
+        tensor = weights.get(node.input[1])
+        if tensor is None:
+            continue
+        array = numpy_helper.to_array(tensor)
+        if array.ndim != 2 or array.dtype != np.float32:
+            continue
+        cut = np.quantile(np.abs(array), sparsity)
+        pruned = np.where(np.abs(array) <= cut, np.float32(0), array)
+        tensor.CopyFrom(numpy_helper.from_array(pruned.astype(np.float32), tensor.name))
+    if not then_dynamic:
+        write_proto(model, target, external=external)
+        return
+    with tempfile.TemporaryDirectory(prefix="onnxkit-prune-", dir=target.parent) as scratch:
+        pruned_path = Path(scratch) / "pruned.onnx"
+        write_proto(model, pruned_path, external=external)
+        build_dynamic(pruned_path, target, per_channel=True, external=external)
+
+
+def write_proto(model: Any, target: Path, *, external: bool) -> None:
+    """Save a ModelProto, its tensors in one external data file when ``external``."""
+    import onnx
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(
+        model,
+        str(target),
+        save_as_external_data=external,
+        all_tensors_to_one_file=True,
+        location=target.name + ".data",
+    )
+
+
+def compressed_size(path: Path) -> int:
+    """Bytes of the model's files (graph and external data) after zlib level 6, as a zip or
+    gzip would store them: what pruning's zeros can buy."""
+    import zlib
+
+    total = 0
+    for file in model_files(path):
+        compressor = zlib.compressobj(6)
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                total += len(compressor.compress(chunk))
+        total += len(compressor.flush())
+    return total
+
+
 def _wanted(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
@@ -189,6 +269,11 @@ def mixed_keep_sets(
 
 def model_size_bytes(path: Path) -> int:
     """Bytes of the ``.onnx`` file plus every external data file it references."""
+    return sum(file.stat().st_size for file in model_files(path))
+
+
+def model_files(path: Path) -> list[Path]:
+    """The ``.onnx`` file and every external data file it references."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -197,7 +282,7 @@ def model_size_bytes(path: Path) -> int:
         for entry in tensor.external_data:
             if entry.key == "location":
                 locations.add(entry.value)
-    return path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in locations)
+    return [path, *(path.parent / loc for loc in sorted(locations))]
 
 
 def _all_initializers(model: Any) -> Iterator[Any]:

@@ -26,14 +26,17 @@ from onnxkit_tools.quantize.candidates import (
     _wanted,
     build_dynamic,
     build_mixed,
+    build_pruned,
     build_static,
     build_weight_only,
+    compressed_size,
     default_candidates,
     has_external_data,
     mixed_keep_sets,
     model_size_bytes,
     optimized_candidates,
     prepare_model,
+    pruned_candidates,
     weight_nodes,
     write_model,
 )
@@ -245,6 +248,7 @@ def _plan_candidates(options: GateOptions) -> tuple[list[CandidateSpec], bool, b
     every = default_candidates()
     if options.optimize == "auto":
         every += optimized_candidates()
+    every += pruned_candidates()  # only when a pattern names them
     specs = [s for s in every if _wanted(s.name, options.candidates)]
     plan_mixed = _wanted("mixed-1", options.candidates)
     plan_opt_mixed = options.optimize == "auto" and _wanted(
@@ -477,6 +481,14 @@ def _run_fixed_candidates(
                 per_channel=spec.per_channel,
                 external=runner.large,
             )
+        elif spec.method in ("prune", "prune-dynamic"):
+            build = partial(
+                build_pruned,
+                base,
+                sparsity=spec.sparsity or 0.0,
+                then_dynamic=spec.method == "prune-dynamic",
+                external=runner.large,
+            )
         elif spec.method == "static":
             build = partial(
                 build_static,
@@ -641,6 +653,9 @@ class _Measurer:
         self.b1_feed = _head(validation, 1)
         self.batch_feed = _head(validation, self.batch)
         self.fp32_size = model_size_bytes(source)
+        self.source = source
+        # Compressed sizes (zlib) cost a pass over every file: only when pruning is measured.
+        self.compressed = any(_wanted(s.name, options.candidates) for s in pruned_candidates())
         self.fp32_b1: list[float] = []
         self.fp32_batch: list[float] = []
 
@@ -670,6 +685,7 @@ class _Measurer:
         self.fp32_b1.append(ref_b1)
         self.fp32_batch.append(ref_batch)
         size = model_size_bytes(path)
+        compressed = compressed_size(path) if self.compressed else None
         return CandidateResult(
             name=name,
             quantization=quantization,
@@ -682,12 +698,20 @@ class _Measurer:
             fp32_latency_b1_ms=ref_b1,
             fp32_latency_batch_ms=ref_batch,
             quality=quality,
+            compressed_bytes=compressed,
+            compressed_ratio=None if compressed is None else compressed / self.fp32_size,
         )
 
     def fp32_row(self) -> dict[str, Any]:
         quality = measure_quality(self.task, self.expected, self.expected, self.labels)
+        compressed = compressed_size(self.source) if self.compressed else None
         return {
             "size_bytes": self.fp32_size,
+            **(
+                {"compressed_bytes": compressed, "compressed_ratio": compressed / self.fp32_size}
+                if compressed is not None
+                else {}
+            ),
             "latency_b1_ms": float(np.median(self.fp32_b1)) if self.fp32_b1 else None,
             "latency_batch_ms": float(np.median(self.fp32_batch)) if self.fp32_batch else None,
             "quality": quality,

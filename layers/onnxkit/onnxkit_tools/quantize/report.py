@@ -32,6 +32,8 @@ class CandidateResult:
     fp32_latency_batch_ms: float | None = None
     quality: dict[str, float] = field(default_factory=dict)
     build_seconds: float = 0.0
+    compressed_bytes: int | None = None  # zlib level 6, when the run measured it (pruning)
+    compressed_ratio: float | None = None
     error: str | None = None
     failures: list[str] = field(default_factory=list)
     passed: bool = False
@@ -173,8 +175,12 @@ def format_table(report: Report) -> str:
     else:
         quality_head = f"{'cos min':>8} {'cos mean':>8} {'max|err|':>9}"
     width = max([24, *(len(c.name) for c in report.candidates)])
+    # The compressed size, when the run measured it (pruning candidates were asked for).
+    zipped = any(c.compressed_ratio is not None for c in report.candidates)
     head = (
-        f"{'candidate':<{width}} {'size MB':>8} {'size×':>6} {'b1 ms':>8} {'b1×':>5} "
+        f"{'candidate':<{width}} {'size MB':>8} {'size×':>6} "
+        + (f"{'zip×':>5} " if zipped else "")
+        + f"{'b1 ms':>8} {'b1×':>5} "
         f"{'b' + str(batch) + ' ms':>9} {'b' + str(batch) + '×':>5} {quality_head}  result"
     )
 
@@ -203,7 +209,8 @@ def format_table(report: Report) -> str:
         f"budget: {report.budget.describe(report.task)}",
         head,
         f"{'fp32':<{width}} {fp32['size_bytes'] / 1e6:8.2f} {1:6.2f} "
-        f"{_fmt(fp32['latency_b1_ms'], '8.3f')} {1:5.2f} "
+        + (f"{_fmt(fp32.get('compressed_ratio'), '5.2f')} " if zipped else "")
+        + f"{_fmt(fp32['latency_b1_ms'], '8.3f')} {1:5.2f} "
         f"{_fmt(fp32['latency_batch_ms'], '9.3f')} {1:5.2f} {quality_cells(fp32['quality'])}  "
         "reference",
     ]
@@ -222,7 +229,8 @@ def format_table(report: Report) -> str:
         size_mb = None if c.size_bytes is None else c.size_bytes / 1e6
         lines.append(
             f"{c.name:<{width}} {_fmt(size_mb, '8.2f')} {_fmt(c.size_ratio, '6.2f')} "
-            f"{_fmt(c.latency_b1_ms, '8.3f')} {_fmt(c.latency_b1_ratio, '5.2f')} "
+            + (f"{_fmt(c.compressed_ratio, '5.2f')} " if zipped else "")
+            + f"{_fmt(c.latency_b1_ms, '8.3f')} {_fmt(c.latency_b1_ratio, '5.2f')} "
             f"{_fmt(c.latency_batch_ms, '9.3f')} {_fmt(c.latency_batch_ratio, '5.2f')} "
             f"{quality_cells(c.quality)}  {result}"
         )
