@@ -10,7 +10,8 @@ import numpy as np
 from onnxkit_tools.convert.base import Converted
 from onnxkit_tools.convert.errors import ConvertError
 
-PACKAGES = ("skl2onnx", "scikit-learn", "onnxmltools", "xgboost", "lightgbm")
+PACKAGES = ("skl2onnx", "scikit-learn")
+BOOSTERS = ("xgboost", "lightgbm")
 INPUT = "X"  # what skl2onnx names the input of a model converted from an array
 # The ai.onnx.ml opset of the tree and linear operators: 3 is the newest that skl2onnx and
 # onnxmltools' booster converters both write (onnxmltools refuses 5).
@@ -63,9 +64,17 @@ def convert(model: Any, feed: dict[str, np.ndarray], opset: int) -> Converted:
         raise ConvertError(f"want rows x features, got shape {sample.shape}")
     onnx_model = convert_sklearn(model, sample, opset)
     name = onnx_model.graph.input[0].name
+    used = [b for b in BOOSTERS if _uses(model, b)]
+    packages = (*PACKAGES, *(("onnxmltools", *used) if used else ()))
     return Converted(
-        onnx_model, reference_outputs(model, sample), "sklearn", PACKAGES, {name: sample}
+        onnx_model, reference_outputs(model, sample), "sklearn", packages, {name: sample}
     )
+
+
+def _uses(model: Any, package: str) -> bool:
+    """The model, or one of a pipeline's steps, comes from ``package``."""
+    steps = [step for _, step in getattr(model, "steps", [])] or [model]
+    return any(type(step).__module__.split(".")[0] == package for step in steps)
 
 
 def convert_sklearn(model: Any, sample: np.ndarray, opset: int) -> Any:
@@ -102,7 +111,7 @@ def _register_boosters() -> None:
     """
     import sys
 
-    wanted = [name for name in ("xgboost", "lightgbm") if name in sys.modules]
+    wanted = [name for name in BOOSTERS if name in sys.modules]
     if not wanted:
         return
     try:

@@ -80,6 +80,7 @@ def test_a_regressor_from_a_factory_converts_and_answers_like_sklearn(
     assert written["parity"]["passed"] is True
     assert written["framework"] == "sklearn"
     assert written["inputs"][0]["shape"][1] == 10
+    assert set(written["converter"]) == {"skl2onnx", "scikit-learn"}
     assert report.parity.outputs[0].max_abs_error <= 1e-4
 
 
@@ -241,7 +242,10 @@ def test_boosters_convert_through_onnxmltools(
     # WHEN it is converted on its own training rows
     source = _as_user_module(model, monkeypatch)
     convert_model(source, tmp_path / "m.onnx", sample=tmp_path / "rows.npz")
-    # THEN onnxruntime gives the booster's own labels, or its predictions to float32 rounding
+    # THEN the report names the converters used
+    converter = json.loads((tmp_path / "m.conversion.json").read_text())["converter"]
+    assert {"skl2onnx", "onnxmltools", kind.split("-")[0]} <= set(converter)
+    # ... and onnxruntime gives the booster's own labels, or its predictions to float32 rounding
     session = load_session(tmp_path / "m.onnx", intra_op_threads=1)
     first = session.run(None, {"X": X})[0]
     if kind.endswith("classifier"):
