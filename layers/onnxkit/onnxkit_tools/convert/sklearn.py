@@ -101,6 +101,24 @@ def convert_sklearn(model: Any, sample: np.ndarray, opset: int) -> Any:
         ) from exc
 
 
+# package -> (onnxmltools' converter module and function, the classifier and regressor classes,
+# the alias skl2onnx registers them under)
+_BOOSTER_CONVERTERS = {
+    "xgboost": (
+        "onnxmltools.convert.xgboost.operator_converters.XGBoost",
+        "convert_xgboost",
+        ("XGBClassifier", "XGBRegressor"),
+        "XGBoost",
+    ),
+    "lightgbm": (
+        "onnxmltools.convert.lightgbm.operator_converters.LightGbm",
+        "convert_lightgbm",
+        ("LGBMClassifier", "LGBMRegressor"),
+        "LightGbm",
+    ),
+}
+
+
 def _register_boosters() -> None:
     """Teach skl2onnx XGBoost's and LightGBM's scikit-learn estimators (alone or in a
     pipeline) with onnxmltools' converters, for whichever of the two is imported: a fitted
@@ -109,6 +127,7 @@ def _register_boosters() -> None:
     Raises:
         ConvertError: A booster is in use but onnxmltools is not installed.
     """
+    import importlib
     import sys
 
     wanted = [name for name in BOOSTERS if name in sys.modules]
@@ -124,38 +143,23 @@ def _register_boosters() -> None:
         )
     except ImportError:
         return  # convert_sklearn says skl2onnx is missing
-    try:
-        if "xgboost" in wanted:
-            from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
-        if "lightgbm" in wanted:
-            from onnxmltools.convert.lightgbm.operator_converters.LightGbm import (
-                convert_lightgbm,
-            )
-    except ImportError as exc:
-        raise ConvertError(
-            "converting XGBoost or LightGBM models needs onnxmltools: pip install "
-            "'onnxkit[convert-boosters]'"
-        ) from exc
     options = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
-    if "xgboost" in wanted:
-        from xgboost import XGBClassifier, XGBRegressor
-
+    for package in wanted:
+        module_name, function, (classifier, regressor), alias = _BOOSTER_CONVERTERS[package]
+        try:
+            converter = getattr(importlib.import_module(module_name), function)
+        except ImportError as exc:
+            raise ConvertError(
+                "converting XGBoost or LightGBM models needs onnxmltools: pip install "
+                "'onnxkit[convert-boosters]'"
+            ) from exc
+        booster = sys.modules[package]
         update_registered_converter(
-            XGBClassifier, "XGBoostXGBClassifier", classifier_shapes, convert_xgboost,
+            getattr(booster, classifier), f"{alias}{classifier}", classifier_shapes, converter,
             options=options,
         )  # fmt: skip
         update_registered_converter(
-            XGBRegressor, "XGBoostXGBRegressor", regressor_shapes, convert_xgboost
-        )
-    if "lightgbm" in wanted:
-        from lightgbm import LGBMClassifier, LGBMRegressor
-
-        update_registered_converter(
-            LGBMClassifier, "LightGbmLGBMClassifier", classifier_shapes, convert_lightgbm,
-            options=options,
-        )  # fmt: skip
-        update_registered_converter(
-            LGBMRegressor, "LightGbmLGBMRegressor", regressor_shapes, convert_lightgbm
+            getattr(booster, regressor), f"{alias}{regressor}", regressor_shapes, converter
         )
 
 

