@@ -123,6 +123,14 @@ def _parse_axes(values: tuple[str, ...]) -> dict[str, dict[int, str]] | None:
     help="PyTorch: one input's dynamic axes, replacing the default (repeatable; NAME= is static)",
 )
 @click.option(
+    "--external-data",
+    type=click.Choice(("auto", "always", "never")),
+    default="auto",
+    show_default=True,
+    help="weights in MODEL.onnx.data beside the graph (auto: past 1.5 GB, as protobuf "
+    "cannot hold 2 GB in one file)",
+)
+@click.option(
     "--allow-pickle",
     is_flag=True,
     help="read a .joblib/.pkl source (it runs any code it names: only files you made)",
@@ -150,6 +158,7 @@ def convert(
     rows: int,
     opset: int,
     dynamic_axes: tuple[str, ...],
+    external_data: str,
     allow_pickle: bool,
     max_abs_error: float,
     min_cosine: float,
@@ -164,6 +173,7 @@ def convert(
         rows=rows,
         opset=opset,
         axes=_parse_axes(dynamic_axes),
+        external={"auto": None, "always": True, "never": False}[external_data],
         allow_pickle=allow_pickle,
         tolerance=Tolerance(min_cosine=min_cosine, max_abs_error=max_abs_error),
     )

@@ -4,6 +4,8 @@ inputs before anything is written."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
@@ -24,6 +26,7 @@ from onnxkit_tools.convert.sources import (
     load_pickle,
     load_reference,
 )
+from onnxkit_tools.quantize.candidates import EXTERNAL_DATA_BYTES, write_proto
 
 FRAMEWORKS = ("auto", "sklearn", "pytorch", "huggingface")
 DEFAULT_OPSET = 17
@@ -88,6 +91,7 @@ def convert_model(
     tolerance: Tolerance | None = None,
     seed: int = 0,
     task: str = hf.DEFAULT_TASK,
+    external: bool | None = None,
 ) -> ConversionReport:
     """Convert ``source`` to ONNX at ``target`` when it answers like the source framework.
 
@@ -112,6 +116,8 @@ def convert_model(
         tolerance: What counts as the same answer (default cos >= 0.9999 or max abs <= 1e-4).
         seed: The random rows' seed.
         task: A transformers checkpoint's task (:data:`huggingface.TASKS`).
+        external: Write the weights to ``MODEL.onnx.data`` beside the graph; None: when they
+            pass 1.5 GB (protobuf cannot hold a graph over 2 GB in one file).
 
     Raises:
         ConvertError: The source cannot be loaded or converted, or the converted model does
@@ -137,7 +143,50 @@ def convert_model(
             converted = sk.convert(model, feed, opset)
         else:
             converted = pt.convert(model, feed, opset, axes)
-    actual, session = _run(converted.model, converted.feed)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if external is None:
+        external = _weight_bytes(converted.model) > EXTERNAL_DATA_BYTES
+    with tempfile.TemporaryDirectory(prefix=".onnxkit-convert-", dir=target.parent) as folder:
+        staged = Path(folder) / target.name
+        write_proto(converted.model, staged, external=external)
+        report = _check(converted, staged, source, target, opset, described, tolerance)
+        report = replace(
+            report,
+            seconds=time.perf_counter() - started,
+            task=task if checkpoint is not None else None,
+        )
+        report_file = report_path(target)
+        if not report.parity.passed:
+            report_file.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+            raise ParityError(
+                "the ONNX model does not answer like the source; nothing was written: "
+                + "; ".join(report.parity.failures())
+                + f" (report: {report_file})"
+            )
+        for file in Path(folder).iterdir():  # the graph and its external data
+            os.replace(file, target.parent / file.name)
+    copied = hf.copy_tokenizer(checkpoint, target) if checkpoint is not None else None
+    if copied is not None:
+        report = replace(report, tokenizer=copied.name)
+    report_file.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    return report
+
+
+def _weight_bytes(model: Any) -> int:
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
+def _check(
+    converted: Converted,
+    staged: Path,
+    source: str,
+    target: Path,
+    opset: int,
+    described: str,
+    tolerance: Tolerance,
+) -> ConversionReport:
+    """Run the staged ONNX model on the converter's feeds and compare with the source."""
+    actual, session = _run(staged, converted.feed)
     names = [o.name for o in session.get_outputs()]
     if len(actual) < len(converted.expected):
         raise ConvertError(
@@ -164,7 +213,8 @@ def convert_model(
     parity = ParityReport(
         rows=len(next(iter(converted.feed.values()))), tolerance=tolerance, outputs=compared
     )
-    report = ConversionReport(
+    data = staged.with_name(f"{target.name}.data")
+    return ConversionReport(
         source=source,
         framework=converted.framework,
         converter=_versions(converted.packages),
@@ -174,26 +224,8 @@ def convert_model(
         outputs=_signature(session.get_outputs()),
         parity=parity,
         target=str(target) if parity.passed else None,
-        seconds=time.perf_counter() - started,
-        task=task if checkpoint is not None else None,
+        notes=[f"weights in {data.name} (external data)"] if data.exists() else [],
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    report_file = report_path(target)
-    report_file.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    if not parity.passed:
-        raise ParityError(
-            "the ONNX model does not answer like the source; nothing was written: "
-            + "; ".join(parity.failures())
-            + f" (report: {report_file})"
-        )
-    import onnx
-
-    onnx.save(converted.model, str(target))
-    copied = hf.copy_tokenizer(checkpoint, target) if checkpoint is not None else None
-    if copied is not None:
-        report = replace(report, tokenizer=copied.name)
-        report_file.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    return report
 
 
 def _convert_checkpoint(
@@ -280,13 +312,13 @@ def _feed(
     return made
 
 
-def _run(onnx_model: Any, feed: dict[str, np.ndarray]) -> tuple[list[np.ndarray], Any]:
+def _run(model: Path, feed: dict[str, np.ndarray]) -> tuple[list[np.ndarray], Any]:
     """Run all rows as one batch, and the first row alone: a batch axis fixed at export
     fails one of the two."""
     from onnxkit.session import load_session
 
     try:
-        session = load_session(onnx_model.SerializeToString(), intra_op_threads=1)
+        session = load_session(model, intra_op_threads=1)
     except Exception as exc:
         raise ConvertError(f"onnxruntime cannot load the converted model: {exc}") from exc
     names = [o.name for o in session.get_outputs()]

@@ -50,6 +50,8 @@ SMOOTHED_PREFIX = "smooth-"
 # Magnitude pruning: asked for by name (--candidates 'prune-*'), never by default; it changes
 # neither the stored size nor the dense kernels' speed, only the compressed size.
 PRUNE_SPARSITIES = (0.5, 0.75, 0.9)
+# Above this a model is written with external data (protobuf's 2 GB limit, with margin).
+EXTERNAL_DATA_BYTES = 1_500_000_000
 # The ops that hold an embedding table: int8 in the weight-only candidates when large.
 TABLE_OPS = ("Gather", "EmbedLayerNormalization")
 
@@ -212,6 +214,7 @@ def write_proto(model: Any, target: Path, *, external: bool) -> None:
         save_as_external_data=external,
         all_tensors_to_one_file=True,
         location=target.name + ".data",
+        size_threshold=0,  # every initializer: the graph file keeps no weights
     )
 
 

@@ -18,6 +18,7 @@ from onnxkit.session import available_cpus, load_session
 from onnxkit_tools.quantize.budget import Budget, judge
 from onnxkit_tools.quantize.candidates import (
     CANDIDATE_FAMILIES,
+    EXTERNAL_DATA_BYTES,
     MIXED_SHARES,
     OPTIMIZED_PREFIX,
     SMALL_TABLE_SHARE,
@@ -61,9 +62,6 @@ if TYPE_CHECKING:
     from onnxkit_tools.processing import ProcessingOptions
 
 LOG = logging.getLogger(__name__)
-
-# Above this the quantizers must write external data (protobuf's 2 GB limit, with margin).
-EXTERNAL_DATA_BYTES = 1_500_000_000
 
 
 @dataclass(frozen=True)

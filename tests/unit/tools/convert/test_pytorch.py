@@ -167,3 +167,30 @@ def test_a_pickled_module_needs_allow_pickle_and_a_state_dict_needs_code(tmp_pat
 
     assert report.parity.passed
     assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["c.onnx"]
+
+
+def test_weights_can_go_to_external_data_and_are_published_with_the_graph(
+    tmp_path: Path,
+) -> None:
+    # GIVEN the MLP converted with its weights outside the graph (as past 1.5 GB)
+    report = convert_model(f"{HERE}:mlp", tmp_path / "out" / "model.onnx", external=True)
+    # THEN the graph and MODEL.onnx.data are written, nothing else is left behind
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "model.conversion.json",
+        "model.onnx",
+        "model.onnx.data",
+    ]
+    assert (tmp_path / "out" / "model.onnx").stat().st_size < 2_000  # the graph alone
+    assert report.notes == ["weights in model.onnx.data (external data)"]
+    # ... onnxruntime reads it from the folder and answers like torch
+    x = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    (got,) = load_session(tmp_path / "out" / "model.onnx", intra_op_threads=1).run(
+        None, {"input": x}
+    )
+    with torch.no_grad():
+        np.testing.assert_allclose(got, mlp().eval()(torch.from_numpy(x)).numpy(), atol=1e-5)
+    # ... and publishing describes both files
+    from onnxkit_tools.registry import describe_model
+
+    manifest = describe_model(tmp_path / "out" / "model.onnx", name="mlp", version="1")
+    assert [f.path for f in manifest.files] == ["model.onnx", "model.onnx.data"]

@@ -163,7 +163,7 @@ def test_sources_that_are_not_models_are_clear_errors(
         convert_model(source, tmp_path / "m.onnx")
 
 
-def test_a_batch_axis_fixed_at_export_is_caught() -> None:
+def test_a_batch_axis_fixed_at_export_is_caught(tmp_path: Path) -> None:
     # GIVEN a graph whose batch axis was exported as a fixed 4
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["X", "w"], ["y"])],
@@ -175,8 +175,9 @@ def test_a_batch_axis_fixed_at_export_is_caught() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
     # WHEN it runs on a sample of another size, THEN the error says what to look at
+    onnx.save(model, tmp_path / "fixed.onnx")
     with pytest.raises(ConvertError, match="axis fixed"):
-        _run(model, {"X": np.ones((64, 3), np.float32)})
+        _run(tmp_path / "fixed.onnx", {"X": np.ones((64, 3), np.float32)})
 
 
 def test_label_parity_reports_the_first_difference() -> None:
