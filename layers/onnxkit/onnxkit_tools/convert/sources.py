@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxkit_tools.convert.errors import ConvertError
+from onnxkit_tools.convert.sklearn import is_estimator
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 _REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -23,9 +24,7 @@ def is_reference(source: str) -> bool:
 def is_model(value: Any) -> bool:
     """A scikit-learn style estimator (``fit`` and ``get_params``) or a PyTorch module (told
     without importing torch): what a factory returns, never a factory itself."""
-    if hasattr(value, "fit") and hasattr(value, "get_params"):
-        return True
-    return any(
+    return is_estimator(value) or any(
         f"{cls.__module__}.{cls.__qualname__}"
         in ("torch.nn.modules.module.Module", "torch.jit._script.ScriptModule")
         for cls in type(value).__mro__

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from onnxkit.manifest import sha256_file
-from onnxkit_tools.convert.huggingface import offline_hub
+from onnxkit_tools.convert.huggingface import load_checkpoint, offline_hub
 from onnxkit_tools.examples.cache import (
     build_lock,
     clear_key,
@@ -310,25 +310,6 @@ def _log(message: str, started: float | None = None) -> None:
     print(f"[minilm{stamp}] {message}", file=sys.stderr, flush=True)
 
 
-def _load_pretrained(weights: Path) -> tuple[Any, Any]:
-    """The tokenizer and the encoder (eval mode) from a local folder, without a progress bar."""
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(weights), local_files_only=True)
-        # Eager attention traces to plain MatMul/Softmax ops that every runtime and quantizer know.
-        encoder = AutoModel.from_pretrained(
-            str(weights), local_files_only=True, attn_implementation="eager"
-        )
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
-    return tokenizer, encoder.eval()
-
-
 def _embedding_module(encoder: Any) -> Any:
     """Wrap a transformers encoder: token ids + mask in, L2-normalised mean-pooled embedding out."""
     import torch
@@ -562,7 +543,7 @@ def _build(out: Path, seq_len: int, key: dict[str, Any]) -> dict[str, Any]:
 
         weights = Path(get_model_path())
         _log(f"loading {MODEL_NAME} from {weights}", started)
-        tokenizer, encoder = _load_pretrained(weights)
+        tokenizer, encoder = load_checkpoint(weights, "feature-extraction")
     module = _embedding_module(encoder)
 
     _log(

@@ -157,6 +157,7 @@ def quantize_with_gate(
     external = has_external_data(source)
     large = model_size_bytes(source) > EXTERNAL_DATA_BYTES
     measurer = _measure_baseline(source, data, options)
+    measurer.compressed = any(s.sparsity is not None for s in specs)
     task = measurer.task
     planned = len(specs) + len(MIXED_SHARES) * (int(plan_mixed) + int(plan_opt_mixed))
     progress = _Progress(options.progress, planned, "candidate")
@@ -652,8 +653,9 @@ class _Measurer:
         self.batch_feed = _head(validation, self.batch)
         self.fp32_size = model_size_bytes(source)
         self.source = source
-        # Compressed sizes (zlib) cost a pass over every file: only when pruning is measured.
-        self.compressed = any(_wanted(s.name, options.candidates) for s in pruned_candidates())
+        # Compressed sizes (zlib) cost a pass over every file: the run sets this when it builds
+        # pruning candidates (all they change is the compressed size).
+        self.compressed = False
         self.fp32_b1: list[float] = []
         self.fp32_batch: list[float] = []
 
