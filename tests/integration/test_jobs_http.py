@@ -45,7 +45,7 @@ def serve(args: list[str], values: dict[str, str], ready: str, folder: Path, nam
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}{ready}", timeout_s=90, process=process)
-    except AssertionError as exc:
+    except TimeoutError as exc:
         process.terminate()
         raise AssertionError(f"{name}: {exc}\n{log.read_text(errors='replace')[-3000:]}") from exc
     return process, url

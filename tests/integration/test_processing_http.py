@@ -44,7 +44,7 @@ def serving(command: str, env_vars: Path, ready: str, log: Path) -> Iterator[str
     try:
         try:
             wait_http(f"{base}{ready}", process=process, timeout_s=180)
-        except AssertionError as exc:
+        except TimeoutError as exc:
             raise AssertionError(f"{exc}\n{log.read_text(errors='replace')[-3000:]}") from exc
         yield base
     finally:

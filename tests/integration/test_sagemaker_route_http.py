@@ -76,7 +76,7 @@ def servers(minilm: Path, local_s3: Any, tmp_path_factory) -> Iterator[dict[str,
         urls[name] = f"http://127.0.0.1:{port}"
         try:
             wait_http(f"{urls[name]}{ready}", timeout_s=90, process=process)
-        except AssertionError as exc:
+        except TimeoutError as exc:
             log = (folder / f"{name}.log").read_text(errors="replace")[-3000:]
             raise AssertionError(f"{name}: {exc}\n{log}") from exc
 

@@ -179,15 +179,28 @@ def start_api(
 
     env = function_env(env_vars, os.environ)
     env.setdefault(ENV_SERVE_OPENAPI, "true")
+    # The port is taken first: the local S3 and the emulator pick free ports and open loopback
+    # connections of their own, and one of those could otherwise land on it before it is bound.
+    function: list[Emulator] = []
+    try:
+        api = LocalApi(
+            lambda event: function[0].invoke(event),
+            port,
+            stage=stage,
+            api_key=api_key,
+            binary_media_types=media_types,
+        )
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); pick another with --port"
+        ) from exc
     with (
         with_local_store(env) as stored,
         Emulator(
             function_dir, with_payload_store(stored), memory_mb=memory, timeout_s=timeout
         ) as emulator,
     ):
-        api = LocalApi(
-            emulator.invoke, port, stage=stage, api_key=api_key, binary_media_types=media_types
-        )
+        function.append(emulator)
         click.echo(
             f"serving on {api.url} (also under /{stage}); try: curl {api.url}/v2/health/ready",
             err=True,

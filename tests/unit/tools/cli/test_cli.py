@@ -420,3 +420,33 @@ def test_start_api_refuses_a_bad_media_type_or_a_missing_template_at_once(
     assert "cannot read template.yaml" in missing.output
     assert "--binary-media-type" in missing.output
     assert started.binary_media_types == []
+
+
+def test_start_api_takes_its_port_before_starting_anything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a port some other socket already listens on, and a store and emulator that must
+    # not start
+    import socket
+
+    monkeypatch.chdir(REPO)
+    started: list[str] = []
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        started.append("store")
+        raise AssertionError("started before the port was taken")
+
+    monkeypatch.setattr(local_cli, "with_local_store", refuse)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        # WHEN start-api is asked for that port
+        result = CliRunner().invoke(cli, ["local", "start-api", "--port", str(port)])
+
+    # THEN it fails at once, saying which port and what to do, with nothing started
+    assert result.exit_code == 1, result.output
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output
+    assert "--port" in result.output
+    assert started == []
