@@ -19,21 +19,25 @@ from onnxkit_tools.convert.parity import MAX_ABS_ERROR, MIN_COSINE
 
 _DETAILS = f"""\
 SOURCE is module:attribute, code on your machine that holds a model (a fitted scikit-learn
-estimator or pipeline, a PyTorch module) or a function returning one (the current folder is
-importable); a TorchScript archive (.pt/.pth/.ts); or a pickle (.joblib/.pkl, or a module
-saved whole with torch.save), read only with --allow-pickle because unpickling runs whatever
-code the file names. A state dict holds weights only: point at the code that builds the module.
-A folder with config.json is a Hugging Face transformers checkpoint (read offline): --task
-picks the head and the output (feature-extraction: last_hidden_state; sentence-embedding:
-mean-pooled over the mask, L2-normalized; text-/token-classification: logits); its inputs are
-the tokenizer's, the sample is built-in sentences, and tokenizer.json is copied beside the
-model as MODEL.tokenizer.json (for onnxkit publish --tokenizer).
+estimator or pipeline, a PyTorch module, a Keras model) or a function returning one (the
+current folder is importable); a TorchScript archive (.pt/.pth/.ts); or a pickle (.joblib/.pkl,
+or a module saved whole with torch.save), read only with --allow-pickle because unpickling runs
+whatever code the file names. A state dict holds weights only: point at the code that builds
+the module. A folder with config.json is a Hugging Face transformers checkpoint (read offline):
+--task picks the head and the output (feature-extraction: last_hidden_state; sentence-
+embedding: mean-pooled over the mask, L2-normalized; text-/token-classification: logits); its
+inputs are the tokenizer's, the sample is built-in sentences, and tokenizer.json is copied
+beside the model as MODEL.tokenizer.json (for onnxkit publish --tokenizer). A folder with
+saved_model.pb is a TensorFlow SavedModel, converted through tf2onnx from its serving_default
+signature (its input and output names, and its None axes dynamic); a .keras or .h5 file (or
+module:attribute) is a Keras model, loaded in safe mode (a Lambda layer's code is refused, not
+run), its outputs named output, output_0, ... (pip install 'onnxkit[convert-tensorflow]').
 
 PyTorch modules go through torch.onnx.export with axis 0 of every input dynamic ("batch"), and
 axis 1 too ("sequence") for token ids (2-D integers) and 3-D float inputs; --dynamic-axes
 NAME=0:batch,1:sequence replaces one input's (NAME= exports it static). Outputs are named
 output (output_0, output_1, ... for several). Random rows come from the first layer: Linear,
-Conv1d/Conv2d or Embedding.
+Conv1d/Conv2d or Embedding; for TensorFlow, from the signature's float inputs.
 
 The source framework and onnxruntime then answer the same rows: --sample FILE.npz (one array,
 or one per input named as forward names them; scikit-learn: rows x features, or X), or --rows
@@ -57,6 +61,7 @@ examples:
   onnxkit convert model.joblib --allow-pickle --sample rows.npz --out build/clf/model.onnx
   onnxkit convert encoder.ts --sample tokens.npz --out build/encoder/model.onnx
   onnxkit convert ./my-bert --task text-classification --out build/bert/model.onnx
+  onnxkit convert ./saved_model --out build/regressor/model.onnx
 """
 
 

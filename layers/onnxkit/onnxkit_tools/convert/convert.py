@@ -17,6 +17,7 @@ import numpy as np
 from onnxkit_tools.convert import huggingface as hf
 from onnxkit_tools.convert import pytorch as pt
 from onnxkit_tools.convert import sklearn as sk
+from onnxkit_tools.convert import tfkeras as tfk
 from onnxkit_tools.convert.base import Converted
 from onnxkit_tools.convert.errors import ConvertError, ParityError
 from onnxkit_tools.convert.parity import ParityReport, Tolerance, compare_output
@@ -28,7 +29,7 @@ from onnxkit_tools.convert.sources import (
 )
 from onnxkit_tools.quantize.candidates import EXTERNAL_DATA_BYTES, write_proto
 
-FRAMEWORKS = ("auto", "sklearn", "pytorch", "huggingface")
+FRAMEWORKS = ("auto", "sklearn", "pytorch", "huggingface", "tensorflow")
 DEFAULT_OPSET = 17
 DEFAULT_ROWS = 64
 REPORT_SUFFIX = ".conversion.json"
@@ -101,17 +102,19 @@ def convert_model(
 
     Args:
         source: ``module:attribute`` (a model, or a function returning one), a TorchScript
-            archive (``.pt``/``.pth``/``.ts``), a transformers checkpoint folder, or a
-            pickle-based file (``.joblib``/``.pkl``, or a ``torch.save``d module), read only
-            with ``allow_pickle``.
+            archive (``.pt``/``.pth``/``.ts``), a transformers checkpoint folder, a TensorFlow
+            SavedModel folder, a Keras ``.keras``/``.h5`` file, or a pickle-based file
+            (``.joblib``/``.pkl``, or a ``torch.save``d module), read only with
+            ``allow_pickle``.
         target: The ``.onnx`` file to write.
-        framework: ``auto`` (from the loaded object), ``sklearn``, ``pytorch`` or
-            ``huggingface``.
+        framework: ``auto`` (from the loaded object), ``sklearn``, ``pytorch``,
+            ``huggingface`` or ``tensorflow``.
         sample: An ``.npz``: one array, or one per input named as the model names them.
         rows: Random rows to generate when no sample is given.
         opset: The ONNX opset to target.
         axes: PyTorch: the dynamic axes per input (default: batch, and sequence for token
-            ids and 3-D float inputs); an input given ``{}`` is exported static.
+            ids and 3-D float inputs); an input given ``{}`` is exported static. TensorFlow
+            takes them from the signature (None axes are dynamic).
         allow_pickle: Read pickle-based files (they run code when loaded).
         tolerance: What counts as the same answer (default cos >= 0.9999 or max abs <= 1e-4).
         seed: The random rows' seed.
@@ -132,17 +135,24 @@ def convert_model(
         raise ConvertError(f"--out must name an .onnx file, not {target.name}")
     checkpoint = Path(source) if hf.is_checkpoint(Path(source)) else None
     if checkpoint is not None:
-        if framework not in ("auto", "huggingface"):
-            raise ConvertError(f"{source} is a transformers checkpoint, not {framework}")
+        _expect(framework, "huggingface", f"{source} is a transformers checkpoint")
         converted, described = _convert_checkpoint(checkpoint, task, sample, opset, axes)
+    elif tfk.is_saved_model(Path(source)):
+        _expect(framework, "tensorflow", f"{source} is a TensorFlow SavedModel")
+        saved = tfk.load_saved_model(Path(source))
+        converted, described = _convert_tensorflow(saved, sample, rows, seed, opset, axes)
     else:
         model = _load(source, allow_pickle=allow_pickle)
         kind = _framework(model, source, framework)
-        feed, described = _feed(model, kind, sample, rows, seed)
-        if kind == "sklearn":
-            converted = sk.convert(model, feed, opset)
+        if kind == "tensorflow":
+            keras = tfk.keras_source(model, f"Keras model {source}")
+            converted, described = _convert_tensorflow(keras, sample, rows, seed, opset, axes)
         else:
-            converted = pt.convert(model, feed, opset, axes)
+            feed, described = _feed(model, kind, sample, rows, seed)
+            if kind == "sklearn":
+                converted = sk.convert(model, feed, opset)
+            else:
+                converted = pt.convert(model, feed, opset, axes)
     target.parent.mkdir(parents=True, exist_ok=True)
     if external is None:
         external = _weight_bytes(converted.model) > EXTERNAL_DATA_BYTES
@@ -250,15 +260,45 @@ def _convert_checkpoint(
     return replace(converted, framework="huggingface", packages=hf.PACKAGES), described
 
 
+def _convert_tensorflow(
+    source: tfk.Source,
+    sample: Path | None,
+    rows: int,
+    seed: int,
+    opset: int,
+    axes: dict[str, dict[int, str]] | None,
+) -> tuple[Converted, str]:
+    if axes:
+        raise ConvertError(
+            "--dynamic-axes is for PyTorch: a TensorFlow model's signature says which axes are "
+            "dynamic (None in its input shapes)"
+        )
+    feed, described = _feed(source, "tensorflow", sample, rows, seed)
+    return tfk.convert(source, feed, opset), described
+
+
+def _expect(asked: str, found: str, what: str) -> None:
+    if asked not in ("auto", found):
+        raise ConvertError(f"{what}, not {asked}")
+
+
 def _framework(model: Any, source: str, asked: str) -> str:
-    found = "sklearn" if sk.is_estimator(model) else "pytorch" if pt.is_module(model) else None
+    found = (
+        "sklearn"
+        if sk.is_estimator(model)
+        else "pytorch"
+        if pt.is_module(model)
+        else "tensorflow"
+        if tfk.is_keras_model(model)
+        else None
+    )
     if found is None:
         raise ConvertError(
             f"{source} is a {type(model).__module__}.{type(model).__name__}, not a model onnxkit "
-            "convert reads: it converts scikit-learn estimators and pipelines, and PyTorch modules"
+            "convert reads: it converts scikit-learn estimators and pipelines, PyTorch modules "
+            "and Keras models"
         )
-    if asked not in ("auto", found):
-        raise ConvertError(f"{source} is a {found} model, not {asked}")
+    _expect(asked, found, f"{source} is a {found} model")
     return found
 
 
@@ -268,12 +308,14 @@ def _load(source: str, *, allow_pickle: bool) -> Any:
         return load_pickle(path, allow_pickle=allow_pickle)
     if path.suffix.lower() in pt.TORCH_SUFFIXES:
         return pt.load_file(path, allow_pickle=allow_pickle)
+    if path.suffix.lower() in tfk.KERAS_SUFFIXES:
+        return tfk.load_file(path)
     if is_reference(source):
         return load_reference(source)
     if path.exists():
         raise ConvertError(
-            f"cannot tell what {path.name} holds: give module:attribute, a .joblib/.pkl file "
-            "or a .pt/.pth/.ts file"
+            f"cannot tell what {path.name} holds: give module:attribute, a .joblib/.pkl, "
+            ".pt/.pth/.ts or .keras/.h5 file, or a SavedModel or transformers checkpoint folder"
         )
     raise ConvertError(f"no file at {source}, and it is not a module:attribute reference")
 
@@ -303,11 +345,13 @@ def _feed(
         return feed, f"{sample}: {shapes}"
     if rows < 2:
         raise ConvertError(f"rows must be at least 2, not {rows}")
-    made = (sk if kind == "sklearn" else pt).default_feed(model, rows, seed)
+    makers = {"sklearn": sk.default_feed, "pytorch": pt.default_feed}
+    made = makers.get(kind, tfk.default_feed)(model, rows, seed)
     if made is None:
+        what = model.described if kind == "tensorflow" else type(model).__name__
         raise ConvertError(
-            f"cannot tell what {type(model).__name__} takes (not fitted, or no first layer to read "
-            "the shape from): pass --sample rows.npz"
+            f"cannot tell what {what} takes (not fitted, no first layer to read the shape from, "
+            "or inputs that are not floats, such as token ids): pass --sample rows.npz"
         )
     return made
 

@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from onnxkit_tools.convert.base import Converted, kind_of
+from onnxkit_tools.convert.base import Converted, kind_of, shorter_variants
 from onnxkit_tools.convert.errors import ConvertError
-from onnxkit_tools.convert.sklearn import is_estimator
-from onnxkit_tools.convert.sources import is_model
+from onnxkit_tools.convert.sources import is_torch_module
 
 PACKAGES = ("torch",)
 TORCH_SUFFIXES = (".pt", ".pth", ".ts")
@@ -25,7 +24,7 @@ SEQUENCE = 13
 
 def is_module(model: Any) -> bool:
     """A ``torch.nn.Module`` (TorchScript included), told without importing torch."""
-    return is_model(model) and not is_estimator(model)
+    return is_torch_module(model)
 
 
 def load_file(path: Path, *, allow_pickle: bool) -> Any:
@@ -194,35 +193,10 @@ def convert(
         "pytorch",
         PACKAGES,
         used_feed,
-        _shorter(module, used_feed, {n: axes.get(n, {}) for n in used}),
+        shorter_variants(
+            used_feed, {n: axes.get(n, {}) for n in used}, lambda cut: _answer(module, cut)
+        ),
     )
-
-
-def _shorter(
-    module: Any, feed: dict[str, np.ndarray], axes: dict[str, dict[int, str]]
-) -> list[tuple[str, dict[str, np.ndarray], list[tuple[np.ndarray, str]]]]:
-    """The feed cut one shorter along each dynamic axis past the batch, with the module's
-    answers on it (one variant per axis label)."""
-    import torch
-
-    variants = []
-    labels = sorted({label for a in axes.values() for axis, label in a.items() if axis > 0})
-    for label in labels:
-        cut = {}
-        for name, array in feed.items():
-            sliced = array
-            for axis, named in axes[name].items():
-                if named == label and axis > 0 and array.shape[axis] > 1:
-                    sliced = np.take(sliced, range(array.shape[axis] - 1), axis=axis)
-            cut[name] = np.ascontiguousarray(sliced)
-        if all(cut[n].shape == feed[n].shape for n in feed):
-            continue
-        args = tuple(torch.from_numpy(cut[n]) for n in feed)
-        with torch.no_grad():
-            answers = _flatten(module(*args))
-        size = next(cut[n].shape[a] for n in feed for a, named in axes[n].items() if named == label)
-        variants.append((f"{label}={size}", cut, [(a, kind_of(a)) for a in answers]))
-    return variants
 
 
 def _export(
@@ -255,6 +229,13 @@ def _export(
             f"torch.onnx.export could not export {type(module).__name__}: "
             f"{type(exc).__name__}: {str(exc)[:300]}"
         ) from exc
+
+
+def _answer(module: Any, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        return _flatten(module(*(torch.from_numpy(a) for a in feed.values())))
 
 
 def _has_sequence(answer: np.ndarray, sequences: set[int]) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 
 from onnxkit_tools.convert.errors import ConvertError
 from onnxkit_tools.convert.sklearn import is_estimator
+from onnxkit_tools.convert.tfkeras import is_keras_model
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 _REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -21,14 +22,19 @@ def is_reference(source: str) -> bool:
     return bool(_REFERENCE.match(source)) and not Path(source).exists()
 
 
-def is_model(value: Any) -> bool:
-    """A scikit-learn style estimator (``fit`` and ``get_params``) or a PyTorch module (told
-    without importing torch): what a factory returns, never a factory itself."""
-    return is_estimator(value) or any(
+def is_torch_module(value: Any) -> bool:
+    """A ``torch.nn.Module`` (TorchScript included), told without importing torch."""
+    return any(
         f"{cls.__module__}.{cls.__qualname__}"
         in ("torch.nn.modules.module.Module", "torch.jit._script.ScriptModule")
         for cls in type(value).__mro__
     )
+
+
+def is_model(value: Any) -> bool:
+    """A scikit-learn style estimator (``fit`` and ``get_params``), a PyTorch module or a
+    Keras model: what a factory returns, never a factory itself."""
+    return is_estimator(value) or is_torch_module(value) or is_keras_model(value)
 
 
 def load_reference(source: str) -> Any:
