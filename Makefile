@@ -20,7 +20,7 @@ PIP_QUIET := -q
 TORCH_INDEX ?=
 TORCH_INDEX_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
-.PHONY: help setup demo test unit lint fmt template-check build-zip bench bench-endpoint clean
+.PHONY: help setup demo example-keras test unit lint fmt template-check build-zip bench bench-endpoint clean
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ setup: $(VENV)/.stamp-dev $(SAM_VENV)/.stamp $(CHECKOV_VENV)/.stamp ## create th
 
 demo: $(VENV)/.stamp-app $(SAM_VENV)/.stamp ## model -> quantize -> publish to local S3 -> start-api -> a real prediction
 	$(VENV)/bin/python scripts/demo.py
+
+example-keras: $(VENV)/.stamp-dev $(SAM_VENV)/.stamp ## the article's case: Keras SavedModel -> convert -> quantize -> publish -> start-api -> curl
+	$(VENV)/bin/python scripts/keras_example.py
 
 test: setup ## lint, type-check, then every test (unit, functional, integration, template checks)
 	$(VENV)/bin/ruff check .

@@ -9,8 +9,6 @@ started here is stopped at the end, whatever happens.
 from __future__ import annotations
 
 import json
-import os
-import shlex
 import subprocess
 import sys
 import time
@@ -20,50 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxkit_tools.net import free_port, wait_http
+from onnxkit_tools.local.walkthrough import Walkthrough
+from onnxkit_tools.net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-ONNXKIT = Path(sys.executable).parent / "onnxkit"
-SHOWN = os.path.relpath(ONNXKIT, REPO)  # how the echoed commands call it, from the repo root
 WORK = Path(".onnxkit") / "demo"  # relative: the echoed commands run from the repo root
 STORE = "s3://onnxkit-local/onnxkit"
-
-
-def step(title: str) -> None:
-    print(f"\n== {title}", flush=True)
-
-
-def run(*args: str, env: dict[str, str]) -> None:
-    print(f"$ {SHOWN} " + shlex.join(args), flush=True)
-    subprocess.run([ONNXKIT, *args], cwd=REPO, env=env, check=True)
-
-
-def start(*args: str, env: dict[str, str]) -> subprocess.Popen:
-    """Start `onnxkit ARGS` in the background, echoed like the foreground commands."""
-    print(f"$ {SHOWN} " + shlex.join(args) + " &", flush=True)
-    return subprocess.Popen(
-        [ONNXKIT, *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    try:
-        wait_http(url, timeout_s=timeout, process=process)
-    except TimeoutError as exc:
-        raise SystemExit(f"{url} never came up: {exc}") from None
-
-
-def stop(process: subprocess.Popen | None) -> None:
-    if process is not None and process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def main() -> int:
@@ -77,117 +37,114 @@ def main() -> int:
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL_S3": endpoint,
     }
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ONNXKIT_"))}
-    env.update(exported)
-    s3 = api = None
-    try:
-        step("0/6 the environment of every command below (fake credentials, S3 on loopback)")
-        print("$ export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in exported.items()))
-        step("1/6 train an MLP on scikit-learn's digits, export ONNX, quantize to int8, score both")
-        run("examples", "build", "digits", "--out", str(WORK / "digits"), env=env)
+    with Walkthrough(REPO, exported) as walk:
+        try:
+            return _walk(walk, endpoint, api_port, s3_port)
+        except (subprocess.CalledProcessError, urllib.error.URLError) as exc:
+            print(f"demo failed: {exc}", file=sys.stderr)
+            return 1
 
-        step(f"2/6 start S3 locally (moto on {endpoint})")
-        s3 = start("local", "s3", "--port", str(s3_port), env=env)
-        wait_ready(f"{endpoint}/moto-api/", s3)
 
-        step("3/6 publish the int8 model as a new version and point `prod` at it")
-        run(
-            "publish",
-            str(WORK / "digits" / "int8" / "model.onnx"),
-            "--name",
-            "digits",
-            "--alias",
-            "prod",
-            "--report",
-            str(WORK / "digits" / "report.json"),
-            "--preprocess",
-            str(WORK / "digits" / "image.json"),
-            "--labels",
-            str(WORK / "digits" / "labels.txt"),
-            "--top-k",
-            "3",
-            "--store",
-            STORE,
-            env=env,
-        )
+def _walk(walk: Walkthrough, endpoint: str, api_port: int, s3_port: int) -> int:
+    walk.step("0/6 the environment of every command below (fake credentials, S3 on loopback)")
+    walk.echo_exports()
+    walk.step(
+        "1/6 train an MLP on scikit-learn's digits, export ONNX, quantize to int8, score both"
+    )
+    walk.run("examples", "build", "digits", "--out", str(WORK / "digits"))
 
-        step(f"4/6 serve it: the function under the Lambda emulator, local API on :{api_port}")
-        api = start("local", "start-api", "--port", str(api_port), env=env)
-        base = f"http://127.0.0.1:{api_port}"
-        wait_ready(f"{base}/v2/health/ready", api)
+    walk.step(f"2/6 start S3 locally (moto on {endpoint})")
+    s3 = walk.start("local", "s3", "--port", str(s3_port))
+    walk.wait_ready(f"{endpoint}/moto-api/", s3)
 
-        step("5/6 a real prediction: a held-out handwritten digit")
-        validation = np.load(REPO / WORK / "digits" / "validation.npz")
-        row, label = validation["input"][0], int(validation["label"][0])
-        body = json.dumps(
-            {
-                "id": f"demo-true-label-{label}",
-                "inputs": [
-                    {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row.tolist()}
-                ],
-            }
-        )
-        url = f"{base}/v2/models/digits/infer"
-        print(
-            f"$ curl -s -X POST {url} -H 'Content-Type: application/json' -d '{body}'", flush=True
-        )
-        request = urllib.request.Request(
-            url, data=body.encode(), headers={"Content-Type": "application/json"}
-        )
-        started = time.perf_counter()
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            answer = json.loads(reply.read())
-        elapsed = (time.perf_counter() - started) * 1000
-        print(json.dumps(answer))
-        outputs = {o["name"]: o["data"] for o in answer["outputs"]}
-        predicted = outputs["label"][0]
-        confidence = max(outputs["probabilities"])
-        print(
-            f"\nprediction: {predicted} (true label {label}, p={confidence:.4f}), "
-            f"model digits v{answer['model_version']}, {elapsed:.1f} ms over HTTP"
-        )
-        (image,) = (REPO / WORK / "digits" / "images").glob("000-label-*.png")
-        print(
-            f"\nthe same digit as a PNG file:\n$ curl -s -X POST {url} "
-            f"-H 'Content-Type: image/png' --data-binary @{image.relative_to(REPO)}",
-            flush=True,
-        )
-        request = urllib.request.Request(
-            url, data=image.read_bytes(), headers={"Content-Type": "image/png"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            from_image = json.loads(reply.read())
-        image_outputs = {o["name"]: o["data"] for o in from_image["outputs"]}
-        print(json.dumps(image_outputs))
-        print(
-            f"prediction from the image: {image_outputs['label'][0]} "
-            f"(top 3 labels {', '.join(image_outputs['top_labels'])})"
-        )
-        print(
-            f"\nthe servers stop now (before the benchmark); to keep them, run steps 2 and 4 "
-            f"yourself (after the export line), or just `{SHOWN} local start-api`: it starts its "
-            "own S3 with the default digits model"
-        )
-        stop(api)
-        stop(s3)
+    walk.step("3/6 publish the int8 model as a new version and point `prod` at it")
+    walk.run(
+        "publish",
+        str(WORK / "digits" / "int8" / "model.onnx"),
+        "--name",
+        "digits",
+        "--alias",
+        "prod",
+        "--report",
+        str(WORK / "digits" / "report.json"),
+        "--preprocess",
+        str(WORK / "digits" / "image.json"),
+        "--labels",
+        str(WORK / "digits" / "labels.txt"),
+        "--top-k",
+        "3",
+        "--store",
+        STORE,
+    )
 
-        step("6/6 what it costs: latency per vCPU share, Lambda per MemorySize, SageMaker")
-        run(
-            "bench",
-            str(WORK / "digits" / "int8" / "model.onnx"),
-            "--out",
-            str(WORK / "digits" / "bench"),
-            "--seconds",
-            "0.5",
-            env=env,
-        )
-        return 0 if predicted == label == image_outputs["label"][0] else 1
-    except (subprocess.CalledProcessError, urllib.error.URLError) as exc:
-        print(f"demo failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        stop(api)
-        stop(s3)
+    walk.step(f"4/6 serve it: the function under the Lambda emulator, local API on :{api_port}")
+    api = walk.start("local", "start-api", "--port", str(api_port))
+    base = f"http://127.0.0.1:{api_port}"
+    walk.wait_ready(f"{base}/v2/health/ready", api)
+
+    walk.step("5/6 a real prediction: a held-out handwritten digit")
+    validation = np.load(REPO / WORK / "digits" / "validation.npz")
+    row, label = validation["input"][0], int(validation["label"][0])
+    body = json.dumps(
+        {
+            "id": f"demo-true-label-{label}",
+            "inputs": [
+                {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row.tolist()}
+            ],
+        }
+    )
+    url = f"{base}/v2/models/digits/infer"
+    print(f"$ curl -s -X POST {url} -H 'Content-Type: application/json' -d '{body}'", flush=True)
+    request = urllib.request.Request(
+        url, data=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        answer = json.loads(reply.read())
+    elapsed = (time.perf_counter() - started) * 1000
+    print(json.dumps(answer))
+    outputs = {o["name"]: o["data"] for o in answer["outputs"]}
+    predicted = outputs["label"][0]
+    confidence = max(outputs["probabilities"])
+    print(
+        f"\nprediction: {predicted} (true label {label}, p={confidence:.4f}), "
+        f"model digits v{answer['model_version']}, {elapsed:.1f} ms over HTTP"
+    )
+    (image,) = (REPO / WORK / "digits" / "images").glob("000-label-*.png")
+    print(
+        f"\nthe same digit as a PNG file:\n$ curl -s -X POST {url} "
+        f"-H 'Content-Type: image/png' --data-binary @{image.relative_to(REPO)}",
+        flush=True,
+    )
+    request = urllib.request.Request(
+        url, data=image.read_bytes(), headers={"Content-Type": "image/png"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        from_image = json.loads(reply.read())
+    image_outputs = {o["name"]: o["data"] for o in from_image["outputs"]}
+    print(json.dumps(image_outputs))
+    print(
+        f"prediction from the image: {image_outputs['label'][0]} "
+        f"(top 3 labels {', '.join(image_outputs['top_labels'])})"
+    )
+    print(
+        f"\nthe servers stop now (before the benchmark); to keep them, run steps 2 and 4 "
+        f"yourself (after the export line), or just `{walk.shown} local start-api`: it starts its "
+        "own S3 with the default digits model"
+    )
+    walk.stop(api)
+    walk.stop(s3)
+
+    walk.step("6/6 what it costs: latency per vCPU share, Lambda per MemorySize, SageMaker")
+    walk.run(
+        "bench",
+        str(WORK / "digits" / "int8" / "model.onnx"),
+        "--out",
+        str(WORK / "digits" / "bench"),
+        "--seconds",
+        "0.5",
+    )
+    return 0 if predicted == label == image_outputs["label"][0] else 1
 
 
 if __name__ == "__main__":

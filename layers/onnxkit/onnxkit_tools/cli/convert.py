@@ -31,7 +31,8 @@ beside the model as MODEL.tokenizer.json (for onnxkit publish --tokenizer). A fo
 saved_model.pb is a TensorFlow SavedModel, converted through tf2onnx from its serving_default
 signature (its input and output names, and its None axes dynamic); a .keras or .h5 file (or
 module:attribute) is a Keras model, loaded in safe mode (a Lambda layer's code is refused, not
-run), its outputs named output, output_0, ... (pip install 'onnxkit[convert-tensorflow]').
+run) and exported to a SavedModel first: its inputs are named after its Input layers, its
+outputs output_0, output_1, ... (pip install 'onnxkit[convert-tensorflow]').
 
 PyTorch modules go through torch.onnx.export with axis 0 of every input dynamic ("batch"), and
 axis 1 too ("sequence") for token ids (2-D integers) and 3-D float inputs; --dynamic-axes

@@ -1,11 +1,12 @@
 """TensorFlow SavedModels and Keras models to ONNX through tf2onnx, and the source's own
 answers on the same feed for the parity check.
 
-A SavedModel is served through its ``serving_default`` signature, as TensorFlow Serving does:
-its input and output names become the ONNX model's. A Keras model (a ``.keras`` or ``.h5``
-file, or ``module:attribute``) is called in inference mode with its batch axis freed; its
-outputs are named ``output`` (``output_0``, ``output_1``, ... for several), as PyTorch
-modules' are. ``.keras`` files load in Keras's safe mode: a Lambda layer's pickled code is
+A SavedModel is converted from its ``serving_default`` signature, as TensorFlow Serving
+serves it, the way tf2onnx's own command line does (variables frozen, captures kept out of
+the inputs): its input and output names become the ONNX model's. A Keras model (a ``.keras``
+or ``.h5`` file, or ``module:attribute``) is first exported to a SavedModel with
+``model.export``, so its inputs are named after its Input layers and its outputs ``output_0``,
+``output_1``, ... ``.keras`` files load in Keras's safe mode: a Lambda layer's pickled code is
 refused, never run.
 """
 
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -61,19 +63,25 @@ def is_keras_model(model: Any) -> bool:
 
 @dataclass(frozen=True)
 class Source:
-    """A TensorFlow callable with a fixed signature.
+    """A SavedModel's serving signature.
 
     Attributes:
         specs: The inputs as ``tf.TensorSpec`` (named; None where an axis is free).
-        outputs: The output names, in the order :attr:`call` answers.
-        call: Runs the source on tensors, one per spec, and answers a dict by output name.
+        outputs: The output names.
+        call: Runs the signature on tensors, one per spec, and answers a dict by output name.
         described: What was loaded, for messages.
+        folder: The SavedModel folder.
+        signature: The signature's name.
+        scratch: What keeps ``folder`` alive when it is a temporary export.
     """
 
     specs: list[Any]
     outputs: list[str]
     call: Callable[..., dict[str, Any]]
     described: str
+    folder: Path
+    signature: str
+    scratch: Any = field(default=None, repr=False)
 
     @property
     def input_names(self) -> list[str]:
@@ -102,6 +110,7 @@ def _import() -> Any:
         import tensorflow as tf
     except ImportError as exc:
         raise ConvertError(f"converting TensorFlow or Keras models needs {_INSTALL}") from exc
+    tf.get_logger().setLevel(logging.ERROR)  # tf2onnx's calls of deprecated TF1 freezing APIs
     return tf
 
 
@@ -129,7 +138,7 @@ def load_file(path: Path) -> Any:
         raise ConvertError(f"cannot read {path.name}: {reason}") from exc
 
 
-def load_saved_model(path: Path) -> Source:
+def load_saved_model(path: Path, described: str | None = None) -> Source:
     """A SavedModel folder's ``serving_default`` signature (its only one, if named otherwise).
 
     Raises:
@@ -163,33 +172,29 @@ def load_saved_model(path: Path) -> Source:
         # as this function does.
         return dict(loaded.signatures[name](**dict(zip(names, tensors, strict=True))))
 
-    return Source(specs, outputs, call, f"SavedModel {path} (signature {name!r})")
+    described = described or f"SavedModel {path} (signature {name!r})"
+    return Source(specs, outputs, call, described, path, name)
 
 
 def keras_source(model: Any, described: str) -> Source:
-    """A Keras model called in inference mode, its batch axis free."""
-    tf = _import()
-    specs = []
-    for tensor in model.inputs:
-        shape = tuple(tensor.shape)
-        specs.append(tf.TensorSpec((None, *shape[1:]), tf.as_dtype(tensor.dtype), name=tensor.name))
-    probe = [tf.zeros([1 if d is None else d for d in (1, *s.shape[1:])], s.dtype) for s in specs]
-    count = len(_listed(model(probe if len(probe) > 1 else probe[0], training=False)))
-    outputs = [f"output_{i}" for i in range(count)] if count > 1 else ["output"]
+    """A Keras model, exported to a temporary SavedModel (``model.export``, inference mode).
 
-    def call(*tensors: Any) -> dict[str, Any]:
-        answered = model(list(tensors) if len(tensors) > 1 else tensors[0], training=False)
-        return dict(zip(outputs, _listed(answered), strict=True))
-
-    return Source(specs, outputs, call, described)
-
-
-def _listed(answer: Any) -> list[Any]:
-    if isinstance(answer, dict):
-        return list(answer.values())
-    if isinstance(answer, list | tuple):
-        return list(answer)
-    return [answer]
+    Raises:
+        ConvertError: Keras cannot export it (a subclassed model never called, say).
+    """
+    _import()
+    scratch = tempfile.TemporaryDirectory(prefix="onnxkit-keras-")
+    folder = Path(scratch.name) / "saved_model"
+    try:
+        model.export(str(folder), verbose=False)
+    except Exception as exc:  # Keras's own errors while it traces the model
+        scratch.cleanup()
+        raise ConvertError(
+            f"Keras could not export {described} to a SavedModel: {type(exc).__name__}: "
+            f"{str(exc)[:300]}"
+        ) from exc
+    source = load_saved_model(folder, described)
+    return replace(source, scratch=scratch)
 
 
 def default_feed(source: Source, rows: int, seed: int) -> tuple[dict[str, np.ndarray], str] | None:
@@ -217,18 +222,32 @@ def convert(source: Source, feed: dict[str, np.ndarray], opset: int) -> Converte
         ConvertError: The feed does not fit the inputs, the source fails on it, or tf2onnx
             cannot map an op (the message names the TensorFlow ops).
     """
-    tf = _import()
+    _import()
     import tf2onnx
+    from tf2onnx import tf_loader
 
     feed = _fit(source, feed)
     try:
         expected = source.answer(feed)
     except Exception as exc:  # the user's model
         raise ConvertError(f"the model fails on the sample: {type(exc).__name__}: {exc}") from exc
-    function = tf.function(source.call, input_signature=source.specs)
     try:
-        model, _ = tf2onnx.convert.from_function(
-            function, input_signature=source.specs, opset=opset
+        graph, inputs, outputs, _, renames = tf_loader.from_saved_model(
+            str(source.folder),
+            None,
+            None,
+            tag=["serve"],
+            signatures=[source.signature],
+            return_initialized_tables=True,
+            return_tensors_to_rename=True,
+        )
+        model, _ = tf2onnx.convert.from_graph_def(
+            graph,
+            name=source.signature,
+            input_names=inputs,
+            output_names=outputs,
+            opset=opset,
+            tensors_to_rename=renames,
         )
     except Exception as exc:  # tf2onnx's own errors, and TensorFlow's while it traces
         raise ConvertError(

@@ -81,7 +81,7 @@ def test_a_keras_file_converts_and_answers_like_its_weights(tmp_path: Path) -> N
     np.testing.assert_allclose(answer, by_hand(model, rows), rtol=1e-5, atol=1e-5)
     assert report.framework == "tensorflow"
     assert report.inputs == [{"name": "features", "type": "tensor(float)", "shape": ["batch", 8]}]
-    assert report.outputs == [{"name": "output", "type": "tensor(float)", "shape": ["batch", 1]}]
+    assert report.outputs == [{"name": "output_0", "type": "tensor(float)", "shape": ["batch", 1]}]
     assert set(report.converter) >= {"keras", "tf2onnx"}
     assert report.parity.passed
     assert report.parity.rows == 64
