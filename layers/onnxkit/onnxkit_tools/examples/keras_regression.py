@@ -80,8 +80,10 @@ def build_keras_regression(out: Path, *, seed: int = SEED) -> dict[str, Any]:
     model.fit(x_train, y_train, epochs=EPOCHS, batch_size=64, verbose=0)
     out.mkdir(parents=True, exist_ok=True)
     model.export(str(out / "saved_model"), verbose=False)
-    np.savez(out / "calibration.npz", **{KERAS_INPUT: x_train[:CALIBRATION_ROWS]})
-    np.savez(out / "validation.npz", **{KERAS_INPUT: x_val})
+    calibration: dict[str, Any] = {KERAS_INPUT: x_train[:CALIBRATION_ROWS]}
+    validation: dict[str, Any] = {KERAS_INPUT: x_val}
+    np.savez(out / "calibration.npz", **calibration)
+    np.savez(out / "validation.npz", **validation)
     np.save(out / "validation_price.npy", y_val)
     predicted = model.predict(x_val, verbose=0).ravel()
     residual = ((y_val - predicted) ** 2).sum()
