@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -34,6 +35,8 @@ DEFAULT_OPSET = 17
 DEFAULT_ROWS = 64
 REPORT_SUFFIX = ".conversion.json"
 REPORT_SCHEMA = "onnxkit.conversion/1"
+# Sample rows: an .npz file, or (from Python) the arrays themselves; None generates them.
+Sample = Path | Mapping[str, np.ndarray] | None
 
 
 @dataclass(frozen=True)
@@ -80,11 +83,11 @@ def report_path(target: Path) -> Path:
 
 
 def convert_model(
-    source: str,
+    source: Any,
     target: Path,
     *,
     framework: str = "auto",
-    sample: Path | None = None,
+    sample: Sample = None,
     rows: int = DEFAULT_ROWS,
     opset: int = DEFAULT_OPSET,
     axes: dict[str, dict[int, str]] | None = None,
@@ -93,6 +96,7 @@ def convert_model(
     seed: int = 0,
     task: str = hf.DEFAULT_TASK,
     external: bool | None = None,
+    label: str | None = None,
 ) -> ConversionReport:
     """Convert ``source`` to ONNX at ``target`` when it answers like the source framework.
 
@@ -105,11 +109,12 @@ def convert_model(
             archive (``.pt``/``.pth``/``.ts``), a transformers checkpoint folder, a TensorFlow
             SavedModel folder, a Keras ``.keras``/``.h5`` file, or a pickle-based file
             (``.joblib``/``.pkl``, or a ``torch.save``d module), read only with
-            ``allow_pickle``.
+            ``allow_pickle``; or, from Python, the model object itself.
         target: The ``.onnx`` file to write.
         framework: ``auto`` (from the loaded object), ``sklearn``, ``pytorch``,
             ``huggingface`` or ``tensorflow``.
-        sample: An ``.npz``: one array, or one per input named as the model names them.
+        sample: An ``.npz`` (or, from Python, a mapping of arrays): one array, or one per
+            input named as the model names them.
         rows: Random rows to generate when no sample is given.
         opset: The ONNX opset to target.
         axes: PyTorch: the dynamic axes per input (default: batch, and sequence for token
@@ -121,6 +126,8 @@ def convert_model(
         task: A transformers checkpoint's task (:data:`huggingface.TASKS`).
         external: Write the weights to ``MODEL.onnx.data`` beside the graph; None: when they
             pass 1.5 GB (protobuf cannot hold a graph over 2 GB in one file).
+        label: What the report calls the source (default: ``source``, or a model object's
+            class).
 
     Raises:
         ConvertError: The source cannot be loaded or converted, or the converted model does
@@ -133,16 +140,20 @@ def convert_model(
         raise ConvertError(f"framework must be one of {', '.join(FRAMEWORKS)}, not {framework!r}")
     if target.suffix != ".onnx":
         raise ConvertError(f"--out must name an .onnx file, not {target.name}")
-    checkpoint = Path(source) if hf.is_checkpoint(Path(source)) else None
+    loaded = None if isinstance(source, str | Path) else source
+    if loaded is not None:
+        label = label or f"{type(loaded).__module__}.{type(loaded).__qualname__} (in memory)"
+    source = label or str(source)
+    checkpoint = None if loaded is not None or not hf.is_checkpoint(Path(source)) else Path(source)
     if checkpoint is not None:
         _expect(framework, "huggingface", f"{source} is a transformers checkpoint")
         converted, described = _convert_checkpoint(checkpoint, task, sample, opset, axes)
-    elif tfk.is_saved_model(Path(source)):
+    elif loaded is None and tfk.is_saved_model(Path(source)):
         _expect(framework, "tensorflow", f"{source} is a TensorFlow SavedModel")
         saved = tfk.load_saved_model(Path(source))
         converted, described = _convert_tensorflow(saved, sample, rows, seed, opset, axes)
     else:
-        model = _load(source, allow_pickle=allow_pickle)
+        model = loaded if loaded is not None else _load(source, allow_pickle=allow_pickle)
         kind = _framework(model, source, framework)
         if kind == "tensorflow":
             keras = tfk.keras_source(model, f"Keras model {source}")
@@ -241,7 +252,7 @@ def _check(
 def _convert_checkpoint(
     folder: Path,
     task: str,
-    sample: Path | None,
+    sample: Sample,
     opset: int,
     axes: dict[str, dict[int, str]] | None,
 ) -> tuple[Converted, str]:
@@ -251,7 +262,8 @@ def _convert_checkpoint(
         feed, described = _feed(model, "pytorch", sample, DEFAULT_ROWS, 0)
         missing = [n for n in names if n not in feed]
         if missing:
-            raise ConvertError(f"{sample.name} lacks {', '.join(missing)} (the tokenizer's inputs)")
+            where = sample.name if isinstance(sample, Path) else "the sample"
+            raise ConvertError(f"{where} lacks {', '.join(missing)} (the tokenizer's inputs)")
     elif tokenizer is None:
         raise ConvertError(f"{folder} has no tokenizer to make a sample from: pass --sample")
     else:
@@ -262,7 +274,7 @@ def _convert_checkpoint(
 
 def _convert_tensorflow(
     source: tfk.Source,
-    sample: Path | None,
+    sample: Sample,
     rows: int,
     seed: int,
     opset: int,
@@ -321,28 +333,18 @@ def _load(source: str, *, allow_pickle: bool) -> Any:
 
 
 def _feed(
-    model: Any, kind: str, sample: Path | None, rows: int, seed: int
+    model: Any, kind: str, sample: Sample, rows: int, seed: int
 ) -> tuple[dict[str, np.ndarray], str]:
+    if isinstance(sample, Mapping):
+        arrays = {k: np.asarray(v) for k, v in sample.items()}
+        return _sample_feed(arrays, kind, "the given arrays")
     if sample is not None:
         try:
             with np.load(sample) as data:
                 arrays = {k: data[k] for k in data.files}
         except (OSError, ValueError) as exc:
             raise ConvertError(f"cannot read {sample}: {exc}") from exc
-        if not arrays or any(a.ndim < 1 or not len(a) for a in arrays.values()):
-            raise ConvertError(f"{sample.name}: every array needs rows")
-        if len({len(a) for a in arrays.values()}) > 1:
-            raise ConvertError(f"{sample.name}: the arrays hold different numbers of rows")
-        if kind == "sklearn" and len(arrays) > 1:
-            if "X" not in arrays:
-                raise ConvertError(
-                    f"{sample.name} holds {', '.join(sorted(arrays))}: give one array, or name "
-                    "the input rows X"
-                )
-            arrays = {"X": arrays["X"]}
-        feed = {k: a.astype(np.float32) if a.dtype.kind == "f" else a for k, a in arrays.items()}
-        shapes = ", ".join(f"{k} {'x'.join(map(str, a.shape))} {a.dtype}" for k, a in feed.items())
-        return feed, f"{sample}: {shapes}"
+        return _sample_feed(arrays, kind, str(sample))
     if rows < 2:
         raise ConvertError(f"rows must be at least 2, not {rows}")
     makers = {"sklearn": sk.default_feed, "pytorch": pt.default_feed}
@@ -354,6 +356,27 @@ def _feed(
             "or inputs that are not floats, such as token ids): pass --sample rows.npz"
         )
     return made
+
+
+def _sample_feed(
+    arrays: dict[str, np.ndarray], kind: str, where: str
+) -> tuple[dict[str, np.ndarray], str]:
+    """The feed from sample arrays (float ones as float32), and what the report calls it."""
+    name = Path(where).name
+    if not arrays or any(a.ndim < 1 or not len(a) for a in arrays.values()):
+        raise ConvertError(f"{name}: every array needs rows")
+    if len({len(a) for a in arrays.values()}) > 1:
+        raise ConvertError(f"{name}: the arrays hold different numbers of rows")
+    if kind == "sklearn" and len(arrays) > 1:
+        if "X" not in arrays:
+            raise ConvertError(
+                f"{name} holds {', '.join(sorted(arrays))}: give one array, or name the input "
+                "rows X"
+            )
+        arrays = {"X": arrays["X"]}
+    feed = {k: a.astype(np.float32) if a.dtype.kind == "f" else a for k, a in arrays.items()}
+    shapes = ", ".join(f"{k} {'x'.join(map(str, a.shape))} {a.dtype}" for k, a in feed.items())
+    return feed, f"{where}: {shapes}"
 
 
 def _run(model: Path, feed: dict[str, np.ndarray]) -> tuple[list[np.ndarray], Any]:

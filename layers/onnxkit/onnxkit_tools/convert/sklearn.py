@@ -3,6 +3,7 @@ estimator's answers for the parity check."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,8 @@ from onnxkit_tools.convert.errors import ConvertError
 PACKAGES = ("skl2onnx", "scikit-learn")
 BOOSTERS = ("xgboost", "lightgbm")
 INPUT = "X"  # what skl2onnx names the input of a model converted from an array
+# What numpy names arrays saved without a name (np.savez(path, rows)): such an input is INPUT.
+_UNNAMED = re.compile(r"^arr_\d+$")
 # The ai.onnx.ml opset of the tree and linear operators: 3 is the newest that skl2onnx and
 # onnxmltools' booster converters both write (onnxmltools refuses 5).
 ML_OPSET = 3
@@ -59,10 +62,10 @@ def convert(model: Any, feed: dict[str, np.ndarray], opset: int) -> Converted:
         raise ConvertError(
             f"a scikit-learn model takes one array of rows x features, not {', '.join(feed)}"
         )
-    sample = next(iter(feed.values()))
+    name, sample = next(iter(feed.items()))
     if sample.ndim != 2:
         raise ConvertError(f"want rows x features, got shape {sample.shape}")
-    onnx_model = convert_sklearn(model, sample, opset)
+    onnx_model = convert_sklearn(model, sample, opset, INPUT if _UNNAMED.match(name) else name)
     name = onnx_model.graph.input[0].name
     used = [b for b in BOOSTERS if _uses(model, b)]
     packages = (*PACKAGES, *(("onnxmltools", *used) if used else ()))
@@ -77,23 +80,27 @@ def _uses(model: Any, package: str) -> bool:
     return any(type(step).__module__.split(".")[0] == package for step in steps)
 
 
-def convert_sklearn(model: Any, sample: np.ndarray, opset: int) -> Any:
-    """An ONNX model of ``model`` whose input type and width come from ``sample`` (its batch
-    axis dynamic); classifiers give ``label`` and a plain ``probabilities`` tensor (no ZipMap).
+def convert_sklearn(model: Any, sample: np.ndarray, opset: int, name: str = INPUT) -> Any:
+    """An ONNX model of ``model`` whose input, ``name``, takes ``sample``'s type and width (its
+    batch axis dynamic); classifiers give ``label`` and a plain ``probabilities`` tensor (no
+    ZipMap).
 
     Raises:
         ConvertError: skl2onnx is missing, has no converter for the model, or fails.
     """
     try:
         from skl2onnx import to_onnx
+        from skl2onnx.common.data_types import guess_data_type
     except ImportError as exc:
         raise ConvertError(
             "converting scikit-learn models needs skl2onnx: pip install 'onnxkit[tools]'"
         ) from exc
     _register_boosters()
     options = {id(_final_step(model)): {"zipmap": False}} if is_classifier(model) else None
+    ((_, guessed),) = guess_data_type(sample[:1])
+    inputs = [(name, type(guessed)([None, *sample.shape[1:]]))]
     try:
-        return to_onnx(model, sample[:1], target_opset=opset_map(opset), options=options)
+        return to_onnx(model, initial_types=inputs, target_opset=opset_map(opset), options=options)
     except Exception as exc:  # skl2onnx raises RuntimeError, MissingShapeCalculator, ...
         name = type(_final_step(model)).__name__
         raise ConvertError(

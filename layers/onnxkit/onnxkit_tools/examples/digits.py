@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxkit_tools.convert import convert_model
 from onnxkit_tools.examples.cache import (
     build_lock,
     clear_key,
@@ -38,6 +39,7 @@ DIGITS_SEED = 0
 # gate, and the onnxkit modules the gate runs and measures the models with.
 BUILD_SOURCES = (
     "onnxkit_tools.examples.digits",
+    "onnxkit_tools.convert",
     "onnxkit_tools.quantize",
     "onnxkit_tools.numeric",
     "onnxkit.session",
@@ -48,6 +50,7 @@ BUILD_SOURCES = (
 BUILD_PACKAGES = ("scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy", "pillow")
 _OUTPUTS = (
     "fp32/model.onnx",
+    "fp32/model.conversion.json",
     "int8/model.onnx",
     "validation.npz",
     "calibration.npz",
@@ -115,7 +118,7 @@ def cached_digits(out: Path, *, seed: int = DIGITS_SEED) -> Path:
 
 
 def build_digits(out: Path, *, seed: int = DIGITS_SEED) -> dict[str, Any]:
-    """Train an MLP on scikit-learn's bundled digits, export fp32 ONNX, quantize behind the gate.
+    """Train an MLP on scikit-learn's bundled digits, convert it, quantize behind the gate.
 
     Writes ``out/fp32/model.onnx``, ``out/int8/model.onnx`` (the candidate the quality gate
     chose), each with a ``manifest.json`` (model ``digits``: the folder can be served as is,
@@ -132,8 +135,6 @@ def build_digits(out: Path, *, seed: int = DIGITS_SEED) -> dict[str, Any]:
         QualityGateError: No candidate kept accuracy within one point of fp32 without being
             slower or larger (the report is written first).
     """
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import FloatTensorType
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
     from sklearn.neural_network import MLPClassifier
@@ -153,13 +154,14 @@ def build_digits(out: Path, *, seed: int = DIGITS_SEED) -> dict[str, Any]:
     int8 = out / "int8" / "model.onnx"
     fp32.parent.mkdir(parents=True, exist_ok=True)
     clear_key(out)  # from here on, out/ is incomplete
-    onnx_model = to_onnx(
+    # As a user would: onnxkit convert, with parity against the pipeline on the held-out rows
+    # (labels identical, probabilities within tolerance); fp32/model.conversion.json says so.
+    convert_model(
         model,
-        initial_types=[(DIGITS_INPUT, FloatTensorType([None, 64]))],
-        options={id(classifier): {"zipmap": False}},
-        target_opset=17,
+        fp32,
+        sample={DIGITS_INPUT: x_test},
+        label=f"{__name__}.build_digits: MaxAbsScaler + MLPClassifier(128, 64), load_digits",
     )
-    fp32.write_bytes(onnx_model.SerializeToString())
     calibration = {DIGITS_INPUT: x_train[:CALIBRATION_ROWS]}
     validation = {DIGITS_INPUT: x_test, "label": y_test}
     np.savez_compressed(out / "validation.npz", **validation)
