@@ -107,6 +107,12 @@ def _parse_axes(values: tuple[str, ...]) -> dict[str, dict[int, str]] | None:
     help="a transformers checkpoint's task: which head, which output",
 )
 @click.option(
+    "--inputs",
+    metavar="NAME,NAME",
+    help="a transformers checkpoint: the tokenizer inputs the model takes (default: all of them); "
+    "leaving out token_type_ids keeps the model's default, all zeros (one segment)",
+)
+@click.option(
     "--sample",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="input rows for the parity check (.npz)",
@@ -160,6 +166,7 @@ def convert(
     target: Path,
     framework: str,
     task: str,
+    inputs: str | None,
     sample: Path | None,
     rows: int,
     opset: int,
@@ -175,6 +182,7 @@ def convert(
         target,
         framework=framework,
         task=task,
+        inputs=[n.strip() for n in inputs.split(",") if n.strip()] if inputs else None,
         sample=sample,
         rows=rows,
         opset=opset,

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -97,6 +97,7 @@ def convert_model(
     task: str = hf.DEFAULT_TASK,
     external: bool | None = None,
     label: str | None = None,
+    inputs: Sequence[str] | None = None,
 ) -> ConversionReport:
     """Convert ``source`` to ONNX at ``target`` when it answers like the source framework.
 
@@ -128,6 +129,9 @@ def convert_model(
             pass 1.5 GB (protobuf cannot hold a graph over 2 GB in one file).
         label: What the report calls the source (default: ``source``, or a model object's
             class).
+        inputs: A transformers checkpoint: the tokenizer's inputs the ONNX model takes
+            (default all); the others keep the model's defaults (``token_type_ids``: zeros,
+            one segment).
 
     Raises:
         ConvertError: The source cannot be loaded or converted, or the converted model does
@@ -141,22 +145,25 @@ def convert_model(
     if target.suffix != ".onnx":
         raise ConvertError(f"--out must name an .onnx file, not {target.name}")
     loaded = None if isinstance(source, str | Path) else source
+    where = "" if loaded is not None else str(source)  # a path or module:attribute to load
     if loaded is not None:
         label = label or f"{type(loaded).__module__}.{type(loaded).__qualname__} (in memory)"
-    source = label or str(source)
-    checkpoint = None if loaded is not None or not hf.is_checkpoint(Path(source)) else Path(source)
+    shown = label or where  # what the report and the messages call it
+    checkpoint = Path(where) if where and hf.is_checkpoint(Path(where)) else None
+    if inputs and checkpoint is None:
+        raise ConvertError("--inputs is for transformers checkpoints")
     if checkpoint is not None:
-        _expect(framework, "huggingface", f"{source} is a transformers checkpoint")
-        converted, described = _convert_checkpoint(checkpoint, task, sample, opset, axes)
-    elif loaded is None and tfk.is_saved_model(Path(source)):
-        _expect(framework, "tensorflow", f"{source} is a TensorFlow SavedModel")
-        saved = tfk.load_saved_model(Path(source))
+        _expect(framework, "huggingface", f"{shown} is a transformers checkpoint")
+        converted, described = _convert_checkpoint(checkpoint, task, sample, opset, axes, inputs)
+    elif where and tfk.is_saved_model(Path(where)):
+        _expect(framework, "tensorflow", f"{shown} is a TensorFlow SavedModel")
+        saved = tfk.load_saved_model(Path(where))
         converted, described = _convert_tensorflow(saved, sample, rows, seed, opset, axes)
     else:
-        model = loaded if loaded is not None else _load(source, allow_pickle=allow_pickle)
-        kind = _framework(model, source, framework)
+        model = loaded if loaded is not None else _load(where, allow_pickle=allow_pickle)
+        kind = _framework(model, shown, framework)
         if kind == "tensorflow":
-            keras = tfk.keras_source(model, f"Keras model {source}")
+            keras = tfk.keras_source(model, f"Keras model {shown}")
             converted, described = _convert_tensorflow(keras, sample, rows, seed, opset, axes)
         else:
             feed, described = _feed(model, kind, sample, rows, seed)
@@ -170,7 +177,7 @@ def convert_model(
     with tempfile.TemporaryDirectory(prefix=".onnxkit-convert-", dir=target.parent) as folder:
         staged = Path(folder) / target.name
         write_proto(converted.model, staged, external=external)
-        report = _check(converted, staged, source, target, opset, described, tolerance)
+        report = _check(converted, staged, shown, target, opset, described, tolerance)
         report = replace(
             report,
             seconds=time.perf_counter() - started,
@@ -255,9 +262,18 @@ def _convert_checkpoint(
     sample: Sample,
     opset: int,
     axes: dict[str, dict[int, str]] | None,
+    inputs: Sequence[str] | None,
 ) -> tuple[Converted, str]:
     tokenizer, model = hf.load_checkpoint(folder, task)
     names = hf.input_names(tokenizer)
+    if inputs:
+        unknown = [n for n in inputs if n not in names]
+        if unknown or "input_ids" not in inputs:
+            raise ConvertError(
+                f"--inputs must name input_ids and only the tokenizer's inputs "
+                f"({', '.join(names)}), not {', '.join(inputs)}"
+            )
+        names = [n for n in names if n in inputs]
     if sample is not None:
         feed, described = _feed(model, "pytorch", sample, DEFAULT_ROWS, 0)
         missing = [n for n in names if n not in feed]

