@@ -104,3 +104,40 @@ def test_a_checkpoint_without_a_tokenizer_needs_a_sample(tmp_path: Path) -> None
     with pytest.raises(ConvertError, match="no tokenizer"):
         convert_model(str(tmp_path / "bert"), tmp_path / "m.onnx", task="text-classification")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_inputs_leave_token_type_ids_to_the_models_zeros(tmp_path: Path) -> None:
+    # GIVEN a tiny BERT classifier whose tokenizer gives input_ids, token_type_ids and a mask
+    _tiny_bert(tmp_path / "bert")
+
+    # WHEN it is converted taking only input_ids and attention_mask
+    report = convert_model(
+        str(tmp_path / "bert"),
+        tmp_path / "m.onnx",
+        task="text-classification",
+        inputs=["input_ids", "attention_mask"],
+    )
+
+    # THEN the model takes those two, and answers what transformers does for one segment
+    assert [i["name"] for i in report.inputs] == ["input_ids", "attention_mask"]
+    feed = _tokens(tmp_path / "bert", NEW_TEXTS)
+    assert not feed["token_type_ids"].any()  # a single sentence is segment 0 throughout
+    pair = {k: v for k, v in feed.items() if k != "token_type_ids"}
+    (logits,) = load_session(tmp_path / "m.onnx", intra_op_threads=1).run(["logits"], pair)
+    model = transformers.BertForSequenceClassification.from_pretrained(
+        str(tmp_path / "bert"), local_files_only=True
+    ).eval()
+    with torch.no_grad():
+        want = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+    np.testing.assert_allclose(logits, want, atol=1e-4)
+
+
+def test_inputs_must_be_the_tokenizers_and_only_for_checkpoints(tmp_path: Path) -> None:
+    _tiny_bert(tmp_path / "bert")
+
+    with pytest.raises(ConvertError, match="--inputs must name input_ids"):
+        convert_model(
+            str(tmp_path / "bert"), tmp_path / "a.onnx", inputs=["input_ids", "pixel_values"]
+        )
+    with pytest.raises(ConvertError, match="--inputs is for transformers checkpoints"):
+        convert_model("tests.unit:nothing", tmp_path / "b.onnx", inputs=["input_ids"])
