@@ -354,3 +354,39 @@ def test_from_uri_opens_a_directory(tmp_path: Path) -> None:
 def test_from_uri_refuses_what_it_cannot_open(uri: str, message: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=message):
         ModelStore.from_uri(uri, cache_dir=tmp_path)
+
+
+def test_a_parallel_download_that_gives_up_is_store_unavailable_then_recovers(
+    s3_client: Any, tiny_model: BuiltModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a model on S3, fetched by ranged parallel GETs (from 1 byte on), and an S3 whose
+    # parts time out on every retry
+    from botocore.exceptions import ReadTimeoutError
+    from s3transfer.exceptions import RetriesExceededError
+
+    from onnxkit_tools.registry import Registry
+
+    uri = "s3://onnxkit-unit/prefix"
+    s3_client.create_bucket(Bucket="onnxkit-unit")
+    registry = Registry.from_uri(uri, cache_dir=tmp_path / "pub", s3_client=s3_client)
+    manifest = describe_model(tiny_model.path, name="tiny", version="1")
+    registry.publish(manifest, tiny_model.folder)
+    blobs = S3Blobs(s3_client, "onnxkit-unit", "prefix", parallel_from=1)
+    reader = ModelStore(blobs, tmp_path / "cache")
+
+    def timing_out(*args: Any, **kwargs: Any) -> None:
+        raise RetriesExceededError(ReadTimeoutError(endpoint_url="http://s3"))
+
+    monkeypatch.setattr(s3_client, "download_fileobj", timing_out)
+
+    # WHEN it is fetched, THEN the fault is a 503 that names the cause and the setting
+    with pytest.raises(StoreUnavailableError) as caught:
+        reader.fetch(reader.resolve("tiny", version="1"))
+    assert caught.value.status == 503
+    assert "ReadTimeoutError on every retry" in caught.value.message
+    assert "ONNXKIT_S3_READ_TIMEOUT" in caught.value.message
+    # ... nothing partial is kept, and once S3 answers the next fetch is whole and verified
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    monkeypatch.undo()
+    folder = reader.fetch(reader.resolve("tiny", version="1"))
+    assert digest(folder / "model.onnx") == digest(tiny_model.path)

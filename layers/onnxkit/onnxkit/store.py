@@ -52,6 +52,7 @@ from onnxkit.errors import (
 )
 from onnxkit.manifest import FileEntry, Manifest, verify_file
 from onnxkit.phases import Phases
+from onnxkit.settings import ENV_S3_READ_TIMEOUT
 
 MANIFEST_NAME = "manifest.json"
 ALIASES_DIR = "_aliases"
@@ -286,10 +287,18 @@ class S3Blobs:
     def _errors(self, key: str) -> Iterator[None]:
         """Translate botocore failures into the onnxkit error tree."""
         from botocore.exceptions import BotoCoreError, ClientError
+        from s3transfer.exceptions import RetriesExceededError
 
         where = f"s3://{self._bucket}/{self._key(key)}"
         try:
             yield
+        except RetriesExceededError as exc:  # a ranged, parallel download gave up on a part
+            last = exc.last_exception
+            raise StoreUnavailableError(
+                f"cannot download {where}: {type(last).__name__} on every retry of a part; S3 "
+                f"too slow or unreachable (a slow local store may need a longer "
+                f"{ENV_S3_READ_TIMEOUT})"
+            ) from exc
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = str(error.get("Code", ""))
