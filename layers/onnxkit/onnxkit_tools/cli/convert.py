@@ -45,8 +45,9 @@ or one per input named as forward names them; scikit-learn: rows x features, or 
 random rows shaped from the model. Per
 output: max abs error and minimum cosine for scores, probabilities and regressions (passes
 when max abs <= --max-abs-error or cosine >= --min-cosine; defaults {MAX_ABS_ERROR:g} and
-{MIN_COSINE:g}), identical labels for classifiers. The ONNX model runs all rows in one batch
-and the first row alone, so a batch axis fixed at export is caught.
+{MIN_COSINE:g}), identical labels for classifiers; for scores with several values per row
+(logits, probabilities) the share of rows whose top-1 agrees is reported too. The ONNX model
+runs all rows in one batch and the first row alone, so a batch axis fixed at export is caught.
 
 \b
 Writes MODEL.conversion.json beside --out either way; --out itself only when every output
@@ -196,6 +197,8 @@ def convert(
             detail = f"labels identical {output.agreement:.2%}"
         else:
             detail = f"max abs error {output.max_abs_error:.3g}, min cosine {output.cosine_min:.6f}"
+            if output.top1_agreement is not None:
+                detail += f", top-1 identical {output.top1_agreement:.2%}"
         click.echo(f"parity {output.name}: {detail} over {report.parity.rows} rows")
     click.echo(f"wrote {target} ({report.framework}, opset {report.opset})")
     click.echo(f"report: {report_path(target)}")

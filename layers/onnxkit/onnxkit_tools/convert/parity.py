@@ -37,6 +37,10 @@ class OutputParity:
         cosine_min: Smallest per-row cosine; for one value per row, the cosine of the whole
             column (a per-row cosine of scalars only compares signs).
         agreement: Share of identical labels (label outputs).
+        top1_agreement: Float outputs with several values per row or per position (scores,
+            logits, probabilities): the share of rows (positions, for per-token outputs)
+            whose largest value is at the same index on both sides. Reported, not judged:
+            an embedding's argmax means nothing, and a tie can flip it.
     """
 
     name: str
@@ -46,6 +50,7 @@ class OutputParity:
     max_abs_error: float | None = None
     cosine_min: float | None = None
     agreement: float | None = None
+    top1_agreement: float | None = None
 
 
 @dataclass(frozen=True)
@@ -124,4 +129,20 @@ def compare_output(
     passed = bool(max_abs <= tolerance.max_abs_error or cosine >= tolerance.min_cosine)
     if not np.isfinite(a).all() and np.isfinite(e).all():
         passed = False  # NaN or inf where the source had numbers
-    return OutputParity(name, kind, passed, worst, max_abs_error=max_abs, cosine_min=cosine)
+    return OutputParity(
+        name,
+        kind,
+        passed,
+        worst,
+        max_abs_error=max_abs,
+        cosine_min=cosine,
+        top1_agreement=_top1(np.asarray(actual), np.asarray(expected)),
+    )
+
+
+def _top1(actual: np.ndarray, expected: np.ndarray) -> float | None:
+    """Share of rows (or positions) whose argmax over the last axis agrees; None for one
+    value per row."""
+    if actual.ndim < 2 or actual.shape[-1] < 2 or not actual.size:
+        return None
+    return float((actual.argmax(axis=-1) == expected.argmax(axis=-1)).mean())

@@ -188,6 +188,30 @@ def test_label_parity_reports_the_first_difference() -> None:
     assert (parity.passed, parity.worst_row, parity.agreement) == (False, 2, 0.75)
 
 
+def test_scores_report_top1_agreement_per_row_and_per_token() -> None:
+    # GIVEN 4 rows of 3 scores where row 2's two best trade places (a tiny change), and
+    # per-token logits (2 rows x 3 tokens x 2 labels) where one token's label flips
+    expected = np.array([[3.0, 1, 0], [0, 2, 1], [1, 1.001, 0], [0, 0, 5]])
+    actual = expected.copy()
+    actual[2] = [1.001, 1.0, 0]
+    tokens = np.array([[[1.0, 0], [0, 1], [1, 0]], [[0, 1], [1, 0], [0.5, 0.4]]])
+    flipped = tokens.copy()
+    flipped[1, 2] = [0.4, 0.5]
+
+    scores = compare_output("logits", actual, expected, "float", Tolerance())
+    per_token = compare_output("logits", flipped, tokens, "float", Tolerance())
+    column = compare_output("y", expected[:, :1], expected[:, :1], "float", Tolerance())
+
+    # THEN 3 of 4 rows and 5 of 6 tokens agree (counted by hand); one value per row has none
+    assert scores.top1_agreement == 0.75
+    assert per_token.top1_agreement == pytest.approx(5 / 6)
+    assert column.top1_agreement is None
+    # ... and the verdict still comes from cosine and max abs error alone: the swapped near-tie
+    # (cosine 0.9999995) passes, the flipped token (cosine 2.4 / 2.41) does not
+    assert scores.passed
+    assert not per_token.passed
+
+
 def test_one_value_per_row_is_judged_on_the_whole_column() -> None:
     # per-row cosines of scalars only compare signs: the column's cosine is the measure
     expected = np.array([1.0, 2.0, 3.0])
