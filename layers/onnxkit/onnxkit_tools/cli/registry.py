@@ -126,10 +126,20 @@ def publish(
     Processing is published with the version and versioned with it: --tokenizer (sentences
     in), --preprocess (images in), --labels/--top-k/--softmax (labels out), --l2-normalize
     (embeddings). Its files are checksummed like the graph and loaded once here, so a bad file
-    fails now rather than in the function.
+    fails now rather than in the function. A conversion report (--report
+    MODEL.conversion.json) from a transformers checkpoint names the tokenizer onnxkit convert
+    copied beside the model: it is published as --tokenizer unless --tokenizer is given.
     """
     from onnxkit_tools.processing import ProcessingOptions
 
+    report, conversion = _sort_reports(reports)
+    if tokenizer is None and conversion is not None:
+        tokenizer = _converted_tokenizer(conversion)
+        if tokenizer is not None:
+            click.echo(
+                f"tokenizer {tokenizer} (copied by onnxkit convert, named in {conversion.name}): "
+                "the model takes sentences too; --tokenizer picks another"
+            )
     options = ProcessingOptions(
         tokenizer=tokenizer,
         text_input=text_input,
@@ -143,7 +153,6 @@ def publish(
         output=scores_output,
         l2_normalize=l2_normalize,
     )
-    report, conversion = _sort_reports(reports)
     registry = open_registry(store, kms_key_id=kms_key_id)
     if backend == "lambda":
         check_before_publish(model, memory_mb, strict=strict_init_budget)
@@ -194,6 +203,26 @@ def describe_processing(processing: dict[str, Any]) -> str:
             done.append(f"top {step['top_k']}" + (" with labels" if step.get("labels") else ""))
         parts.append(f"{step['output']}: {', '.join(done) or 'as is'}")
     return "; ".join(parts)
+
+
+def _converted_tokenizer(conversion: Path) -> Path | None:
+    """The tokenizer ``onnxkit convert`` copied beside the model, as its report names it
+    (a file beside the report); None when it names none.
+
+    Raises:
+        click.BadParameter: The report names a tokenizer that is not there.
+    """
+    named = json.loads(conversion.read_text()).get("tokenizer")
+    if not named:
+        return None
+    path = conversion.parent / Path(named).name
+    if not path.is_file():
+        raise click.BadParameter(
+            f"{conversion.name} names the tokenizer {named}, which is not beside it: copy it "
+            "back or pass --tokenizer",
+            param_hint="--report",
+        )
+    return path
 
 
 def _sort_reports(reports: tuple[Path, ...]) -> tuple[Path | None, Path | None]:

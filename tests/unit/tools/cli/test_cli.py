@@ -450,3 +450,36 @@ def test_start_api_takes_its_port_before_starting_anything(
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
     assert "--port" in result.output
     assert started == []
+
+
+def test_publish_takes_the_tokenizer_a_conversion_report_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a text model with the conversion report onnxkit convert writes for a checkpoint:
+    # the tokenizer copied beside the model, named in the report
+    text_model(tmp_path / "model.onnx")
+    copied = tmp_path / "model.tokenizer.json"
+    copied.write_bytes(tokenizer_path().read_bytes())
+    report = tmp_path / "model.conversion.json"
+    report.write_text(json.dumps({"schema": "onnxkit.conversion/1", "tokenizer": copied.name}))
+    store = f"file://{tmp_path / 'store'}"
+
+    # WHEN it is published with that report and no --tokenizer
+    publish = ["publish", str(tmp_path / "model.onnx"), "--report", str(report), "--store", store]
+    code = main([*publish, "--name", "t"])
+
+    # THEN the version takes sentences through that very tokenizer, and says where it came from
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"tokenizer {copied} (copied by onnxkit convert" in printed
+    assert main(["models", "show", "t@1", "--store", store]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    tokenizer = shown["processing"]["text"]["tokenizer"]
+    (entry,) = [f for f in shown["files"] if f["path"] == tokenizer]
+    assert entry["sha256"] == sha256_file(tokenizer_path())
+    assert shown["conversion"]["tokenizer"] == copied.name
+
+    # ... and a report naming a tokenizer that is not there is refused before any upload
+    copied.unlink()
+    assert main([*publish, "--name", "u"]) == 2
+    assert "not beside it" in capsys.readouterr().err
