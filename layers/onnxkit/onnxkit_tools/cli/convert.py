@@ -23,17 +23,19 @@ estimator or pipeline, a PyTorch module, a Keras model) or a function returning 
 current folder is importable); a TorchScript archive (.pt/.pth/.ts); or a pickle (.joblib/.pkl,
 or a module saved whole with torch.save), read only with --allow-pickle because unpickling runs
 whatever code the file names. A state dict holds weights only: point at the code that builds
-the module. A folder with config.json is a Hugging Face transformers checkpoint (read offline):
---task picks the head and the output (feature-extraction: last_hidden_state; sentence-
-embedding: mean-pooled over the mask, L2-normalized; text-/token-classification: logits); its
-inputs are the tokenizer's, the sample is built-in sentences, and tokenizer.json is copied
-beside the model as MODEL.tokenizer.json (onnxkit publish --report MODEL.conversion.json
-publishes it). A folder with saved_model.pb is a TensorFlow SavedModel, converted through
-tf2onnx from its serving_default signature (its input and output names, and its None axes
-dynamic); a .keras or .h5 file (or module:attribute) is a Keras model, loaded in safe mode (a
-Lambda layer's code is refused, not run) and exported to a SavedModel first: its inputs are
-named after its Input layers, its outputs output_0, output_1, ... (pip install
-'onnxkit[convert-tensorflow]').
+the module.
+
+A folder with config.json is a Hugging Face transformers checkpoint (read offline): --task
+picks the head and the output (feature-extraction: last_hidden_state; sentence-embedding:
+mean-pooled over the mask, L2-normalized; text-/token-classification: logits); its inputs are
+the tokenizer's, the sample is built-in sentences, and tokenizer.json is copied beside the
+model as MODEL.tokenizer.json (onnxkit publish --report MODEL.conversion.json publishes it).
+
+A folder with saved_model.pb is a TensorFlow SavedModel, converted through tf2onnx from its
+serving_default signature (its input and output names, and its None axes dynamic); a .keras or
+.h5 file (or module:attribute) is a Keras model, loaded in safe mode (a Lambda layer's code is
+refused, not run) and exported to a SavedModel first: its inputs are named after its Input
+layers, its outputs output_0, output_1, ... (pip install 'onnxkit[convert-tensorflow]').
 
 PyTorch modules go through torch.onnx.export with axis 0 of every input dynamic ("batch"), and
 axis 1 too ("sequence") for token ids (2-D integers) and 3-D float inputs; --dynamic-axes

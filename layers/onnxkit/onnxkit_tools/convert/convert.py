@@ -186,10 +186,11 @@ def convert_model(
         report_file = report_path(target)
         if not report.parity.passed:
             report_file.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+            stale = f"; {target} is an earlier one, left as it was" if target.exists() else ""
             raise ParityError(
                 "the ONNX model does not answer like the source; nothing was written: "
                 + "; ".join(report.parity.failures())
-                + f" (report: {report_file})"
+                + f" (report: {report_file}{stale})"
             )
         for file in Path(folder).iterdir():  # the graph and its external data
             os.replace(file, target.parent / file.name)

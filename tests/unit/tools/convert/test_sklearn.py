@@ -147,6 +147,20 @@ def test_parity_outside_the_tolerance_names_the_worst_row_and_writes_no_model(
     assert written["target"] is None
 
 
+def test_a_failed_conversion_says_the_model_at_out_is_an_earlier_one(
+    user_module: str, tmp_path: Path
+) -> None:
+    # GIVEN a model converted earlier at --out
+    convert_model(f"{user_module}:regressor", tmp_path / "m.onnx")
+    before = (tmp_path / "m.onnx").read_bytes()
+    # WHEN a second conversion fails parity
+    strict = Tolerance(min_cosine=1.01, max_abs_error=0.0)
+    with pytest.raises(ParityError, match=r"m\.onnx is an earlier one, left as it was"):
+        convert_model(f"{user_module}:regressor", tmp_path / "m.onnx", tolerance=strict)
+    # THEN the earlier model is untouched, and the message said it is not this run's
+    assert (tmp_path / "m.onnx").read_bytes() == before
+
+
 @pytest.mark.parametrize(
     ("source", "message"),
     [
