@@ -9,7 +9,6 @@ started here is stopped at the end, whatever happens.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 import urllib.error
@@ -28,21 +27,8 @@ STORE = "s3://onnxkit-local/onnxkit"
 
 def main() -> int:
     s3_port, api_port = free_port(4566), free_port(3000)
-    endpoint = f"http://127.0.0.1:{s3_port}"
-    # Local only: fake credentials, S3 on the moto server. Nothing here reaches AWS. These are
-    # the only variables set, and they are echoed, so every command below can be repeated.
-    exported = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL_S3": endpoint,
-    }
-    with Walkthrough(REPO, exported) as walk:
-        try:
-            return _walk(walk, endpoint, api_port, s3_port)
-        except (subprocess.CalledProcessError, urllib.error.URLError) as exc:
-            print(f"demo failed: {exc}", file=sys.stderr)
-            return 1
+    with Walkthrough.on_local_s3(REPO, s3_port) as walk:
+        return walk.guarded("demo", lambda: _walk(walk, walk.endpoint, api_port, s3_port))
 
 
 def _walk(walk: Walkthrough, endpoint: str, api_port: int, s3_port: int) -> int:

@@ -40,20 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     s3_port, api_port = free_port(4567), free_port(3001)
-    endpoint = f"http://127.0.0.1:{s3_port}"
-    # Local only: fake credentials, S3 on the moto server. Nothing here reaches AWS.
-    exported = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL_S3": endpoint,
-    }
-    with Walkthrough(REPO, exported) as walk:
-        try:
-            return _walk(walk, args.work, endpoint, s3_port, api_port)
-        except (subprocess.CalledProcessError, urllib.error.URLError) as exc:
-            print(f"example failed: {exc}", file=sys.stderr)
-            return 1
+    with Walkthrough.on_local_s3(REPO, s3_port) as walk:
+        return walk.guarded(
+            "example", lambda: _walk(walk, args.work, walk.endpoint, s3_port, api_port)
+        )
 
 
 def _walk(walk: Walkthrough, work: Path, endpoint: str, s3_port: int, api_port: int) -> int:

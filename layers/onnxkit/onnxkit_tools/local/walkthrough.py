@@ -8,6 +8,8 @@ import os
 import shlex
 import subprocess
 import sys
+import urllib.error
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -30,6 +32,34 @@ class Walkthrough:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ONNXKIT_"))}
         self.env.update(self.exported)
         self._started: list[subprocess.Popen[bytes]] = []
+
+    @classmethod
+    def on_local_s3(cls, repo: Path, s3_port: int) -> Walkthrough:
+        """Local only: fake credentials and S3 on a moto server at ``s3_port``; nothing reaches
+        AWS. These are the only variables set, and they are echoed, so every command can be
+        repeated."""
+        return cls(
+            repo,
+            {
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{s3_port}",
+            },
+        )
+
+    @property
+    def endpoint(self) -> str:
+        """The S3 endpoint the commands use."""
+        return self.exported["AWS_ENDPOINT_URL_S3"]
+
+    def guarded(self, what: str, steps: Callable[[], int]) -> int:
+        """Run ``steps``; a failed command or request ends it with exit status 1 and one line."""
+        try:
+            return steps()
+        except (subprocess.CalledProcessError, urllib.error.URLError) as exc:
+            print(f"{what} failed: {exc}", file=sys.stderr)
+            return 1
 
     def __enter__(self) -> Walkthrough:
         return self

@@ -82,6 +82,15 @@ def _tiny_bert(folder: Path, *, with_tokenizer: bool = True) -> None:
             shutil.copyfile(CHECKPOINT / name, folder / name)
 
 
+def _transformers_logits(folder: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
+    """The saved classifier's own logits on ``feed``, from transformers."""
+    model = transformers.BertForSequenceClassification.from_pretrained(
+        str(folder), local_files_only=True
+    ).eval()
+    with torch.no_grad():
+        return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+
+
 def test_a_classifier_checkpoint_answers_its_logits(tmp_path: Path) -> None:
     _tiny_bert(tmp_path / "bert")
 
@@ -89,11 +98,7 @@ def test_a_classifier_checkpoint_answers_its_logits(tmp_path: Path) -> None:
 
     feed = _tokens(tmp_path / "bert", NEW_TEXTS)
     (logits,) = load_session(tmp_path / "m.onnx", intra_op_threads=1).run(["logits"], feed)
-    model = transformers.BertForSequenceClassification.from_pretrained(
-        str(tmp_path / "bert"), local_files_only=True
-    ).eval()
-    with torch.no_grad():
-        want = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+    want = _transformers_logits(tmp_path / "bert", feed)
     np.testing.assert_allclose(logits, want, atol=1e-4)
     np.testing.assert_array_equal(logits.argmax(1), want.argmax(1))
 
@@ -124,12 +129,7 @@ def test_inputs_leave_token_type_ids_to_the_models_zeros(tmp_path: Path) -> None
     assert not feed["token_type_ids"].any()  # a single sentence is segment 0 throughout
     pair = {k: v for k, v in feed.items() if k != "token_type_ids"}
     (logits,) = load_session(tmp_path / "m.onnx", intra_op_threads=1).run(["logits"], pair)
-    model = transformers.BertForSequenceClassification.from_pretrained(
-        str(tmp_path / "bert"), local_files_only=True
-    ).eval()
-    with torch.no_grad():
-        want = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
-    np.testing.assert_allclose(logits, want, atol=1e-4)
+    np.testing.assert_allclose(logits, _transformers_logits(tmp_path / "bert", feed), atol=1e-4)
 
 
 def test_inputs_must_be_the_tokenizers_and_only_for_checkpoints(tmp_path: Path) -> None:
