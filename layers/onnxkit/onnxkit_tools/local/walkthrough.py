@@ -79,13 +79,13 @@ class Walkthrough:
 
     def echo_exports(self) -> None:
         """The ``export`` line that makes every later command repeatable in a shell."""
-        print("$ export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in self.exported.items()))
+        _echo_export(self.exported)
 
     def export(self, **values: str) -> None:
         """Set (and echo) more variables for the commands that follow."""
         self.exported.update(values)
         self.env.update(values)
-        print("$ export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in values.items()))
+        _echo_export(values)
 
     def run(self, *args: str) -> None:
         """``onnxkit ARGS`` in the foreground.
@@ -130,3 +130,7 @@ class Walkthrough:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def _echo_export(values: dict[str, str]) -> None:
+    print("$ export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in values.items()), flush=True)
