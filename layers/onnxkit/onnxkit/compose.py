@@ -177,6 +177,7 @@ def build_predictor(
         background=role == ENDPOINT if background is None else background,
         canary=canary_policy(settings, source),
         payloads=payload_store(settings, clients),
+        load_retry_s=settings.model.load_retry_seconds,
     )
 
 
@@ -244,9 +245,8 @@ def build_repository(
         def forget(dropped: tuple[Manifest, ...], served: tuple[Manifest, ...]) -> None:
             kept = {store.local_dir(m) for m in served}
             for manifest in dropped:
-                folder = store.local_dir(manifest)
-                if folder not in kept:
-                    shutil.rmtree(folder, ignore_errors=True)
+                if store.local_dir(manifest) not in kept:
+                    store.drop(manifest)
 
         return predictor, forget
 
@@ -367,7 +367,9 @@ def _forwarding_backend(
     if not forward.endpoint:
         raise ModelNotReadyError(
             f"{manifest.name} {manifest.version} is routed to SageMaker but no endpoint is "
-            f"configured; set {ENV_SAGEMAKER_ENDPOINT} or {ENV_BACKEND}=lambda"
+            f"configured; set {ENV_SAGEMAKER_ENDPOINT} or {ENV_BACKEND}=lambda",
+            public=f"{manifest.name} {manifest.version} runs on a SageMaker endpoint, and this "
+            "server has none configured",
         )
     return SageMakerBackend(
         manifest,

@@ -15,10 +15,21 @@ from typing import Any
 
 from onnxkit.datatypes import BY_NAME
 from onnxkit.errors import IntegrityError
+from onnxkit.names import check_name
 
 SCHEMA_VERSION = 1
 BACKENDS = ("lambda", "sagemaker")
 _HASH_CHUNK = 1024 * 1024
+# What a manifest may make a server loop over or allocate, checked as it is parsed (the store's
+# documents are untrusted input; the store also refuses a document over 1 MiB before reading).
+MAX_FILES = 256
+"""Files in one version: a graph, its external data, a CPU twin, a tokenizer, labels."""
+MAX_TENSORS = 1024
+"""Inputs, and outputs, of one model."""
+MAX_RANK = 32
+"""Dimensions of one tensor (onnxruntime's own kernels stop well before)."""
+MAX_FILE_BYTES = 1 << 40
+"""A file's declared size: past a TiB it can only be a lie (the disk check refuses it anyway)."""
 
 
 @dataclass(frozen=True)
@@ -170,21 +181,26 @@ class Manifest:
                 f"schema_version {data['schema_version']} is newer than this onnxkit "
                 f"understands ({SCHEMA_VERSION}); upgrade onnxkit"
             )
+        listed = _bounded_list(data["files"], "files", MAX_FILES)
         files = tuple(
             FileEntry(path=safe_relative(f["path"]), sha256=str(f["sha256"]), size=int(f["size"]))
-            for f in data["files"]
+            for f in listed
         )
         if not files:
             raise ValueError("manifest lists no files")
         for entry in files:
-            if len(entry.sha256) != 64 or entry.size < 0:
+            if not _is_sha256(entry.sha256) or not 0 <= entry.size <= MAX_FILE_BYTES:
                 raise ValueError(f"bad checksum or size for {entry.path}")
+        paths = [entry.path for entry in files]
+        if len(set(paths)) != len(paths):
+            twice = sorted({p for p in paths if paths.count(p) > 1})[:5]
+            raise ValueError(f"manifest lists {twice} more than once")
         manifest = cls(
-            name=str(data["name"]),
-            version=str(data["version"]),
+            name=check_name(data["name"]),
+            version=check_name(data["version"], "version"),
             files=files,
-            inputs=tuple(_spec(t) for t in data["inputs"]),
-            outputs=tuple(_spec(t) for t in data["outputs"]),
+            inputs=tuple(_spec(t) for t in _bounded_list(data["inputs"], "inputs", MAX_TENSORS)),
+            outputs=tuple(_spec(t) for t in _bounded_list(data["outputs"], "outputs", MAX_TENSORS)),
             opset=int(data["opset"]),
             producer={str(k): str(v) for k, v in data.get("producer", {}).items()},
             quantization=data.get("quantization"),
@@ -231,10 +247,16 @@ def _processing(data: Any, manifest: Manifest) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TypeError("processing must be an object")
     processing = Processing.from_dict(data)
-    listed = {f.path for f in manifest.files[1:]}
+    listed = {f.path: f for f in manifest.files[1:]}
+    limits = processing.file_limits()
     for path in processing.files:
-        if safe_relative(path) not in listed:
+        entry = listed.get(safe_relative(path))
+        if entry is None:
             raise ValueError(f"processing names {path!r}, which is not one of the version's files")
+        if entry.size > limits.get(path, MAX_FILE_BYTES):
+            raise ValueError(
+                f"processing file {path!r} is {entry.size} bytes; the most for it is {limits[path]}"
+            )
     processing.check(manifest.inputs, manifest.outputs)
     return processing.to_dict()
 
@@ -243,7 +265,23 @@ def _spec(data: dict[str, Any]) -> TensorSpec:
     datatype = str(data["datatype"])
     if datatype not in BY_NAME:
         raise ValueError(f"unsupported datatype {datatype!r}")
-    return TensorSpec(str(data["name"]), datatype, tuple(int(d) for d in data["shape"]))
+    shape = tuple(int(d) for d in _bounded_list(data["shape"], "a shape", MAX_RANK))
+    if any(d < -1 or d >= 1 << 62 for d in shape):
+        raise ValueError(f"shape {list(shape)[:8]} holds a dimension below -1 or too large")
+    return TensorSpec(str(data["name"]), datatype, shape)
+
+
+def _bounded_list(data: Any, what: str, limit: int) -> list[Any] | tuple[Any, ...]:
+    """A JSON list of at most ``limit`` items, checked before any item is read."""
+    if not isinstance(data, list | tuple):  # tuple: a dict from to_dict(), not from JSON
+        raise TypeError(f"{what} must be a list")
+    if len(data) > limit:
+        raise ValueError(f"{what} holds {len(data)} items; at most {limit}")
+    return data
+
+
+def _is_sha256(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def safe_relative(path: str) -> str:

@@ -20,12 +20,14 @@ import mimeparse
 from onnxkit.errors import (
     InvalidInputError,
     MethodNotAllowedError,
+    ModelNotFoundError,
     NotAcceptableError,
     RouteNotFoundError,
 )
 from onnxkit.jobs import Jobs, JobsOff
 from onnxkit.media import BINARY_CONTENT_TYPE as BINARY
 from onnxkit.media import HEADER_LENGTH, check_content_type
+from onnxkit.names import NAME_RULE, is_name
 from onnxkit.predictor import BARE_MEDIA_TYPES, Serving
 
 JSON = "application/json"
@@ -324,12 +326,19 @@ class RouteTable:
             OnnxkitError: 4xx for what the caller sent wrong, 5xx for our faults.
         """
         headers = headers or {}
+        target = custom_attribute(headers.get(CUSTOM_ATTRIBUTES), "model")
+        # A name or version that cannot exist never reaches a lookup, a store key or a folder.
+        for what, value in (("model", params.get("name")), ("version", params.get("version"))):
+            if value is not None and not is_name(value):
+                raise ModelNotFoundError(f"no {what} is named {value[:70]!r} ({NAME_RULE})")
+        if target is not None and not is_name(target):
+            raise ModelNotFoundError(f"no model is named {target[:70]!r} ({NAME_RULE})")
         call = Call(
             params,
             body,
             content_type=headers.get("content-type"),
             header_length=headers.get(HEADER_LENGTH),
-            target_model=custom_attribute(headers.get(CUSTOM_ATTRIBUTES), "model"),
+            target_model=target,
         )
         return OPERATIONS[route.operation](predictor, call, self)
 

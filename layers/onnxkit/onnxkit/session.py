@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,23 @@ from onnxkit.settings import CPU_PROVIDER, GPU_PROVIDERS, SessionSettings
 
 # Lambda allocates CPU in proportion to memory: about one vCPU per 1,769 MB.
 LAMBDA_MB_PER_VCPU = 1769
+
+# onnxruntime resolves the external data of a graph loaded from memory against this folder;
+# unset, it uses the process's working directory, so a graph naming ``etc/passwd`` as a
+# weight file would read it and return the bytes in its outputs.
+EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
+_no_external: str | None = None
+_no_external_lock = threading.Lock()
+
+
+def empty_folder() -> str:
+    """A private, empty folder (made once per process) that in-memory graphs resolve external
+    data against: any external data is then refused, as a single-file graph has none to read."""
+    global _no_external
+    with _no_external_lock:
+        if _no_external is None or os.listdir(_no_external):
+            _no_external = tempfile.mkdtemp(prefix="onnxkit-no-external-data-")  # mode 0700
+        return _no_external
 
 
 def available_cpus(
@@ -69,7 +88,11 @@ def load_session(
 ) -> Any:
     """Create an onnxruntime session with full graph optimisation.
 
-    No custom-op library is ever registered: a model artifact cannot bring native code.
+    No custom-op library is ever registered: a model artifact cannot bring native code. A
+    graph reads no file but its own: from memory, external data is resolved against an empty
+    private folder (and refused); from a file, onnxruntime confines it to the file's folder
+    (no absolute path, no ``..``, no symlink leading out), which the caller fills with the
+    manifest's files only.
 
     Args:
         model: The verified ``.onnx`` file (external data beside it), or a verified
@@ -101,6 +124,8 @@ def load_session(
     )
     if not spin_between_runs:
         options.add_session_config_entry("session.force_spinning_stop", "1")
+    if isinstance(model, bytes):
+        options.add_session_config_entry(EXTERNAL_FOLDER_KEY, empty_folder())
     providers = providers or [CPU_PROVIDER]
     device = {"device_id": str(gpu_device)}
     try:

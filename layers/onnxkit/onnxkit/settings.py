@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from onnxkit.errors import ConfigurationError
+from onnxkit.names import NAME_RULE, is_name
 
 PREFIX = "ONNXKIT_"
 
@@ -26,6 +27,7 @@ ENV_MODEL_VERSION = "ONNXKIT_MODEL_VERSION"
 ENV_MODEL_DIR = "ONNXKIT_MODEL_DIR"
 ENV_CACHE_DIR = "ONNXKIT_CACHE_DIR"
 ENV_REFRESH_SECONDS = "ONNXKIT_REFRESH_SECONDS"
+ENV_LOAD_RETRY_SECONDS = "ONNXKIT_LOAD_RETRY_SECONDS"
 # -- model canaries (``onnxkit models promote --canary``)
 ENV_CANARY_AUTO_ROLLBACK = "ONNXKIT_CANARY_AUTO_ROLLBACK"
 ENV_CANARY_MIN_REQUESTS = "ONNXKIT_CANARY_MIN_REQUESTS"
@@ -80,6 +82,8 @@ ENV_DYNAMIC_BATCH_ROWS = "ONNXKIT_DYNAMIC_BATCH_ROWS"
 ENV_DYNAMIC_BATCH_WAIT_MS = "ONNXKIT_DYNAMIC_BATCH_WAIT_MS"
 ENV_DRAIN_SECONDS = "ONNXKIT_DRAIN_SECONDS"
 ENV_HEADER_TIMEOUT = "ONNXKIT_HEADER_TIMEOUT"
+ENV_BODY_TIMEOUT = "ONNXKIT_BODY_TIMEOUT"
+ENV_MAX_CONNECTIONS = "ONNXKIT_MAX_CONNECTIONS"
 
 # Old names still read, each with a warning naming its replacement. ONNXKIT_BATCH_MAX_SIZE
 # (dynamic batching) sat next to ONNXKIT_MAX_BATCH_SIZE (the 413 limit) with another meaning.
@@ -117,11 +121,12 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 DEFAULT_PROVIDERS: tuple[str, ...] = (CPU_PROVIDER,)
 KNOWN_PROVIDERS = (*GPU_PROVIDERS, CPU_PROVIDER)
 DEFAULT_PORT = 8080  # SageMaker's contract
+# A failed model load is tried again after ONNXKIT_LOAD_RETRY_SECONDS, doubling up to this.
+LOAD_RETRY_MAX_SECONDS = 30.0
 # SageMaker sends SIGKILL 30 s after SIGTERM: finish in-flight work well before that.
 DEFAULT_DRAIN_SECONDS = 25.0
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-STORE_PATTERN = re.compile(r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file://.+)$")
+STORE_PATTERN = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file://.+")
 
 T = TypeVar("T")
 
@@ -138,6 +143,9 @@ class ModelSettings:
         model_dir: A local model folder instead of the store (SageMaker's ``/opt/ml/model``).
         cache_dir: Where verified artifacts are kept between invocations (Lambda's /tmp).
         refresh_seconds: How often a server following an alias re-reads it (0: never).
+        load_retry_seconds: After a failed load, how long requests get its error before the
+            next attempt; doubled after each failure up to :data:`LOAD_RETRY_MAX_SECONDS`
+            (0: every request tries again).
     """
 
     store: str = ""
@@ -147,6 +155,7 @@ class ModelSettings:
     model_dir: str | None = None
     cache_dir: str = "/tmp/onnxkit"  # noqa: S108 - Lambda's only writable disk
     refresh_seconds: float = 60.0
+    load_retry_seconds: float = 1.0
 
     @property
     def ref(self) -> str:
@@ -322,6 +331,11 @@ class EndpointSettings:
         drain_seconds: Bound on finishing in-flight requests after SIGTERM.
         header_timeout: Seconds a client has to send a request's headers (and between the
             chunks of its body) before the connection is closed.
+        body_timeout: Seconds a client has to send a whole body, from the end of its headers,
+            however steadily it trickles; then 408 and close.
+        max_connections: Connections a worker holds at once (idle kept-alive ones make way
+            for new ones); more are answered 503 ``overloaded`` and closed. Keep it above
+            ``max_concurrency``.
     """
 
     host: str = "127.0.0.1"
@@ -333,6 +347,8 @@ class EndpointSettings:
     batch_wait_ms: float = 5.0
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
     header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 128
 
     @property
     def batching(self) -> bool:
@@ -464,29 +480,25 @@ class _Reader:
         return self.read(name, _flag, default, lambda _: True)
 
     def name(self, name: str, default: str) -> str:
-        return self.read(name, str, default, _is_name)
+        return self.read(name, str, default, is_name)
 
-    def required(self, name: str, pattern: re.Pattern[str], hint: str) -> str:
+    def required(self, name: str, check: Callable[[str], bool], hint: str) -> str:
         raw = self.raw(name)
         if not raw:
             self.problems.append(f"{name} is required ({hint})")
-        elif not pattern.match(raw):
+        elif not check(raw):
             self.problems.append(f"{name}={raw!r} is invalid ({hint})")
         return raw
 
     def model(self, *, many: bool = False) -> ModelSettings:
         model_dir = self.raw(ENV_MODEL_DIR) or None
         if model_dir is None:
-            store = self.required(
-                ENV_MODEL_STORE, STORE_PATTERN, "s3://bucket/prefix or file:///dir"
-            )
+            store = self.required(ENV_MODEL_STORE, _is_store, "s3://bucket/prefix or file:///dir")
             name: str | None
             if many:  # ONNXKIT_MODELS names them; ONNXKIT_MODEL_NAME is not read
                 name = self.name(ENV_MODEL_NAME, "") or None
             else:
-                name = self.required(
-                    ENV_MODEL_NAME, NAME_PATTERN, "lower-case letters, digits, . _ -"
-                )
+                name = self.required(ENV_MODEL_NAME, is_name, NAME_RULE)
         else:  # a local folder (SageMaker's /opt/ml/model) stands in for the store
             store = self.raw(ENV_MODEL_STORE)
             name = self.name(ENV_MODEL_NAME, "") or None  # else its manifest names it
@@ -499,6 +511,9 @@ class _Reader:
             cache_dir=self.read(ENV_CACHE_DIR, str, ModelSettings.cache_dir, bool),
             refresh_seconds=self.number(
                 ENV_REFRESH_SECONDS, 60.0, lambda v: math.isfinite(v) and v >= 0
+            ),
+            load_retry_seconds=self.number(
+                ENV_LOAD_RETRY_SECONDS, 1.0, lambda v: math.isfinite(v) and 0 <= v <= 60
             ),
         )
 
@@ -558,7 +573,7 @@ class _Reader:
         if every:
             names = ()
         else:
-            bad = [n for n in names if not _is_name(n)]
+            bad = [n for n in names if not is_name(n)]
             if bad:
                 self.problems.append(
                     f"{ENV_MODELS}={raw!r} holds what is not a model name: "
@@ -595,6 +610,8 @@ class _Reader:
                 lambda v: math.isfinite(v) and 0 <= v <= 3600,
             ),
             header_timeout=self.number(ENV_HEADER_TIMEOUT, 10.0, lambda v: 0 < v <= 600),
+            body_timeout=self.number(ENV_BODY_TIMEOUT, 30.0, lambda v: 0 < v <= 600),
+            max_connections=self.integer(ENV_MAX_CONNECTIONS, 128, 1, 65536),
         )
 
 
@@ -644,16 +661,16 @@ def _is_endpoint(value: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9](-*[A-Za-z0-9]){0,62}", value) is not None
 
 
+def _is_store(value: str) -> bool:
+    return STORE_PATTERN.fullmatch(value) is not None
+
+
 def _is_s3_store(value: str) -> bool:
-    return value.startswith("s3://") and STORE_PATTERN.match(value) is not None
+    return value.startswith("s3://") and _is_store(value)
 
 
 def _is_timeout(value: float) -> bool:
     return math.isfinite(value) and 0 < value <= 900  # Lambda's own ceiling
-
-
-def _is_name(value: str) -> bool:
-    return NAME_PATTERN.match(value) is not None
 
 
 def _is_route_prefix(value: str) -> bool:

@@ -11,6 +11,7 @@ warning says so).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,6 +220,7 @@ class FolderSource:
 
     def fetch(self, manifest: Manifest | None) -> Path:
         if manifest is None:
+            confine_folder(self._folder, None)
             model_file = find_model_file(self._folder)
             logger.warning(
                 "no %s in %s: the model files are not verified "
@@ -227,6 +229,7 @@ class FolderSource:
                 self._folder,
             )
             return model_file
+        confine_folder(self._folder, manifest)
         verify_folder(self._folder, manifest, fix="the model folder is incomplete or was modified")
         logger.info(
             "model files verified",
@@ -260,6 +263,42 @@ def _entry(manifest: Manifest, path: str) -> FileEntry:
         if entry.path == path:
             return entry
     raise IntegrityError(f"{path} is not one of {manifest.name} {manifest.version}'s files")
+
+
+def confine_folder(folder: Path, manifest: Manifest | None) -> None:
+    """Check that a model folder holds nothing a graph could read beyond its own files.
+
+    onnxruntime loads a graph's external data from the graph's folder (refusing absolute paths
+    and ``..``), so what that folder holds is what a graph can read. A symlink could point
+    anywhere (a tarball's ``weights -> /etc/shadow``); a file the manifest does not list was
+    verified by nobody. Both are refused: the folder may hold the manifest's files and
+    ``manifest.json``, and without a manifest, regular files and folders only.
+
+    Raises:
+        IntegrityError: The folder holds a symlink, or a file its manifest does not list.
+    """
+    allowed = None if manifest is None else {MANIFEST_NAME, *(f.path for f in manifest.files)}
+    links: list[str] = []
+    extra: list[str] = []
+    for parent, folders, files in os.walk(folder):
+        for name in (*folders, *files):
+            path = Path(parent, name)
+            relative = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                links.append(relative)
+            elif allowed is not None and name in files and relative not in allowed:
+                extra.append(relative)
+    if links:
+        raise IntegrityError(
+            f"the model folder {folder} holds symlinks ({', '.join(sorted(links)[:5])}): a graph "
+            "could read what they point to as external data; replace them with the files"
+        )
+    if extra:
+        raise IntegrityError(
+            f"the model folder {folder} holds files its {MANIFEST_NAME} does not list "
+            f"({', '.join(sorted(extra)[:5])}): a graph could read them as external data; "
+            "remove them, or pull the version again with `onnxkit models pull`"
+        )
 
 
 def read_manifest(folder: Path) -> Manifest | None:

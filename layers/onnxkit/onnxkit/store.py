@@ -19,8 +19,16 @@ A small single-file model can be read straight into memory (:meth:`ModelStore.re
 so the function's cold start builds its session from the bytes; :meth:`ModelStore.keep_copy`
 then writes them to the cache off the critical path. Cached copies live in
 ``{cache_dir}/{name}/{version}/{digest}/``, written through a temporary name and renamed into
-place only when they match; a ``.complete`` marker written last lets a later load (an alias
-refresh, a re-initialised process on a warm /tmp) reuse the copy without fetching it again.
+place only when they match; a ``{digest}.complete`` marker beside the folder, written last,
+lets a later load (an alias refresh, a re-initialised process on a warm /tmp) reuse the copy
+without fetching it again. The folder holds the manifest's files and nothing else, so a graph
+loaded from it can read no other file as external data.
+
+The cache is not trusted either: its root is private to the process's user (made 0700, refused
+when other users may write to it), names and versions are checked (:mod:`onnxkit.names`) and
+every path is checked to resolve inside it, a symlink or a foreign file where a folder of ours
+should be is removed, and a copy is hashed again before it is reused (once per process: a
+file this process verified keeps its identity, inode, size and mtime, until it changes).
 """
 
 from __future__ import annotations
@@ -30,9 +38,12 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
+import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +54,7 @@ from typing import Any, BinaryIO, ClassVar, Protocol, Self
 from urllib.parse import urlparse
 
 from onnxkit.errors import (
+    CacheError,
     CacheFullError,
     IntegrityError,
     ModelNotFoundError,
@@ -50,13 +62,21 @@ from onnxkit.errors import (
     StoreUnavailableError,
     VersionConflictError,
 )
-from onnxkit.manifest import FileEntry, Manifest, verify_file
+from onnxkit.manifest import FileEntry, Manifest, sha256_file, verify_file
+from onnxkit.names import NAME_RULE, check_name, inside, is_name
 from onnxkit.phases import Phases
-from onnxkit.settings import ENV_S3_READ_TIMEOUT
+from onnxkit.settings import ENV_CACHE_DIR, ENV_S3_READ_TIMEOUT
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 ALIASES_DIR = "_aliases"
-_COMPLETE_MARKER = ".complete"
+_COMPLETE_SUFFIX = ".complete"
+MAX_DOCUMENT_BYTES = 1024 * 1024
+"""A manifest or an alias document past this is refused by its size, before its body is read:
+a manifest lists a version's files and signature, an alias a few versions (a real MiniLM
+manifest, tokenizer declaration included, is about 5 kB)."""
+MAX_ALIAS_HISTORY = 1000
 _CHUNK = 1024 * 1024
 PARALLEL_PART_BYTES = 16 * 1024 * 1024
 """Part size of parallel ranged GETs (AWS suggests 8-16 MB parts for throughput)."""
@@ -158,11 +178,12 @@ class Blobs(Protocol):
 
     uri: str
 
-    def read(self, key: str) -> bytes:
-        """The whole object. Raises ModelNotFoundError if absent."""
+    def read(self, key: str, max_bytes: int = ...) -> bytes:
+        """The whole object. Raises ModelNotFoundError if absent, IntegrityError when it is
+        larger than ``max_bytes`` (told by its size, before its body is read)."""
         ...
 
-    def read_versioned(self, key: str) -> tuple[bytes, str]:
+    def read_versioned(self, key: str, max_bytes: int = ...) -> tuple[bytes, str]:
         """The whole object and a token (ETag) for a later conditional write."""
         ...
 
@@ -220,13 +241,20 @@ class S3Blobs:
     def _key(self, key: str) -> str:
         return f"{self._prefix}/{key}" if self._prefix else key
 
-    def read(self, key: str) -> bytes:
-        return self.read_versioned(key)[0]
+    def read(self, key: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> bytes:
+        return self.read_versioned(key, max_bytes)[0]
 
-    def read_versioned(self, key: str) -> tuple[bytes, str]:
+    def read_versioned(self, key: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> tuple[bytes, str]:
         with self._errors(key):
             reply = self._client.get_object(Bucket=self._bucket, Key=self._key(key))
-            return bytes(reply["Body"].read()), str(reply["ETag"])
+            body = reply["Body"]
+            try:
+                _check_document_size(key, int(reply.get("ContentLength", 0)), max_bytes)
+                data = body.read(max_bytes + 1)  # a wrong ContentLength cannot lift the bound
+                _check_document_size(key, len(data), max_bytes)
+            finally:
+                body.close()
+            return bytes(data), str(reply["ETag"])
 
     def download(self, key: str, sink: VerifyingSink) -> None:
         with self._errors(key):
@@ -341,11 +369,15 @@ class FileBlobs:
     def _path(self, key: str) -> Path:
         return self._root / key
 
-    def read(self, key: str) -> bytes:
+    def read(self, key: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> bytes:
         try:
-            return self._path(key).read_bytes()
+            with self._path(key).open("rb") as handle:
+                _check_document_size(key, os.fstat(handle.fileno()).st_size, max_bytes)
+                data = handle.read(max_bytes + 1)
         except FileNotFoundError as exc:
             raise ModelNotFoundError(f"{self._path(key)} does not exist") from exc
+        _check_document_size(key, len(data), max_bytes)
+        return data
 
     def download(self, key: str, sink: VerifyingSink) -> None:
         try:
@@ -356,8 +388,8 @@ class FileBlobs:
             while chunk := handle.read(_CHUNK):
                 sink.write(chunk)
 
-    def read_versioned(self, key: str) -> tuple[bytes, str]:
-        data = self.read(key)
+    def read_versioned(self, key: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> tuple[bytes, str]:
+        data = self.read(key, max_bytes)
         return data, hashlib.sha256(data).hexdigest()
 
     def exists(self, key: str) -> bool:
@@ -458,12 +490,11 @@ class ModelStore:
             ModelNotFoundError: No such version.
             IntegrityError: The manifest is malformed or names another model/version.
         """
+        _check_ref(name, version=version)
         try:
             raw = self.blobs.read(f"models/{name}/{version}/{MANIFEST_NAME}")
         except ModelNotFoundError as exc:
-            raise ModelNotFoundError(
-                f"model {name!r} has no version {version!r} in {self.uri}"
-            ) from exc
+            raise ModelNotFoundError(f"model {name!r} has no version {version!r}") from exc
         manifest = Manifest.from_json(raw)
         if (manifest.name, manifest.version) != (name, version):
             raise IntegrityError(
@@ -480,13 +511,13 @@ class ModelStore:
         record, _ = self._read_alias(name, alias)
         if record is None:
             raise ModelNotFoundError(
-                f"model {name!r} has no alias {alias!r} in {self.uri}; "
-                f"publish a version with --alias {alias}"
+                f"model {name!r} has no alias {alias!r}; publish a version with --alias {alias}"
             )
         return record
 
     def _read_alias(self, name: str, alias: str) -> tuple[AliasRecord | None, str | None]:
         """The alias and its ETag, or (None, None) when it is not set."""
+        _check_ref(name, alias=alias)
         try:
             raw, etag = self.blobs.read_versioned(alias_key(name, alias))
         except ModelNotFoundError:
@@ -499,6 +530,8 @@ class ModelStore:
         Raises:
             StoreUnavailableError: The store cannot be read.
         """
+        if not (is_name(name) and is_name(alias)):
+            return False
         return self.blobs.exists(alias_key(name, alias))
 
     def resolve(self, name: str, *, version: str | None = None, alias: str = "prod") -> Manifest:
@@ -508,23 +541,44 @@ class ModelStore:
         return self.get_manifest(name, version)
 
     def list_models(self) -> list[str]:
-        """Model names in the store."""
-        return self.blobs.list_children("models")
+        """Model names in the store (keys that do not list as a valid name are skipped)."""
+        return _valid_children(self.blobs.list_children("models"), "model name", "models/")
 
     def list_versions(self, name: str) -> list[str]:
         """Published versions of a model (those with a manifest)."""
+        _check_ref(name)
+        children = [c for c in self.blobs.list_children(f"models/{name}") if c != ALIASES_DIR]
         return [
             child
-            for child in self.blobs.list_children(f"models/{name}")
-            if child != ALIASES_DIR and self.blobs.exists(f"models/{name}/{child}/{MANIFEST_NAME}")
+            for child in _valid_children(children, "version", f"models/{name}/")
+            if self.blobs.exists(f"models/{name}/{child}/{MANIFEST_NAME}")
         ]
 
     # -- the cache -------------------------------------------------------------------------
 
     def local_dir(self, manifest: Manifest) -> Path:
-        """Where a manifest's files live in the cache (one folder per manifest digest)."""
+        """Where a manifest's files live in the cache (one folder per manifest digest).
+
+        Raises:
+            IntegrityError: The manifest's name or version is not a valid one.
+        """
         digest = hashlib.sha256(manifest.to_json()).hexdigest()[:16]
-        return self.cache_dir / manifest.name / manifest.version / digest
+        try:
+            name = check_name(manifest.name)
+            version = check_name(manifest.version, "version")
+        except ValueError as exc:
+            raise IntegrityError(
+                f"{manifest.name!r} version {manifest.version!r} cannot be cached: {exc}"
+            ) from exc
+        # Valid names are single path parts (no "/", no ".."): the path is inside the cache as
+        # written. A symlink planted along it is removed by _private_dirs before any write.
+        return Path(os.path.realpath(self.cache_dir)) / name / version / digest
+
+    def drop(self, manifest: Manifest) -> None:
+        """Delete a version's cached copy and its marker (nothing follows a symlink)."""
+        folder = self.local_dir(manifest)
+        _remove(_marker(folder))
+        _remove(folder)
 
     def fetch(
         self, manifest: Manifest, progress: Progress | None = None, phases: Phases | None = None
@@ -548,9 +602,10 @@ class ModelStore:
         if self._is_complete(folder, manifest):
             return folder
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            self._private_dirs(manifest.name, manifest.version, folder.name)
+            _remove(_marker(folder))  # complete again only once every file is verified
             free = shutil.disk_usage(folder).free
-            missing = sum(f.size for f in manifest.files if not _has_size(folder / f.path, f.size))
+            missing = sum(f.size for f in manifest.files if not self._reusable(folder, f))
             if missing > free:
                 raise CacheFullError(
                     f"{manifest.name}/{manifest.version} needs {missing} bytes but only {free} "
@@ -559,13 +614,12 @@ class ModelStore:
             started = time.perf_counter()
             verifying = 0.0
             for entry in manifest.files:
-                dest = folder / entry.path
-                if not _has_size(dest, entry.size):
-                    verifying += self._download(manifest, entry, dest, progress)
+                if not self._reusable(folder, entry):
+                    verifying += self._download(manifest, entry, folder, progress)
             if phases is not None:
                 phases.add("download", (time.perf_counter() - started - verifying) * 1000)
                 phases.add("verify", verifying * 1000)
-            (folder / _COMPLETE_MARKER).write_text(manifest.to_json().decode())
+            atomic_write(_marker(folder), manifest.to_json())
         except OnnxkitError:
             raise
         except OSError as exc:
@@ -574,24 +628,57 @@ class ModelStore:
                     f"ran out of space in {self.cache_dir} while fetching "
                     f"{manifest.name}/{manifest.version}; raise the function's ephemeral storage"
                 ) from exc
-            raise StoreUnavailableError(f"cannot write the cache {self.cache_dir}: {exc}") from exc
+            raise CacheError(f"cannot write the cache {self.cache_dir}: {exc}") from exc
         return folder
 
     def _is_complete(self, folder: Path, manifest: Manifest) -> bool:
-        marker = folder / _COMPLETE_MARKER
+        """Whether the folder holds a verified copy: its marker names this manifest, and each
+        file is a regular file (no symlink) whose sha256 matches (hashed again unless this
+        process verified that very file)."""
         try:
-            if marker.read_text() != manifest.to_json().decode():
+            self._private_root()
+            if _marker(folder).read_bytes() != manifest.to_json():
                 return False
         except OSError:
             return False
-        return all(_has_size(folder / f.path, f.size) for f in manifest.files)
+        return all(self._reusable(folder, entry) for entry in manifest.files)
+
+    def _reusable(self, folder: Path, entry: FileEntry) -> bool:
+        """Whether the cached file for ``entry`` can be used as it is: a regular file (not a
+        symlink), inside the folder, with the entry's size and sha256. Anything else found
+        there is deleted, so it is downloaded again."""
+        try:
+            path = inside(folder, entry.path)
+            found = os.lstat(path)
+        except (OSError, ValueError):
+            return False
+        identity = (found.st_ino, found.st_size, found.st_mtime_ns)
+        if not stat.S_ISREG(found.st_mode) or found.st_size != entry.size:
+            _remove(path)
+            return False
+        with _verified_lock:
+            if _verified.get(str(path)) == (identity, entry.sha256):
+                return True
+        try:
+            digest = sha256_file(path)
+        except OSError:
+            return False
+        if digest != entry.sha256:
+            logger.warning("cached %s does not match its manifest: fetching it again", entry.path)
+            _remove(path)
+            return False
+        _remember(path, identity, entry.sha256)
+        return True
 
     def _download(
-        self, manifest: Manifest, entry: FileEntry, dest: Path, progress: Progress | None
+        self, manifest: Manifest, entry: FileEntry, folder: Path, progress: Progress | None
     ) -> float:
         """Download one file into place, verified; returns the seconds spent verifying after
         the last byte arrived (the hash runs beside the transfer)."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest = folder / entry.path
+        self._private_dirs(
+            manifest.name, manifest.version, folder.name, *entry.path.split("/")[:-1]
+        )
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".partial-")
         tmp = Path(tmp_name)
         key = file_key(manifest, entry)
@@ -605,12 +692,64 @@ class ModelStore:
                     verifying = time.perf_counter() - started
                 finally:
                     sink.close()
-            os.replace(tmp, dest)
+            os.replace(tmp, dest)  # replaces a file or a symlink itself, never its target
+            found = os.lstat(dest)
+            _remember(dest, (found.st_ino, found.st_size, found.st_mtime_ns), entry.sha256)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
         return verifying
+
+    def _private_root(self) -> Path:
+        """The cache's root, made private (0700) when we create it; refused when it is a
+        symlink, belongs to another user, or other users may write to it.
+
+        Raises:
+            CacheError: The cache folder cannot be used safely.
+        """
+        root = self.cache_dir
+        try:
+            found = os.lstat(root)
+        except FileNotFoundError:
+            root.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(root, 0o700)
+            found = os.lstat(root)
+        problem = ""
+        if stat.S_ISLNK(found.st_mode) or not stat.S_ISDIR(found.st_mode):
+            problem = "is not a folder (a symlink or a file)"
+        elif found.st_uid != os.geteuid():
+            problem = f"belongs to user {found.st_uid}, not to this process's user"
+        elif found.st_mode & 0o022:
+            problem = "may be written by other users (group or others have write permission)"
+        if problem:
+            raise CacheError(
+                f"the cache folder {root} {problem}: another user could plant files there; "
+                f"point {ENV_CACHE_DIR} at a folder of this user's (it is made 0700 when missing)"
+            )
+        return root
+
+    def _private_dirs(self, *parts: str) -> Path:
+        """Make (0700) or check each folder from the cache's root down ``parts``; a symlink or a
+        file where a folder should be is removed first, so nothing is written through it."""
+        path = self._private_root()
+        for part in parts:
+            path = path / part
+            try:
+                found = os.lstat(path)
+            except FileNotFoundError:
+                pass
+            else:
+                if stat.S_ISDIR(found.st_mode):
+                    continue
+                logger.warning("removing %s from the cache: not a folder it made", path)
+                _remove(path)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path, 0o700)
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise CacheError(f"{path} in the cache keeps changing under this process")
+        return path
 
     def cached(self, manifest: Manifest) -> Path | None:
         """The folder of a complete, verified cached copy, or None."""
@@ -668,15 +807,20 @@ class ModelStore:
             name: Only this model's copies (a function serving many models shares the cache
                 folder: one model's swap must not drop another's files); None: every model.
         """
-        if not self.cache_dir.is_dir():
+        if not _is_dir(self.cache_dir):
             return
-        kept = {p.resolve() for p in (keep, *also) if p is not None}
-        models = [self.cache_dir / name] if name is not None else self.cache_dir.iterdir()
+        kept = {p for p in (keep, *also) if p is not None}
+        kept |= {_marker(p) for p in kept}
+        root = Path(os.path.realpath(self.cache_dir))  # as local_dir() names the folders
+        if name is not None:
+            models = [root / check_name(name)]
+        else:
+            models = [p for p in root.iterdir() if is_name(p.name)]
         for model_dir in models:
-            for version_dir in model_dir.iterdir() if model_dir.is_dir() else ():
-                for digest_dir in version_dir.iterdir() if version_dir.is_dir() else ():
-                    if digest_dir.resolve() not in kept:
-                        shutil.rmtree(digest_dir, ignore_errors=True)
+            for version_dir in _children(model_dir):
+                for child in _children(version_dir):
+                    if child not in kept:
+                        _remove(child)
 
     def list_aliases(self, name: str) -> dict[str, str]:
         """Alias -> (stable) version for one model."""
@@ -684,11 +828,12 @@ class ModelStore:
 
     def list_alias_records(self, name: str) -> dict[str, AliasRecord]:
         """Alias -> its record (canary and last abort included) for one model."""
-        return {
-            child.removesuffix(".json"): self.get_alias(name, child.removesuffix(".json"))
-            for child in self.blobs.list_children(f"models/{name}/{ALIASES_DIR}")
-            if child.endswith(".json")
-        }
+        _check_ref(name)
+        documents = self.blobs.list_children(f"models/{name}/{ALIASES_DIR}")
+        aliases = [c.removesuffix(".json") for c in documents if c.endswith(".json")]
+        where = f"models/{name}/{ALIASES_DIR}/"
+        valid = _valid_children(aliases, "alias", where)
+        return {alias: self.get_alias(name, alias) for alias in valid}
 
 
 def split_store_uri(uri: str) -> tuple[str, str, str]:
@@ -723,9 +868,14 @@ def alias_key(name: str, alias: str) -> str:
 def parse_alias(name: str, alias: str, raw: bytes) -> AliasRecord:
     """An alias document -> :class:`AliasRecord` (documents without a canary parse as before).
 
+    Every version it names (stable, canary, history, last abort) must be a valid version:
+    they become store keys and cache folders.
+
     Raises:
-        IntegrityError: Not valid JSON, no version, or a canary weight outside 1-99.
+        IntegrityError: Not valid JSON, no version, a version that is not a valid one, too
+            long a history, or a canary weight outside 1-99.
     """
+    _check_document_size(f"alias {name}@{alias}", len(raw), MAX_DOCUMENT_BYTES)
     try:
         data = json.loads(raw)
         canary = data.get("canary")
@@ -733,18 +883,68 @@ def parse_alias(name: str, alias: str, raw: bytes) -> AliasRecord:
         if canary and not 1 <= weight <= 99:
             raise ValueError(f"canary weight {weight} is not 1-99")
         aborted = data.get("aborted")
+        history = tuple(
+            {**h, "version": _version(h["version"], "history version")}
+            for h in data.get("history", ())
+        )
+        if len(history) > MAX_ALIAS_HISTORY:
+            raise ValueError(f"history holds {len(history)} entries (at most {MAX_ALIAS_HISTORY})")
+        aborted = {str(k): str(v) for k, v in aborted.items()} if aborted else None
+        if aborted is not None and "version" in aborted:
+            _version(aborted["version"], "aborted version")
         return AliasRecord(
             name=name,
             alias=alias,
-            version=str(data["version"]),
+            version=_version(data["version"], "version"),
             updated_at=str(data.get("updated_at", "")),
-            history=tuple({**h, "version": str(h["version"])} for h in data.get("history", ())),
-            canary_version=str(canary["version"]) if canary else None,
+            history=history,
+            canary_version=_version(canary["version"], "canary version") if canary else None,
             canary_weight=weight,
-            aborted={k: str(v) for k, v in aborted.items()} if aborted else None,
+            aborted=aborted,
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise IntegrityError(f"alias {name}@{alias} is not valid JSON: {exc}") from exc
+        raise IntegrityError(f"alias {name}@{alias} is not a valid alias document: {exc}") from exc
+
+
+def _version(value: Any, what: str) -> str:
+    """A version an alias document names: a valid name (a JSON integer reads as its digits)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return check_name(value, what)
+
+
+def _check_document_size(what: str, size: int, limit: int) -> None:
+    """Refuse a store document (manifest, alias) over ``limit`` bytes before parsing it.
+
+    Raises:
+        IntegrityError: It is larger.
+    """
+    if size > limit:
+        raise IntegrityError(
+            f"{what} is {'over ' if size == limit + 1 else ''}{size} bytes; a store document "
+            f"is at most {limit}"
+        )
+
+
+def _check_ref(name: str, *, version: str | None = None, alias: str | None = None) -> None:
+    """A name (and version or alias) asked of the store must be valid before it becomes a key.
+
+    Raises:
+        ModelNotFoundError: It is not: no such model can exist (a request's 404).
+    """
+    for value, what in ((name, "model name"), (version, "version"), (alias, "alias")):
+        if value is not None and not is_name(value):
+            raise ModelNotFoundError(f"{what} {value[:70]!r} is not valid ({NAME_RULE})")
+
+
+def _valid_children(children: list[str], what: str, where: str) -> list[str]:
+    """The listed names that are valid; the others (``..``, a key with a newline) are skipped
+    with a warning, never used as a key or a folder."""
+    valid = [c for c in children if is_name(c)]
+    if len(valid) != len(children):
+        skipped = [c for c in children if not is_name(c)][:5]
+        logger.warning("skipping %s in the store that are not valid: %s", where, skipped)
+    return valid
 
 
 def alias_document(record: AliasRecord) -> bytes:
@@ -779,8 +979,44 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _has_size(path: Path, size: int) -> bool:
+# Files this process downloaded or hashed: path -> ((inode, size, mtime_ns), sha256). A file
+# whose identity is unchanged need not be hashed again (alias refreshes, processing reads).
+_verified: dict[str, tuple[tuple[int, int, int], str]] = {}
+_verified_lock = threading.Lock()
+
+
+def _remember(path: Path, identity: tuple[int, int, int], sha256: str) -> None:
+    with _verified_lock:
+        _verified[str(path)] = (identity, sha256)
+
+
+def _marker(folder: Path) -> Path:
+    """The ``.complete`` marker of a cached version's folder: beside it, not in it."""
+    return folder.with_name(folder.name + _COMPLETE_SUFFIX)
+
+
+def _is_dir(path: Path) -> bool:
+    """A real folder (a symlink to one is not)."""
     try:
-        return path.stat().st_size == size
+        return stat.S_ISDIR(os.lstat(path).st_mode)
     except OSError:
         return False
+
+
+def _children(folder: Path) -> list[Path]:
+    """A real folder's entries (nothing when it is missing or a symlink)."""
+    return list(folder.iterdir()) if _is_dir(folder) else []
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, a symlink (never what it points to) or a folder tree; missing is fine."""
+    try:
+        if _is_dir(path):
+            shutil.rmtree(path, ignore_errors=True)  # rmtree does not follow symlinks inside
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    with _verified_lock:
+        for key in [k for k in _verified if k == str(path) or k.startswith(f"{path}/")]:
+            del _verified[key]

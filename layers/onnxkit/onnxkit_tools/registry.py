@@ -281,6 +281,9 @@ class Registry(ModelStore):
             VersionConflictError: The version is already published.
             IntegrityError: A local file does not match the manifest.
         """
+        # What the function will read back must parse: names, versions and limits checked by
+        # the same code that reads the store, before anything is written.
+        Manifest.from_json(manifest.to_json())
         prefix = f"models/{manifest.name}/{manifest.version}"
         if self.blobs.exists(f"{prefix}/{MANIFEST_NAME}"):
             raise VersionConflictError(

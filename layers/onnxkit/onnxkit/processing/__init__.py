@@ -28,6 +28,12 @@ if TYPE_CHECKING:
 
     from onnxkit.manifest import Manifest
 
+MAX_TOKENIZER_BYTES = 64 * 1024 * 1024
+"""A tokenizer.json past this is refused from its manifest entry, before a byte is fetched
+(large multilingual tokenizers are 10-30 MB; the tokenizers library holds several copies)."""
+MAX_LABELS_BYTES = 4 * 1024 * 1024
+"""A labels file past this is refused the same way (ImageNet-21k's 21,843 labels: ~0.4 MB)."""
+
 TEXT_MEDIA_TYPES = ("text/plain",)
 IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg")
 _KEYS = ("text", "image", "postprocess")
@@ -54,6 +60,13 @@ class Processing:
         for step in self.post:
             named.extend(step.files)
         return tuple(dict.fromkeys(named))
+
+    def file_limits(self) -> dict[str, int]:
+        """The most bytes each named file may have (checked against the manifest's sizes)."""
+        limits = {path: MAX_LABELS_BYTES for step in self.post for path in step.files}
+        if self.text is not None:
+            limits.update(dict.fromkeys(self.text.files, MAX_TOKENIZER_BYTES))
+        return limits
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's JSON form (absent parts left out)."""

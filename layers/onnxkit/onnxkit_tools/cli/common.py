@@ -14,10 +14,25 @@ from typing import Any
 import click
 
 from onnxkit.aws import AwsClients
+from onnxkit.names import check_name
 from onnxkit.processing.text import PADDINGS
 from onnxkit.settings import ENV_MODEL_STORE, STORE_PATTERN, read_aws_settings
 from onnxkit_tools.processing import ProcessingOptions
 from onnxkit_tools.registry import Registry
+
+
+def check_name_param(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A click callback: a model name, version or alias must follow the one rule
+    (:func:`onnxkit.names.check_name`), or the command stops with a usage error."""
+    if value is None:
+        return value
+    what = {"name": "model name", "version": "version", "alias": "alias"}.get(
+        param.name or "", "name"
+    )
+    try:
+        return check_name(value, what)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
 
 
 def store_option(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -74,12 +89,13 @@ def open_registry(
         raise click.UsageError(
             f"no model store: pass --store s3://bucket/prefix or set {ENV_MODEL_STORE}"
         )
-    if not STORE_PATTERN.match(uri):
+    if not STORE_PATTERN.fullmatch(uri):
         raise click.UsageError(f"--store {uri!r} is not s3://bucket/prefix or file:///dir")
     s3 = AwsClients(read_aws_settings(os.environ)).s3() if uri.startswith("s3://") else None
     return Registry.from_uri(
         uri,
-        cache_dir=cache_dir or tempfile.gettempdir(),
+        # The system temp folder is shared by every user: the cache is a folder of ours in it.
+        cache_dir=cache_dir or Path(tempfile.gettempdir()) / f"onnxkit-cache-{os.getuid()}",
         s3_client=s3,
         kms_key_id=kms_key_id,
     )

@@ -8,9 +8,11 @@ from typing import Any
 
 import click
 
+from onnxkit.names import NAME_RULE
 from onnxkit.store import AliasRecord
 from onnxkit_tools.cli.check import check_before_publish, memory_mb_option
 from onnxkit_tools.cli.common import (
+    check_name_param,
     open_registry,
     progress_bar,
     store_option,
@@ -21,9 +23,17 @@ from onnxkit_tools.registry import publish_model, pull, resolve_ref
 
 @click.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--name", required=True, help="model name ([a-z0-9._-])")
-@click.option("--version", help="version (default: the next integer)")
-@click.option("--alias", help="alias to point at the new version (e.g. prod)")
+@click.option("--name", required=True, callback=check_name_param, help=f"model name ({NAME_RULE})")
+@click.option(
+    "--version",
+    callback=check_name_param,
+    help="version, under the same rule as --name (default: the next integer)",
+)
+@click.option(
+    "--alias",
+    callback=check_name_param,
+    help="alias to point at the new version (e.g. prod), under the same rule as --name",
+)
 @click.option(
     "--backend",
     type=click.Choice(["lambda", "sagemaker"]),
@@ -293,9 +303,9 @@ def show(ref: str, store: str | None) -> int:
 
 
 @models.command()
-@click.argument("name")
-@click.argument("version", required=False)
-@click.option("--alias", default="prod", show_default=True)
+@click.argument("name", callback=check_name_param)
+@click.argument("version", required=False, callback=check_name_param)
+@click.option("--alias", default="prod", show_default=True, callback=check_name_param)
 @click.option(
     "--canary",
     type=click.IntRange(1, 99),
@@ -338,8 +348,8 @@ def promote(
 
 
 @models.command()
-@click.argument("name")
-@click.option("--alias", default="prod", show_default=True)
+@click.argument("name", callback=check_name_param)
+@click.option("--alias", default="prod", show_default=True, callback=check_name_param)
 @store_option
 def rollback(name: str, alias: str, store: str | None) -> int:
     """Drop the alias's running canary; without one, point it back at its previous version.
