@@ -27,8 +27,8 @@ def test_corrupt_artifact_is_refused_then_recovers_once_repaired(
     corrupt[len(corrupt) // 2] ^= 0xFF
     s3.put_object(Bucket=BUCKET, Key=MODEL_KEY, Body=bytes(corrupt))
 
-    # WHEN the function starts and a request arrives
-    handler = make_handler()
+    # WHEN the function starts and a request arrives (no backoff: the repair is seen at once)
+    handler = make_handler(ONNXKIT_LOAD_RETRY_SECONDS="0")
     response = handler(INFER)
 
     # THEN the load is refused with a clear 5xx code and nothing is cached
@@ -42,6 +42,30 @@ def test_corrupt_artifact_is_refused_then_recovers_once_repaired(
     response = handler(INFER)
     assert response["statusCode"] == 200, response["body"]
     assert body_of(response)["outputs"][0]["data"] == [0]
+
+
+def test_a_broken_artifact_is_not_fetched_again_on_every_request(
+    s3, published, make_handler, monkeypatch
+) -> None:
+    # GIVEN a corrupted graph in the store, and the function counting its downloads
+    from onnxkit.store import S3Blobs
+
+    original = s3.get_object(Bucket=BUCKET, Key=MODEL_KEY)["Body"].read()
+    s3.put_object(Bucket=BUCKET, Key=MODEL_KEY, Body=original[:-1] + b"!")
+    downloads: list[str] = []
+    real = S3Blobs.download
+    monkeypatch.setattr(
+        S3Blobs, "download", lambda self, key, sink: downloads.append(key) or real(self, key, sink)
+    )
+    handler = make_handler(ONNXKIT_LOAD_RETRY_SECONDS="5")
+
+    # WHEN ten requests arrive at once (within the backoff)
+    responses = [handler(INFER) for _ in range(10)]
+
+    # THEN every one gets the fault with a Retry-After, and the graph came down once
+    assert {r["statusCode"] for r in responses} == {502}
+    assert all(int(r["multiValueHeaders"]["Retry-After"][0]) >= 1 for r in responses[1:])
+    assert downloads == [MODEL_KEY.removeprefix("onnxkit/")]  # keys under the store prefix
 
 
 def test_truncated_artifact_is_refused(s3, published, make_handler) -> None:
@@ -63,7 +87,7 @@ def test_missing_model_is_a_503_not_a_client_404(s3, make_handler) -> None:
 def test_model_published_after_init_is_picked_up(s3, make_handler, digits_dir, tmp_path) -> None:
     from onnxkit_tools.registry import Registry, publish_model
 
-    handler = make_handler()
+    handler = make_handler(ONNXKIT_LOAD_RETRY_SECONDS="0")
     assert handler(READY)["statusCode"] == 503
     store = Registry.from_uri(f"s3://{BUCKET}/onnxkit", cache_dir=tmp_path / "pub", s3_client=s3)
     publish_model(store, digits_dir / "int8" / "model.onnx", name="digits", alias="prod")
@@ -81,7 +105,7 @@ def test_full_tmp_is_507_and_recovers(published, make_handler, monkeypatch) -> N
     usage = namedtuple("usage", "total used free")
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(1, 1, 0))
-    handler = make_handler()
+    handler = make_handler(ONNXKIT_LOAD_RETRY_SECONDS="0")
     response = handler(INFER)
     assert response["statusCode"] == 507
     assert body_of(response)["error"]["code"] == "cache_full"

@@ -292,7 +292,7 @@ def test_a_failed_prefetch_fails_the_first_load_once_then_loads_afresh(
     store: StoreHarness, tiny_model: BuiltModel
 ) -> None:
     # GIVEN the cold start's prefetch found nothing (the model is published only afterwards)
-    settings = store_settings(store)
+    settings = store_settings(store, ONNXKIT_LOAD_RETRY_SECONDS="0")  # no backoff here
     clients = clients_for(store)
     source = open_source(settings, clients)
     early = prefetch(source, settings.forward)

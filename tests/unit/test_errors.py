@@ -36,12 +36,50 @@ def test_error_body_maps_each_subclass_to_its_status_and_code(
     got_status, body, headers = error_body(error)
 
     assert got_status == status
-    assert body == {"error": {"code": code, "message": "what went wrong, in our words"}}
+    assert body["error"]["code"] == code
     assert headers == {}
     assert error.is_client_error is (400 <= status < 500)
+    # A client's mistake is explained in full; a fault of ours in the class's own words.
+    expected = "what went wrong, in our words" if status < 500 else cls.public_message
+    assert body["error"]["message"] == expected
 
 
-def test_configuration_error_lists_its_problems() -> None:
+# What the attacker saw in 5xx bodies: cache paths, the store's bucket and prefix, and
+# onnxruntime's source paths. Each fault class is raised the way the code raises it.
+LEAKY_FAULTS = [
+    errors.IntegrityError(
+        "s3://models-prod/team-a/models/digits/1/model.onnx does not match its manifest"
+    ),
+    errors.CacheFullError("digits/1 needs 9 bytes but only 1 are free in /tmp/onnxkit"),
+    errors.ModelLoadError(
+        "warm-up run failed: Fail: /onnxruntime_src/onnxruntime/core/providers/cpu/"
+        "tensor/reshape_helper.h:91 input_shape_size == requested_shape_size was false"
+    ),
+    errors.StoreUnavailableError("access denied to s3://models-prod/team-a/models/x/1/m.onnx"),
+    errors.CacheError("the cache folder /tmp/onnxkit may be written by other users"),
+]
+
+
+@pytest.mark.parametrize("error", LEAKY_FAULTS, ids=lambda e: type(e).__name__)
+def test_a_fault_tells_the_client_its_kind_and_the_logs_the_details(error: OnnxkitError) -> None:
+    _, body, _ = error_body(error)
+
+    for internal in ("s3://", "models-prod", "/tmp/onnxkit", "onnxruntime_src", "reshape_helper"):
+        assert internal not in body["error"]["message"]
+    assert body["error"]["code"] == error.code
+    assert error.message not in body["error"]["message"]  # the logs still get all of it
+
+
+def test_a_fault_may_say_what_its_raiser_wrote_for_clients() -> None:
+    error = errors.ModelNotReadyError(
+        "alias read failed for s3://b/p/models/x/_aliases/prod.json", public="still loading"
+    )
+
+    assert error_body(error)[1]["error"]["message"] == "still loading"
+    assert "s3://b/p" in error.message
+
+
+def test_configuration_error_lists_its_problems_to_the_logs_only() -> None:
     error = errors.ConfigurationError(["A is required", "B='x' is out of range"])
 
     status, body, _ = error_body(error)
@@ -49,8 +87,9 @@ def test_configuration_error_lists_its_problems() -> None:
     assert status == HTTPStatus.INTERNAL_SERVER_ERROR
     assert body["error"] == {
         "code": "configuration_error",
-        "message": "invalid configuration: A is required; B='x' is out of range",
+        "message": errors.ConfigurationError.public_message,
     }
+    assert error.message == "invalid configuration: A is required; B='x' is out of range"
     assert error.problems == ["A is required", "B='x' is out of range"]
 
 

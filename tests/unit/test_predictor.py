@@ -61,8 +61,27 @@ class CountingLoader:
         return OnnxruntimeBackend(self.manifest, load_session(self._path, intra_op_threads=1))
 
 
+class FakeClock:
+    """Monotonic seconds that move only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
-def make_predictor() -> Callable[..., tuple[Predictor, CountingLoader, Recorder]]:
+def clock() -> FakeClock:
+    """The clock the predictors of :func:`make_predictor` back off by."""
+    return FakeClock()
+
+
+@pytest.fixture
+def make_predictor(clock: FakeClock) -> Callable[..., tuple[Predictor, CountingLoader, Recorder]]:
     """Build a Predictor over a model, with an optional list of load failures first."""
 
     def make(
@@ -74,7 +93,9 @@ def make_predictor() -> Callable[..., tuple[Predictor, CountingLoader, Recorder]
     ) -> tuple[Predictor, CountingLoader, Recorder]:
         loader = CountingLoader(model, name, *failures)
         observer = Recorder()
-        predictor = Predictor(name, loader, limits, observer, background=background)
+        predictor = Predictor(
+            name, loader, limits, observer, background=background, load_retry_s=1.0, clock=clock
+        )
         return predictor, loader, observer
 
     return make
@@ -322,8 +343,8 @@ def test_input_that_does_not_match_the_signature_is_400(
 # --- loading and retrying ----------------------------------------------------------------------
 
 
-def test_failed_load_is_reported_then_retried_on_the_next_request(
-    make_predictor: Callable[..., Any], tiny_model: BuiltModel
+def test_failed_load_is_reported_then_retried_after_its_backoff(
+    make_predictor: Callable[..., Any], tiny_model: BuiltModel, clock: FakeClock
 ) -> None:
     # GIVEN a loader that fails once with an integrity error, then works
     failure = IntegrityError("tiny/1/model.onnx does not match its manifest")
@@ -340,7 +361,15 @@ def test_failed_load_is_reported_then_retried_on_the_next_request(
     assert predictor.ready is False
     assert predictor.last_error is failure
 
-    # AND the next request loads again (no restart) and succeeds
+    # AND a request within the backoff gets the same error without a second load
+    with pytest.raises(OnnxkitError) as again:
+        infer_json(predictor, "tiny", None, body)
+    assert again.value.code == "artifact_integrity_error"
+    assert again.value.headers["Retry-After"] == "1"
+    assert loader.calls == 1
+
+    # AND the next request after it loads again (no restart) and succeeds
+    clock.advance(1.0)
     response = infer_json(predictor, "tiny", None, body)
     np.testing.assert_allclose(response["outputs"][0]["data"], [3.0, 1.75], rtol=1e-6)
     assert predictor.ready is True
@@ -354,20 +383,21 @@ def test_failed_load_is_reported_then_retried_on_the_next_request(
 
 
 def test_try_load_keeps_the_failure_without_raising(
-    make_predictor: Callable[..., Any], tiny_model: BuiltModel
+    make_predictor: Callable[..., Any], tiny_model: BuiltModel, clock: FakeClock
 ) -> None:
     failure = IntegrityError("corrupt")
     predictor, loader, _ = make_predictor(tiny_model, "tiny", failure)
 
     assert predictor.try_load() is False
     assert predictor.last_error is failure
+    clock.advance(1.0)
     assert predictor.try_load() is True
     assert predictor.try_load() is True
     assert loader.calls == 2
 
 
 def test_unexpected_loader_crash_is_503_and_hides_its_text(
-    make_predictor: Callable[..., Any], tiny_model: BuiltModel
+    make_predictor: Callable[..., Any], tiny_model: BuiltModel, clock: FakeClock
 ) -> None:
     predictor, _, _ = make_predictor(tiny_model, "tiny", RuntimeError("secret /opt/path"))
 
@@ -379,7 +409,34 @@ def test_unexpected_loader_crash_is_503_and_hides_its_text(
     assert "secret" not in caught.value.message
     assert isinstance(caught.value.__cause__, RuntimeError)
     assert predictor.last_error is caught.value
+    clock.advance(1.0)
     assert predictor.server_ready() == {"ready": True}
+
+
+def test_failed_loads_back_off_doubling_until_one_succeeds(
+    make_predictor: Callable[..., Any], tiny_model: BuiltModel, clock: FakeClock
+) -> None:
+    # GIVEN a loader that fails three times (a 90 MB labels file, a store outage...)
+    failures = [IntegrityError(f"failure {n}") for n in range(3)]
+    predictor, loader, _ = make_predictor(tiny_model, "tiny", *failures)
+    body = x_request([[1.0, 1.0, 1.0, 1.0]])
+
+    # WHEN requests keep arriving every 0.25 s for 8 s
+    codes = []
+    for _ in range(32):
+        try:
+            infer_json(predictor, "tiny", None, body)
+            codes.append("ok")
+        except OnnxkitError as exc:
+            codes.append(exc.code)
+        clock.advance(0.25)
+
+    # THEN the loader ran at 0 s, 1 s, 3 s (after 1 s, then 2 s) and 7 s (after 4 s): four
+    # attempts for 32 requests, the last one serving
+    assert loader.calls == 4
+    assert codes.index("ok") == 28  # 7 s / 0.25 s
+    assert codes[:28] == ["artifact_integrity_error"] * 28
+    assert set(codes[28:]) == {"ok"}
 
 
 def test_configured_model_missing_from_the_store_is_503_not_404(
@@ -401,7 +458,7 @@ def test_configured_model_missing_from_the_store_is_503_not_404(
 
 
 def test_in_the_background_a_request_never_loads_and_says_why_it_cannot_serve(
-    make_predictor: Callable[..., Any], tiny_model: BuiltModel
+    make_predictor: Callable[..., Any], tiny_model: BuiltModel, clock: FakeClock
 ) -> None:
     # GIVEN a predictor whose loads happen in the background, the first one failing
     failure = IntegrityError(
@@ -429,6 +486,7 @@ def test_in_the_background_a_request_never_loads_and_says_why_it_cannot_serve(
     assert loader.calls == 1
 
     # THEN once the background load succeeds, requests are served
+    clock.advance(1.0)
     assert predictor.try_load() is True
     predictor.check_ready()
     response = infer_json(predictor, "tiny", None, x_request([[1.0, 2.0, 3.0, 4.0]]))

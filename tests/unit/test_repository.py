@@ -225,7 +225,8 @@ def test_a_failed_load_is_reported_in_the_index_and_retried(five: Path, tmp_path
     graph = next((five / "models" / "m2" / "1").glob("model.onnx"))
     good = graph.read_bytes()
     graph.write_bytes(good[:-10] + b"0123456789")
-    repository = build_repository(settings_for(five, tmp_path / "cache"), role=FUNCTION)
+    settings = settings_for(five, tmp_path / "cache", ONNXKIT_LOAD_RETRY_SECONDS="0")
+    repository = build_repository(settings, role=FUNCTION)  # no backoff: retried at once
 
     with pytest.raises(OnnxkitError) as caught:
         repository.infer("m2", None, request())

@@ -553,6 +553,10 @@ def decode_tensor(
     ):
         raise InvalidInputError(f"input {name!r}: 'shape' must be a list of non-negative integers")
     _check_shape(name, tuple(shape), spec.shape)
+    if 0 in shape:  # kernels fail on empty tensors in their own ways: a client's 4xx, here
+        raise InvalidInputError(
+            f"input {name!r}: shape {shape} holds no elements; send at least one row"
+        )
     if shape and shape[0] > max_batch_size and spec.shape and spec.shape[0] == -1:
         raise PayloadTooLargeError(
             f"input {name!r}: batch of {shape[0]} is over the limit of {max_batch_size}; "

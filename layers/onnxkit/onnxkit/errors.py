@@ -13,15 +13,24 @@ from typing import Any
 class OnnxkitError(Exception):
     """Root of every error onnxkit raises on purpose.
 
+    A client's mistake (4xx) is explained to the client in full: the message is written for
+    it. A fault of ours (5xx) may need the details only an operator should see (a bucket and
+    key, a cache path, onnxruntime's own text): the client gets the class's
+    :attr:`public_message`, or a ``public`` text the raiser wrote for it, and the logs get
+    :attr:`message`.
+
     Attributes:
         status: The HTTP status a client should see.
         code: A short, stable, machine-readable code (snake_case).
-        message: Text for a person: what went wrong and, where possible, what to do.
+        message: Text for a person: what went wrong and, where possible, what to do (logs,
+            the CLI; a client too for a 4xx).
         headers: Extra response headers (for example ``Retry-After``).
+        public_message: What a client is told of a 5xx of this class.
     """
 
     status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
     code: str = "internal_error"
+    public_message: str = "the server failed; the request id in its logs has the details"
 
     def __init__(
         self,
@@ -29,17 +38,27 @@ class OnnxkitError(Exception):
         *,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        public: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
         self.headers: dict[str, str] = dict(headers or {})
+        self._public = public
 
     @property
     def is_client_error(self) -> bool:
         """True when the caller can fix it (4xx)."""
         return 400 <= self.status < 500
+
+    @property
+    def client_message(self) -> str:
+        """What the client is told: the message of a 4xx; for a 5xx, the ``public`` text given
+        when it was raised, else the class's :attr:`public_message` (no internals)."""
+        if self.status < 500:
+            return self.message
+        return self._public if self._public is not None else self.public_message
 
 
 # --- 4xx: the request is wrong -------------------------------------------------------------
@@ -213,6 +232,7 @@ class ConfigurationError(OnnxkitError):
 
     status = HTTPStatus.INTERNAL_SERVER_ERROR
     code = "configuration_error"
+    public_message = "the server's configuration is invalid; its logs list what to fix"
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
@@ -224,6 +244,7 @@ class ModelNotReadyError(OnnxkitError):
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "model_not_ready"
+    public_message = "the model is not ready; retry in a moment"
 
 
 class StoreUnavailableError(OnnxkitError):
@@ -231,6 +252,7 @@ class StoreUnavailableError(OnnxkitError):
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "store_unavailable"
+    public_message = "the model store cannot be read now; retry shortly"
 
 
 class PayloadStoreUnavailableError(OnnxkitError):
@@ -238,6 +260,7 @@ class PayloadStoreUnavailableError(OnnxkitError):
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "payload_store_unavailable"
+    public_message = "the payload store cannot be reached now; retry shortly"
 
 
 class JobStoreUnavailableError(OnnxkitError):
@@ -245,6 +268,7 @@ class JobStoreUnavailableError(OnnxkitError):
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "job_store_unavailable"
+    public_message = "the job store cannot be reached now; retry shortly"
 
 
 class IntegrityError(OnnxkitError):
@@ -252,6 +276,10 @@ class IntegrityError(OnnxkitError):
 
     status = HTTPStatus.BAD_GATEWAY
     code = "artifact_integrity_error"
+    public_message = (
+        "a model file or document in the store does not match its manifest or is not "
+        "valid; the logs name it"
+    )
 
 
 class CacheFullError(OnnxkitError):
@@ -259,6 +287,28 @@ class CacheFullError(OnnxkitError):
 
     status = HTTPStatus.INSUFFICIENT_STORAGE
     code = "cache_full"
+    public_message = "the model cache is full; raise the function's ephemeral storage"
+
+
+class JobRecordInvalidError(OnnxkitError):
+    """A job's record (or SageMaker's answer naming where a job's result will be) points
+    outside the payload store's async-output/ and async-failure/; it is never followed."""
+
+    status = HTTPStatus.BAD_GATEWAY
+    code = "job_record_invalid"
+    public_message = (
+        "the job's record names a location outside the payload store's async-output/ and "
+        "async-failure/, so it was not followed; the server's logs have the details"
+    )
+
+
+class CacheError(OnnxkitError):
+    """The local cache folder cannot be used safely (a symlink, another user's, writable by
+    others) or cannot be written."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    code = "cache_unusable"
+    public_message = "the model cache cannot be used; the logs say why"
 
 
 class ModelLoadError(OnnxkitError):
@@ -266,6 +316,7 @@ class ModelLoadError(OnnxkitError):
 
     status = HTTPStatus.INTERNAL_SERVER_ERROR
     code = "model_load_error"
+    public_message = "the model could not be loaded; the logs have the cause"
 
 
 class BackendThrottledError(OnnxkitError):
@@ -280,6 +331,7 @@ class BackendError(OnnxkitError):
 
     status = HTTPStatus.BAD_GATEWAY
     code = "backend_model_error"
+    public_message = "the model's endpoint failed to run it; the logs have the details"
 
 
 class BackendUnavailableError(OnnxkitError):
@@ -287,6 +339,7 @@ class BackendUnavailableError(OnnxkitError):
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "backend_unavailable"
+    public_message = "the model's endpoint cannot be reached now; retry shortly"
 
 
 class BackendTimeoutError(OnnxkitError):
@@ -294,6 +347,7 @@ class BackendTimeoutError(OnnxkitError):
 
     status = HTTPStatus.GATEWAY_TIMEOUT
     code = "backend_timeout"
+    public_message = "the model's endpoint did not answer in time"
 
 
 class InferenceError(OnnxkitError):
@@ -301,6 +355,7 @@ class InferenceError(OnnxkitError):
 
     status = HTTPStatus.INTERNAL_SERVER_ERROR
     code = "inference_error"
+    public_message = "the model failed on this input; the request id in the logs has the details"
 
 
 # --- mapping --------------------------------------------------------------------------------
@@ -310,7 +365,8 @@ def error_body(error: BaseException) -> tuple[HTTPStatus, dict[str, Any], dict[s
     """Map any exception to a status, a JSON body and headers.
 
     Unknown exceptions become a generic 500 whose message reveals nothing about the
-    internals; the caller logs the traceback.
+    internals, and so does any 5xx (:attr:`OnnxkitError.client_message`); the caller logs the
+    error's full message and traceback.
 
     Args:
         error: The exception to map.
@@ -319,7 +375,8 @@ def error_body(error: BaseException) -> tuple[HTTPStatus, dict[str, Any], dict[s
         ``(status, {"error": {"code", "message"}}, headers)``.
     """
     if isinstance(error, OnnxkitError):
-        status, code, message, headers = error.status, error.code, error.message, error.headers
+        status, code, headers = error.status, error.code, error.headers
+        message = error.client_message
     else:
         status, code, headers = HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error", {}
         message = "internal error; the request id in the logs has the details"

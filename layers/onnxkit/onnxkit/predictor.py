@@ -13,6 +13,7 @@ rolls it back automatically when they pass the configured rate.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -46,7 +47,7 @@ from onnxkit.errors import error_body as _error_body
 from onnxkit.manifest import Manifest
 from onnxkit.media import binary_header_length, media_type
 from onnxkit.payloads import PayloadStore
-from onnxkit.settings import ENV_MODELS, ApiSettings
+from onnxkit.settings import ENV_MODELS, LOAD_RETRY_MAX_SECONDS, ApiSettings
 
 if TYPE_CHECKING:
     from onnxkit.processing import Pipeline
@@ -205,6 +206,12 @@ class Predictor:
         canary: How canaries are routed, checked and rolled back (default thresholds, no
             store write, no memory check).
         payloads: Uploads, inputs by reference and outputs to S3 (default: off).
+        load_retry_s: After a failed load, requests get its error (with ``Retry-After``) for
+            this long before one tries again; doubled after each failure up to
+            :data:`~onnxkit.settings.LOAD_RETRY_MAX_SECONDS`, reset by a success (0: every
+            request tries). A store fault heals without a restart, and a broken artifact
+            (a corrupt file, a 90 MB labels file) is not downloaded again on every request.
+        clock: Monotonic seconds (injectable for tests).
     """
 
     def __init__(
@@ -218,6 +225,8 @@ class Predictor:
         background: bool = False,
         canary: CanaryPolicy | None = None,
         payloads: PayloadStore | None = None,
+        load_retry_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.model_name = model_name
         self.payloads = payloads or PayloadStore.disabled()
@@ -237,6 +246,10 @@ class Predictor:
         self._rolled_back: str | None = None  # the canary version this process stopped
         self._abort_pending = ""  # why, while its abort is not written to the store yet
         self._stable_growth: int | None = None  # RSS the stable load added (memory check)
+        self._load_retry_s = load_retry_s
+        self._clock = clock
+        self._failed_loads = 0
+        self._retry_at = 0.0  # no load is tried before this, after a failure
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -312,6 +325,12 @@ class Predictor:
         with self._lock:
             if self._backend is not None:
                 return self._backend
+            last, wait = self._last_error, self._retry_at - self._clock()
+            if last is not None and wait > 0:
+                # Backing off: the last failure again, without its old traceback, and when
+                # to come back.
+                last.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+                raise last.with_traceback(None)
             started = time.perf_counter()
             rss_before = self._rss()
             try:
@@ -319,18 +338,23 @@ class Predictor:
             except ModelNotFoundError as exc:
                 # The configured model missing from the store is our fault, not the caller's.
                 self._last_error = ModelNotReadyError(
-                    f"the configured model cannot be found: {exc.message}"
+                    f"the configured model cannot be found: {exc.message}",
+                    public=f"the configured model {self.model_name!r} is not in the store (not "
+                    "published, or its alias is not set); it loads once it is",
                 )
+                self._back_off()
                 logger.error("model load failed: %s", exc.message)
                 raise self._last_error from exc
             except OnnxkitError as exc:
                 self._last_error = exc
+                self._back_off()
                 logger.error("model load failed: %s (%s)", exc.message, exc.code)
                 raise
             except Exception as exc:
                 self._last_error = ModelNotReadyError(
                     f"model {self.model_name!r} could not be loaded; the logs have the cause"
                 )
+                self._back_off()
                 logger.exception("model load failed unexpectedly")
                 raise self._last_error from exc
             elapsed = (time.perf_counter() - started) * 1000
@@ -338,6 +362,7 @@ class Predictor:
             if rss_before is not None and rss_after is not None:
                 self._stable_growth = rss_after - rss_before
             self._backend, self._last_error = backend, None
+            self._failed_loads = 0
             if self._refresh is not None:
                 self._next_check = self._refresh.clock() + self._refresh.interval_s
             manifest = backend.manifest
@@ -350,6 +375,12 @@ class Predictor:
         if pending is not None and pending():
             self.refresh(force=True)  # the alias runs a canary: load it now, not in a minute
         return backend
+
+    def _back_off(self) -> None:
+        """After a failed load: no new attempt for ``load_retry_s``, doubled per failure."""
+        self._failed_loads += 1
+        delay = min(self._load_retry_s * 2 ** (self._failed_loads - 1), LOAD_RETRY_MAX_SECONDS)
+        self._retry_at = self._clock() + delay
 
     @property
     def canary_version(self) -> str | None:
@@ -592,11 +623,12 @@ class Predictor:
             return
         cause = self._last_error
         if cause is None:
-            raise ModelNotReadyError(
-                "the model is still loading; retry in a moment", headers={"Retry-After": "1"}
-            )
+            loading = "the model is still loading; retry in a moment"
+            raise ModelNotReadyError(loading, public=loading, headers={"Retry-After": "1"})
         raise ModelNotReadyError(
             f"the model is not loaded: {cause.message} ({cause.code}); retrying in the background",
+            public=f"the model is not loaded: {cause.client_message} ({cause.code}); retrying in "
+            "the background",
             headers={"Retry-After": "5"},
         )
 
@@ -618,7 +650,7 @@ class Predictor:
         """``POST /v2/repository/index``: the one model served, and its state."""
         if not self.ready:
             cause = self._last_error
-            reason = f"{cause.message} ({cause.code})" if cause else "loading"
+            reason = f"{cause.client_message} ({cause.code})" if cause else "loading"
             rows = [
                 {"name": self.model_name, "version": "", "state": "UNAVAILABLE", "reason": reason}
             ]
@@ -765,10 +797,11 @@ class Predictor:
                 content_type=content_type,
             )
         except Exception as exc:
-            raise self._failed(backend, exc) from exc
+            raise self._failed(backend, exc, routed=version is None) from exc
         batch = max((a.shape[0] for a in inputs.values() if a.ndim), default=1)
         self._observer.inference_done(manifest, elapsed, batch)
-        self._count_canary(backend, failed=False)
+        if version is None:
+            self._count_canary(backend, failed=False)
         return reply
 
     def validate(
@@ -878,8 +911,11 @@ class Predictor:
             references=references or self.payloads.reader(),
         )
 
-    def _failed(self, backend: Backend, error: Exception) -> OnnxkitError:
-        """An inference error naming its version; a server fault counts against a canary."""
+    def _failed(self, backend: Backend, error: Exception, *, routed: bool) -> OnnxkitError:
+        """An inference error naming its version; a server fault counts against a canary when
+        the canary got the request by its weight (``routed``). A request that names the
+        canary's version picks its own traffic: counting it would let any client abort a
+        rollout with a few requests of its choosing."""
         manifest = backend.manifest
         if not isinstance(error, OnnxkitError):
             logger.exception("inference failed unexpectedly on version %s", manifest.version)
@@ -890,7 +926,8 @@ class Predictor:
         if error.status >= 500 and not isinstance(error, PayloadStoreUnavailableError):
             # S3 failing for uploads or results is not the version's fault (nor the canary's).
             self._observer.inference_failed(manifest)
-            self._count_canary(backend, failed=True)
+            if routed:
+                self._count_canary(backend, failed=True)
         return error
 
     def _current(self) -> Backend:

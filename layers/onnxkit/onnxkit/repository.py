@@ -364,7 +364,7 @@ class ModelRepository:
             reason = "not loaded yet; it loads on its first request"
             if entry is not None and entry.predictor.last_error is not None:
                 error = entry.predictor.last_error
-                reason = f"its last load failed: {error.message} ({error.code})"
+                reason = f"its last load failed: {error.client_message} ({error.code})"
             elif entry is not None and entry.evicted:
                 reason = entry.evicted
             return [{**base, "version": "", "state": UNAVAILABLE, "reason": reason}]

@@ -27,7 +27,7 @@ from onnxkit.aws import AwsClients
 from onnxkit.codecs import Reply, encode_json
 from onnxkit.coldstart import INIT_PHASES, Loading, start_loading
 from onnxkit.compose import build_jobs
-from onnxkit.errors import InvalidInputError, error_body
+from onnxkit.errors import InvalidInputError, OnnxkitError, error_body
 from onnxkit.manifest import Manifest
 from onnxkit.predictor import Serving
 from onnxkit.routes import FUNCTION, JSON, RouteTable, negotiate
@@ -178,8 +178,9 @@ class LambdaEdge:
 
     def _fail(self, error: Exception) -> dict:
         status, payload, headers = error_body(error)
-        if status >= 500:
-            self._logger.exception("request failed", extra={"status": int(status)})
+        if status >= 500:  # the client got a generic message: the logs get the details
+            detail = error.message if isinstance(error, OnnxkitError) else type(error).__name__
+            self._logger.exception("request failed", extra={"status": int(status), "error": detail})
         else:
             refusal = payload["error"]
             self._logger.info(

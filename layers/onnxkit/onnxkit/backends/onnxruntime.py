@@ -42,14 +42,52 @@ class OnnxruntimeBackend:
         try:
             results = self._session.run(names, feed)
         except Exception as exc:  # onnxruntime's own error types; never echo their text
-            logger.exception("inference failed")
-            raise InferenceError(
-                "the model failed on this input; see the function's logs for the request id"
-            ) from exc
+            raise run_error(exc) from exc
         return {
             name: _utf8(result) if result.dtype.kind == "O" else result
             for name, result in zip(names, results, strict=True)
         }
+
+
+# onnxruntime reports a kernel's refusal of its input through the status of the run alone:
+# INVALID_ARGUMENT (a type or rank the graph does not take, an index out of range) or FAIL
+# with the kernel's message. These are the input's fault once it passed the signature check:
+# a dynamic dimension that a Reshape or a broadcast cannot take, a token id past the vocabulary.
+_CLIENT_STATUS = ("InvalidArgument",)
+_CLIENT_FAILURES = (
+    "reshape",
+    "broadcast",
+    "shape",
+    "dimension",
+    "out of bounds",
+    "out of range",
+    "invalid rank",
+)
+
+
+def run_error(error: Exception) -> InvalidInputError | InferenceError:
+    """What a failed ``session.run`` means for the client, in our words.
+
+    Input the model cannot take (onnxruntime's ``InvalidArgument``, or a kernel's failure over
+    shapes, dimensions or indices) is the client's: 400. Anything else (memory, a provider
+    failing, a kernel bug) is ours: 500, counted against a canary. onnxruntime's own text is
+    logged, never returned (it names source files and the graph's nodes).
+    """
+    kind = type(error).__name__
+    text = str(error).lower()
+    if kind in _CLIENT_STATUS or (
+        kind in ("Fail", "RuntimeException") and any(s in text for s in _CLIENT_FAILURES)
+    ):
+        logger.info("the model refused the input: %s: %s", kind, str(error)[:500])
+        return InvalidInputError(
+            "the model cannot run on this input: a dimension, a shape or a value it does not "
+            "take (a length its graph cannot reshape, an index past a table); check the "
+            "model's metadata and send what it expects"
+        )
+    logger.error("inference failed", exc_info=error)
+    return InferenceError(
+        "the model failed on this input; the logs have the details under the request id"
+    )
 
 
 def _strings(name: str, array: np.ndarray) -> np.ndarray:

@@ -160,9 +160,13 @@ def map_client_error(exc: Any, where: str) -> OnnxkitError:
         # An inference component scaled to zero: SageMaker answers ValidationError (400)
         # "Inference Component has no capacity to process this request", and that failure
         # (the NoCapacityInvocationFailures metric) is what makes auto scaling add a copy.
+        scaling = (
+            "is scaling up from zero (its inference component has no copy running yet); "
+            "starting one takes a few minutes: retry later"
+        )
         return BackendUnavailableError(
-            f"{where} is scaling up from zero (its inference component has no copy running "
-            "yet); starting one takes a few minutes: retry later",
+            f"{where} {scaling}",
+            public=f"the model's endpoint {scaling}",
             code="scaling_up",
             headers={"Retry-After": SCALING_RETRY_AFTER_SECONDS},
         )

@@ -127,10 +127,8 @@ class SiblingReadiness:
         """
         ready = self.ready()
         if ready < self.expected:
-            raise ModelNotReadyError(
-                f"{ready} of {self.expected} workers have loaded the model; retry shortly",
-                headers={"Retry-After": "1"},
-            )
+            loading = f"{ready} of {self.expected} workers have loaded the model; retry shortly"
+            raise ModelNotReadyError(loading, public=loading, headers={"Retry-After": "1"})
 
 
 def readiness_folder(supervisor_pid: int) -> Path:
