@@ -1,6 +1,7 @@
 """Asynchronous jobs over real HTTP: start-api (the function, async mode) -> S3 (moto) and
 boto3 InvokeEndpointAsync -> the local endpoint with SageMaker's asynchronous front end
-emulated (start-endpoint --async) -> results in S3 -> GET /v2/jobs/{id}."""
+emulated (start-endpoint --async) -> results in S3 -> GET /v2/jobs/{id}; and a job record
+planted in the payload bucket that points elsewhere, never followed."""
 
 from __future__ import annotations
 
@@ -168,3 +169,36 @@ def test_the_function_refuses_what_it_can_tell_at_once(stack: dict) -> None:
     assert (status, error["error"]["code"]) == (409, "use_jobs")
     status, error, _ = call(f"{function}/v2/jobs/{'0' * 32}")
     assert (status, error["error"]["code"]) == (404, "job_not_found")
+
+
+@pytest.mark.parametrize(
+    ("bucket", "key"),
+    [
+        ("onnxkit-it", "onnxkit/planted.json"),  # the model bucket
+        (PAYLOAD_BUCKET, f"it/jobs/{'f' * 32}/request.json"),  # another job's request
+        (PAYLOAD_BUCKET, "async-output/planted.out"),  # the bucket's root, not the store's
+    ],
+)
+def test_a_planted_job_record_pointing_elsewhere_is_502_never_followed(
+    stack: dict, local_s3: Any, bucket: str, key: str
+) -> None:
+    # GIVEN someone who can write the payload bucket: a record for a job id, pointing at an
+    # object outside the store's async-output/ that the function's role could read
+    job = "0123456789abcdef" * 2
+    secret = {"planted": "never to be read back through the API"}
+    client = local_s3.client()
+    client.put_object(Bucket=bucket, Key=key, Body=json.dumps(secret).encode())
+    record = {"id": job, "model_name": "digits", "model_version": "1",
+              "output_location": f"s3://{bucket}/{key}", "failure_location": None}  # fmt: skip
+    client.put_object(
+        Bucket=PAYLOAD_BUCKET, Key=f"it/jobs/{job}/job.json", Body=json.dumps(record).encode()
+    )
+
+    # WHEN a client asks for the job
+    status, body, _ = call(f"{stack['function']}/v2/jobs/{job}")
+
+    # THEN 502 job_record_invalid: neither the object nor a URL to it comes back
+    assert status == 502, body
+    assert body["error"]["code"] == "job_record_invalid"
+    assert "planted" not in json.dumps(body)
+    assert "result_url" not in body

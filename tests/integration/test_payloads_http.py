@@ -3,7 +3,8 @@
 The client asks the function for a presigned PUT, uploads the tensor's raw bytes to moto, and
 references the upload in a v2 request: the answer matches a bare onnxruntime session run in
 this process. Sent inline, the same input gets a 413 that points to the upload path; references
-outside the payload store's uploads/ are refused (403). Timings are printed (run with -s).
+outside the payload store's uploads/ are refused (403); an upload is presigned only for a size
+given, and only for that size. Timings are printed (run with -s).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import requests
 
 from onnxkit_tools.local.stack import LOCAL_PAYLOAD_BUCKET, LOCAL_PAYLOAD_STORE
 from tests.integration.conftest import STORE, function_env, serve_api
+from tests.sigv4 import s3_accepts
 
 pytestmark = pytest.mark.integration
 
@@ -152,6 +154,7 @@ def test_the_same_input_inline_is_413_pointing_to_the_upload_path(api: str) -> N
     [
         f"{STORE}/uploads/0123456789abcdef0123456789abcdef",  # the model bucket
         f"s3://{LOCAL_PAYLOAD_BUCKET}/other/uploads/0123456789abcdef0123456789abcdef",
+        f"{LOCAL_PAYLOAD_STORE}/uploads/0123456789abcdef0123456789abcdef\n",  # not `$`
     ],
 )
 def test_a_reference_outside_the_uploads_is_403(api: str, reference: str) -> None:
@@ -159,3 +162,38 @@ def test_a_reference_outside_the_uploads_is_403(api: str, reference: str) -> Non
 
     assert reply.status_code == 403, reply.text
     assert reply.json()["error"]["code"] == "forbidden_reference"
+
+
+@pytest.mark.parametrize("body", [None, {}, {"content_type": "application/octet-stream"}])
+def test_an_upload_without_its_size_is_400(api: str, body: dict | None) -> None:
+    # An unsized URL would let anyone store any size in the bucket (refused only when read)
+    reply = requests.post(f"{api}/v2/models/{MODEL}/uploads", json=body, timeout=30)
+
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["code"] == "invalid_input"
+    assert '{"bytes": N}' in reply.json()["error"]["message"]
+
+
+def test_an_upload_url_stores_its_size_and_not_one_byte_more(api: str, local_s3: Any) -> None:
+    # GIVEN a URL the function presigned for N bytes
+    size = 4096
+    answer = requests.post(f"{api}/v2/models/{MODEL}/uploads", json={"bytes": size}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    upload = answer.json()
+
+    def sent(count: int) -> dict[str, str]:
+        request = requests.Request("PUT", upload["url"], data=b"\0" * count)
+        return dict(request.prepare().headers)  # Content-Length: the body's own size
+
+    # THEN S3 would store N bytes and refuse N + 1: moto checks no presigned signature (it
+    # stores any size), so S3's own check of the URL, tests/sigv4.py, is the judge; the local
+    # stack's credentials are "testing"
+    assert "content-length" in upload["url"].split("X-Amz-SignedHeaders=", 1)[1].split("&")[0]
+    assert s3_accepts(upload["url"], "PUT", sent(size), secret_key="testing")
+    assert not s3_accepts(upload["url"], "PUT", sent(size + 1), secret_key="testing")
+    # AND the honest PUT lands in moto as N bytes
+    put = requests.put(upload["url"], data=b"\0" * size, headers=upload["headers"], timeout=30)
+    assert put.status_code == 200, put.text[:500]
+    key = upload["reference"].removeprefix(f"s3://{LOCAL_PAYLOAD_BUCKET}/")
+    head = local_s3.client().head_object(Bucket=LOCAL_PAYLOAD_BUCKET, Key=key)
+    assert head["ContentLength"] == size

@@ -42,18 +42,20 @@ RESULT = {"model_name": "big", "model_version": "3", "outputs": [
 
 class AsyncRuntime:
     """sagemaker-runtime's InvokeEndpointAsync as SageMaker answers it (locations under the
-    endpoint config's S3OutputPath / S3FailurePath); keeps each call."""
+    endpoint config's S3OutputPath / S3FailurePath, which the template sets to the payload
+    store's async-output/ and async-failure/); keeps each call."""
 
-    def __init__(self) -> None:
+    def __init__(self, output: str = f"{STORE}/async-output", failure: str = "") -> None:
         self.calls: list[dict[str, Any]] = []
+        self.output, self.failure = output, failure or f"{STORE}/async-failure"
 
     def invoke_endpoint_async(self, **kwargs: Any) -> dict[str, Any]:
         self.calls.append(kwargs)
         job = kwargs["InferenceId"]
         return {
             "InferenceId": job,
-            "OutputLocation": f"s3://{BUCKET}/async-output/{job}.out",
-            "FailureLocation": f"s3://{BUCKET}/async-failure/{job}-error.out",
+            "OutputLocation": f"{self.output}/{job}.out",
+            "FailureLocation": f"{self.failure}/{job}-error.out",
         }
 
     def invoke_endpoint(self, **kwargs: Any) -> dict[str, Any]:
@@ -121,8 +123,8 @@ def test_submit_stores_the_request_invokes_async_and_records_the_job(
     record = json.loads(
         s3.get_object(Bucket=BUCKET, Key=f"store/jobs/{job}/job.json")["Body"].read()
     )
-    assert record["output_location"] == f"s3://{BUCKET}/async-output/{job}.out"
-    assert record["failure_location"] == f"s3://{BUCKET}/async-failure/{job}-error.out"
+    assert record["output_location"] == f"{STORE}/async-output/{job}.out"
+    assert record["failure_location"] == f"{STORE}/async-failure/{job}-error.out"
     assert record["model_name"] == "big"
     assert record["created"].endswith("+00:00")
 
@@ -164,7 +166,7 @@ def test_a_pending_job_says_so_with_retry_after(
 def test_a_small_result_comes_inline(s3: Any, runtime: AsyncRuntime, predictor: Predictor) -> None:
     jobs = queue(s3, runtime)
     job = submit(jobs, predictor)["id"]
-    s3.put_object(Bucket=BUCKET, Key=f"async-output/{job}.out", Body=json.dumps(RESULT))
+    s3.put_object(Bucket=BUCKET, Key=f"store/async-output/{job}.out", Body=json.dumps(RESULT))
 
     status = answer(jobs.status(job))
 
@@ -179,7 +181,7 @@ def test_a_large_result_comes_as_a_presigned_url(
     jobs = queue(s3, runtime, inline_result_bytes=10, url_seconds=120)
     job = submit(jobs, predictor)["id"]
     raw = json.dumps(RESULT).encode()
-    s3.put_object(Bucket=BUCKET, Key=f"async-output/{job}.out", Body=raw)
+    s3.put_object(Bucket=BUCKET, Key=f"store/async-output/{job}.out", Body=raw)
 
     status = answer(jobs.status(job))
 
@@ -187,7 +189,7 @@ def test_a_large_result_comes_as_a_presigned_url(
     assert "result" not in status
     assert status["bytes"] == len(raw)
     assert status["expires_in"] == 120
-    assert f"async-output/{job}.out" in status["result_url"]
+    assert f"store/async-output/{job}.out" in status["result_url"]
     assert "Expires=" in status["result_url"] or "X-Amz-Expires=120" in status["result_url"]
 
 
@@ -197,7 +199,7 @@ def test_a_failed_job_reports_the_endpoints_error(
     jobs = queue(s3, runtime)
     job = submit(jobs, predictor)["id"]
     ours = {"error": {"code": "invalid_input", "message": "input 'x' holds NaN"}}
-    s3.put_object(Bucket=BUCKET, Key=f"async-failure/{job}-error.out", Body=json.dumps(ours))
+    s3.put_object(Bucket=BUCKET, Key=f"store/async-failure/{job}-error.out", Body=json.dumps(ours))
 
     status = answer(jobs.status(job))
 
@@ -210,7 +212,9 @@ def test_a_failure_in_sagemakers_own_words_is_quoted(
 ) -> None:
     jobs = queue(s3, runtime)
     job = submit(jobs, predictor)["id"]
-    s3.put_object(Bucket=BUCKET, Key=f"async-failure/{job}-error.out", Body=b"Invocation timed out")
+    s3.put_object(
+        Bucket=BUCKET, Key=f"store/async-failure/{job}-error.out", Body=b"Invocation timed out"
+    )
 
     error = answer(jobs.status(job))["error"]
 
@@ -232,6 +236,132 @@ def test_a_malformed_id_is_404_before_any_s3_call(runtime: AsyncRuntime, job: st
     with Stubber(s3), pytest.raises(OnnxkitError) as raised:  # nothing queued: a call fails
         queue(s3, runtime).status(job)
     assert (raised.value.status, raised.value.code) == (404, "job_not_found")
+
+
+# --- a job record written by someone else ----------------------------------------------------
+
+JOB = "0123456789abcdef0123456789abcdef"
+SECRET = b'{"planted": "the function must never read or presign this"}'
+OUTPUT = f"{STORE}/async-output/{JOB}.out"
+FAILURE = f"{STORE}/async-failure/{JOB}-error.out"
+ELSEWHERE = [
+    f"s3://elsewhere/store/async-output/{JOB}.out",  # another bucket
+    f"s3://{BUCKET}/async-output/{JOB}.out",  # the bucket's root, not the store's prefix
+    f"s3://{BUCKET}/other/async-output/{JOB}.out",  # another prefix
+    f"{STORE}/jobs/{'f' * 32}/request.json",  # another job's request
+    f"{STORE}/uploads/{'f' * 32}",  # someone's upload
+    f"{STORE}/results/{'f' * 32}/y",
+    f"{STORE}/async-output/../jobs/{'f' * 32}/request.json",  # dot segments
+    f"{STORE}/async-output/nested/{JOB}.out",
+    f"{STORE}/async-output/{JOB}.out\n",  # `$` would match before the newline
+    f"{STORE}/async-output/",
+    f"s3://user@{BUCKET}/store/async-output/{JOB}.out",
+    f"https://{BUCKET}.s3.amazonaws.com/store/async-output/{JOB}.out",
+]
+
+
+class Recorder:
+    """Wraps an S3 client and records every object it is asked to read or sign."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.touched: list[tuple[str, str]] = []
+
+    def head_object(self, **kwargs: Any) -> Any:
+        self.touched.append((kwargs["Bucket"], kwargs["Key"]))
+        return self.client.head_object(**kwargs)
+
+    def get_object(self, **kwargs: Any) -> Any:
+        self.touched.append((kwargs["Bucket"], kwargs["Key"]))
+        return self.client.get_object(**kwargs)
+
+    def generate_presigned_url(self, operation: str, Params: dict, **kwargs: Any) -> Any:
+        self.touched.append((Params["Bucket"], Params["Key"]))
+        return self.client.generate_presigned_url(operation, Params=Params, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def plant(s3: Any, record: dict[str, Any]) -> None:
+    """Write a job record as someone who can write the payload bucket would, and the planted
+    object at every s3:// location it names (so a status that follows one finds it)."""
+    s3.create_bucket(Bucket="elsewhere")
+    s3.put_object(Bucket=BUCKET, Key=f"store/jobs/{JOB}/job.json", Body=json.dumps(record))
+    for location in (record.get("output_location"), record.get("failure_location")):
+        if isinstance(location, str) and location.startswith("s3://"):
+            bucket, _, key = location.removeprefix("s3://").partition("/")
+            s3.put_object(Bucket=bucket.rpartition("@")[2], Key=key, Body=SECRET)
+
+
+@pytest.mark.parametrize("field", ["output_location", "failure_location"])
+@pytest.mark.parametrize("location", [*ELSEWHERE, 42, ["s3://x/y"]])
+def test_a_record_pointing_outside_the_store_is_502_and_never_followed(
+    s3: Any, runtime: AsyncRuntime, caplog: pytest.LogCaptureFixture, field: str, location: Any
+) -> None:
+    # GIVEN a record (planted in the payload bucket) naming a location outside the store's
+    # async-output/ (async-failure/), and the planted object there
+    record = {"id": JOB, "model_name": "big", "model_version": "3",
+              "output_location": OUTPUT, "failure_location": FAILURE, field: location}  # fmt: skip
+    plant(s3, record)
+    recorder = Recorder(s3)
+
+    # WHEN the job's status is asked for
+    with pytest.raises(OnnxkitError) as raised:
+        queue(recorder, runtime).status(JOB)
+
+    # THEN it is a 502 that says so (in our words), logged, and no location was read or signed
+    assert (raised.value.status, raised.value.code) == (502, "job_record_invalid")
+    assert "planted" not in raised.value.message
+    assert "elsewhere" not in raised.value.message
+    assert recorder.touched == [(BUCKET, f"store/jobs/{JOB}/job.json")]
+    assert any(r.levelname == "ERROR" and JOB in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"id": JOB, "failure_location": FAILURE},  # no output location
+        {"id": "f" * 32, "output_location": OUTPUT, "failure_location": FAILURE},  # another's
+        ["s3://x/y"],
+    ],
+)
+def test_a_malformed_record_is_502_job_record_invalid(
+    s3: Any, runtime: AsyncRuntime, record: Any
+) -> None:
+    s3.put_object(Bucket=BUCKET, Key=f"store/jobs/{JOB}/job.json", Body=json.dumps(record))
+    s3.put_object(Bucket=BUCKET, Key=f"store/async-output/{JOB}.out", Body=SECRET)
+
+    with pytest.raises(OnnxkitError) as raised:
+        queue(s3, runtime).status(JOB)
+
+    assert (raised.value.status, raised.value.code) == (502, "job_record_invalid")
+
+
+def test_a_record_within_the_store_is_followed(s3: Any, runtime: AsyncRuntime) -> None:
+    record = {"id": JOB, "output_location": OUTPUT, "failure_location": None}
+    plant(s3, record)
+
+    status = answer(queue(s3, runtime).status(JOB))
+
+    assert (status["status"], status["result"]) == ("succeeded", json.loads(SECRET))
+
+
+@pytest.mark.parametrize("where", ["output", "failure"])
+def test_an_endpoint_writing_outside_the_store_is_refused_at_submit(
+    s3: Any, predictor: Predictor, where: str
+) -> None:
+    # GIVEN an endpoint config whose output (failure) path is not the store's
+    runtime = AsyncRuntime(**{where: f"s3://{BUCKET}/elsewhere"})
+
+    with pytest.raises(OnnxkitError) as raised:
+        submit(queue(s3, runtime), predictor)
+
+    # THEN no record is written that a status would have to refuse
+    assert (raised.value.status, raised.value.code) == (502, "job_record_invalid")
+    assert "async-output/" in raised.value.message
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    assert not [key for key in keys if key.endswith("job.json")]
 
 
 def sagemaker_runtime() -> Any:
@@ -269,7 +399,7 @@ def test_the_real_client_sends_what_the_service_model_names(s3: Any) -> None:
     with Stubber(runtime) as stub:
         stub.add_response(
             "invoke_endpoint_async",
-            {"InferenceId": "i", "OutputLocation": "s3://b/async-output/i.out"},
+            {"InferenceId": "i", "OutputLocation": f"{STORE}/async-output/i.out"},
         )
         accepted = submit(queue(s3, runtime), predictor)
         stub.assert_no_pending_responses()

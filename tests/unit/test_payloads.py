@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -27,6 +28,7 @@ from onnxkit.routes import FUNCTION, RouteTable
 from onnxkit.session import load_session
 from onnxkit.settings import ApiSettings, PayloadSettings
 from onnxkit_tools.registry import describe_model
+from tests.sigv4 import s3_accepts
 from tests.unit.conftest import BuiltModel
 
 BUCKET = "onnxkit-payloads"
@@ -93,12 +95,54 @@ def test_an_upload_is_presigned_under_uploads_with_its_size_signed(store: Payloa
     assert (answer["expires_in"], answer["max_bytes"]) == (300, 10_000)
 
 
-def test_each_upload_gets_its_own_id_and_no_body_signs_no_size(store: PayloadStore) -> None:
-    first, second = store.presign_upload(None), store.presign_upload(b"")
+def test_each_upload_gets_its_own_id(store: PayloadStore) -> None:
+    first, second = (store.presign_upload('{"bytes": 8}') for _ in range(2))
 
     assert first["reference"] != second["reference"]
-    assert first["headers"] == {}
-    assert "content-length" not in parse_qs(urlsplit(first["url"]).query)["X-Amz-SignedHeaders"][0]
+
+
+@pytest.mark.parametrize(
+    "body", [None, b"", "  ", "{}", '{"content_type": "image/png"}', '{"bytes": null}']
+)
+def test_an_upload_without_its_size_is_400_saying_to_send_it(
+    store: PayloadStore, body: str | bytes | None
+) -> None:
+    # An unsized URL would let S3 store any size (ONNXKIT_UPLOAD_MAX_BYTES refused only at read)
+    with pytest.raises(InvalidInputError, match=r'send \{"bytes": N\}') as caught:
+        store.presign_upload(body)
+
+    assert (caught.value.status, caught.value.code) == (400, "invalid_input")
+
+
+def sent_headers(answer: dict[str, Any], body: bytes) -> dict[str, str]:
+    """The headers a client (requests) sends with ``body`` to a presigned upload, its
+    ``headers`` included: Content-Length is always the body's own size."""
+    import requests
+
+    prepared = requests.Request("PUT", answer["url"], data=body, headers=answer["headers"])
+    return dict(prepared.prepare().headers)
+
+
+@pytest.mark.parametrize("content_type", [None, "image/png"])
+def test_an_upload_url_stores_its_size_and_no_other(
+    store: PayloadStore, content_type: str | None
+) -> None:
+    # GIVEN a URL presigned for N bytes; moto does not check presigned URLs (any size, any
+    # signature is stored), so S3's own check (tests/sigv4.py) judges the requests
+    size = 1000
+    body = {"bytes": size} | ({"content_type": content_type} if content_type else {})
+    answer = store.presign_upload(json.dumps(body))
+    url = answer["url"]
+
+    # THEN the size is one of the signed headers
+    signed = parse_qs(urlsplit(url).query)["X-Amz-SignedHeaders"][0].split(";")
+    assert "content-length" in signed
+    # AND S3 takes the N bytes, and refuses one byte more or less, or the limit plus one
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]  # what the client signs with (mock_aws sets it)
+    assert s3_accepts(url, "PUT", sent_headers(answer, b"\0" * size), secret_key=secret)
+    for other in (size + 1, size - 1, store.max_bytes + 1):
+        headers = sent_headers(answer, b"\0" * other)
+        assert not s3_accepts(url, "PUT", headers, secret_key=secret), other
 
 
 def test_an_upload_over_the_limit_is_413_naming_it(store: PayloadStore) -> None:
@@ -123,6 +167,7 @@ def test_the_functions_memory_bounds_the_limit() -> None:
         '{"bytes": true}',
         '{"content_type": "not a type"}',
         '{"content_type": "text/plain; charset=utf-8"}',
+        '{"bytes": 8, "content_type": "image/png\\n"}',  # `$` would match before the newline
         '{"size": 10}',
         "[1]",
         "{",
@@ -158,6 +203,7 @@ def test_without_a_store_uploads_say_how_to_enable_them() -> None:
         f"{STORE}/uploads/",
         f"{STORE}/uploads/0123abcd?versionId=1",
         f"{STORE}/uploads/0123abcd#x",
+        f"{STORE}/uploads/0123abcd\n",  # `$` matches before a final newline; fullmatch does not
         f"https://{BUCKET}.s3.amazonaws.com/team/payloads/uploads/0123abcd",
         f"s3://user@{BUCKET}/team/payloads/uploads/0123abcd",
         f"S3://{BUCKET}/team/payloads/uploads/0123abcd",

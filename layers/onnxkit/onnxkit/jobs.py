@@ -10,6 +10,11 @@ a larger one as a presigned URL.
 SageMaker's asynchronous front end does the rest (reads the input, calls the container's
 ``/invocations``, writes the reply under the endpoint config's ``S3OutputPath`` or the error
 under ``S3FailurePath``); ``onnxkit_tools.local.async_inference`` emulates it locally.
+
+Those paths are the store's ``async-output/`` and ``async-failure/`` (the template sets them).
+Whoever can write the payload bucket can write a record, so a location in one is followed only
+if it is an object directly under them, in the store's own bucket and prefix: anything else is
+``job_record_invalid`` (502), logged, and never read or signed.
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ import logging
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 from urllib.parse import urlparse
 
 from onnxkit.backends.sagemaker import SageMakerBackend, endpoint_errors
 from onnxkit.codecs import Reply, encode_json
 from onnxkit.errors import (
     JobNotFoundError,
+    JobRecordInvalidError,
     JobsNotEnabledError,
     JobStoreUnavailableError,
     UseJobsError,
@@ -43,8 +49,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-"""Job ids are uuid4 hex: anything else is refused before S3 is asked."""
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+"""Job ids are uuid4 hex: anything else is refused before S3 is asked (always fullmatch: `$`
+would also match before a final newline)."""
+OUTPUTS = "async-output"
+FAILURES = "async-failure"
+"""The folders of the store where the asynchronous endpoint writes (its S3OutputPath and
+S3FailurePath): the only places a job record may point to."""
+_OBJECT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}")
+"""An object SageMaker writes there: ``<id>.out``, ``<id>-error.out`` (one segment, no dots
+first, so never ``..``)."""
 INVOCATION_TIMEOUT_SECONDS = 3600
 """How long SageMaker lets the container work on one job (its ceiling: an hour)."""
 PENDING_RETRY_AFTER = "5"
@@ -156,7 +170,8 @@ class JobQueue:
 
         Raises:
             OnnxkitError: 4xx for a request infer would refuse (or a model that runs in the
-                function: 409 ``use_jobs``), 429/5xx for SageMaker or S3 faults.
+                function: 409 ``use_jobs``), 429/5xx for SageMaker or S3 faults, 502
+                ``job_record_invalid`` when SageMaker names locations outside the store.
         """
         backend = predictor.validate(name, version, body, content_type=JSON)
         manifest = backend.manifest
@@ -193,6 +208,9 @@ class JobQueue:
                 f"SageMaker endpoint {self._endpoint!r} accepted the job but named no output "
                 "location; is it an asynchronous endpoint (AsyncInferenceConfig)?"
             )
+        # A record status() would refuse is not written: the endpoint config is wrong (the
+        # job runs, but where this function never looks).
+        self._locations(job_id, record, where="the SageMaker endpoint's answer")
         try:
             self._put(self._key(job_id, "job.json"), encode_json(record))
         except JobStoreUnavailableError:
@@ -216,6 +234,8 @@ class JobQueue:
 
         Raises:
             JobNotFoundError: The id is not a job id, or no job has it.
+            JobRecordInvalidError: The record is not one this function wrote, or names a
+                location outside the store's async-output/ or async-failure/ (502).
             JobStoreUnavailableError: S3 failed or refused a read.
         """
         if not JOB_ID.fullmatch(job_id):
@@ -225,37 +245,82 @@ class JobQueue:
             raise JobNotFoundError(f"no job {job_id!r}")
         try:
             record = json.loads(raw)
-            output = _split_s3(record["output_location"])
-            failure_location = record.get("failure_location")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise JobStoreUnavailableError(f"the record of job {job_id} is unreadable") from exc
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or record.get("id", job_id) != job_id:
+            logger.error("the record of job %s is not one this function wrote", job_id)
+            raise JobRecordInvalidError(f"the record of job {job_id} is invalid")
+        # Every location is checked before any is read or signed.
+        output, failure = self._locations(job_id, record, where="its record")
         answer: dict[str, Any] = {
             "id": job_id,
-            "model_name": record.get("model_name"),
-            "model_version": record.get("model_version"),
-            "created": record.get("created"),
+            "model_name": _text(record.get("model_name")),
+            "model_version": _text(record.get("model_version")),
+            "created": _text(record.get("created")),
         }
-        size = self._size(*output)
+        size = self._size(self._bucket, output)
         if size is not None:
-            return _json({**answer, "status": "succeeded", **self._result(*output, size)})
-        if failure_location:
-            failure = _split_s3(failure_location)
-            if self._size(*failure) is not None:
-                error = _failure(self._get(*failure, limit=FAILURE_READ_BYTES) or b"")
-                return _json({**answer, "status": "failed", "error": error})
+            return _json({**answer, "status": "succeeded", **self._result(output, size)})
+        if failure is not None and self._size(self._bucket, failure) is not None:
+            error = _failure(self._get(self._bucket, failure, limit=FAILURE_READ_BYTES) or b"")
+            return _json({**answer, "status": "failed", "error": error})
         return _json({**answer, "status": "pending"}, {"Retry-After": PENDING_RETRY_AFTER})
 
-    def _result(self, bucket: str, key: str, size: int) -> dict[str, Any]:
-        """The result inline when small and JSON, else a presigned URL to it."""
+    def _locations(
+        self, job_id: str, record: dict[str, Any], *, where: str
+    ) -> tuple[str, str | None]:
+        """The keys of a job's output and failure (None: not named), each checked to be one
+        object directly under the store's async-output/ (async-failure/).
+
+        Raises:
+            JobRecordInvalidError: A location is missing (the output), not a string, or
+                anywhere else: another bucket, prefix or folder, nested, dotted (logged).
+        """
+        output = self._location(job_id, record.get("output_location"), OUTPUTS, where)
+        if output is None:
+            self._invalid(job_id, where, "names no output location", None)
+        return output, self._location(job_id, record.get("failure_location"), FAILURES, where)
+
+    def _location(self, job_id: str, location: Any, folder: str, where: str) -> str | None:
+        if location is None:
+            return None
+        # Exactly s3://{bucket}/{prefix}{folder}/<name>: no other bucket, user part, prefix or
+        # folder, no nesting, dot segments, query or trailing newline.
+        allowed = f"s3://{self._bucket}/{self._prefix}{folder}/"
+        if not (
+            isinstance(location, str)
+            and location.startswith(allowed)
+            and _OBJECT_NAME.fullmatch(location[len(allowed) :])
+        ):
+            self._invalid(job_id, where, f"names a location outside {folder}/", location)
+        return location[len(f"s3://{self._bucket}/") :]
+
+    def _invalid(self, job_id: str, where: str, what: str, location: Any) -> NoReturn:
+        # The location itself goes to the log only: it may name other buckets and keys.
+        logger.error(
+            "job %s: %s %s (%.300r); not followed", job_id, where, what, location,
+            extra={"job": job_id},
+        )  # fmt: skip
+        raise JobRecordInvalidError(
+            f"job {job_id}: {where} {what}; only objects in the payload store's "
+            f"{OUTPUTS}/ and {FAILURES}/ are followed (the endpoint config's S3OutputPath and "
+            "S3FailurePath must be those)"
+        )
+
+    def _result(self, key: str, size: int) -> dict[str, Any]:
+        """The result (a checked key of the store's bucket) inline when small and JSON, else a
+        presigned URL to it."""
         if size <= self._inline:
-            raw = self._get(bucket, key)
+            raw = self._get(self._bucket, key)
             try:
                 return {"result": json.loads(raw or b"")}
             except ValueError:
                 pass  # binary tensors (asked for by the request): only a URL carries them
         try:
             url = self._s3.generate_presigned_url(
-                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=self._url_seconds
+                "get_object",
+                Params={"Bucket": self._bucket, "Key": key},
+                ExpiresIn=self._url_seconds,
             )
         except Exception as exc:  # botocore signs locally: only missing credentials fail
             raise JobStoreUnavailableError("cannot sign a URL for the job's result") from exc
@@ -332,6 +397,11 @@ def _split_s3(uri: str) -> tuple[str, str]:
     if parsed.scheme != "s3" or not parsed.netloc:
         raise ValueError(f"not an s3:// URI: {uri!r}")
     return parsed.netloc, parsed.path.lstrip("/")
+
+
+def _text(value: Any) -> str | None:
+    """A record's descriptive field as it is when a string, else None (never echoed as is)."""
+    return value if isinstance(value, str) else None
 
 
 def _json(answer: dict[str, Any], headers: dict[str, str] | None = None) -> Reply:

@@ -175,6 +175,7 @@ SCHEMAS: dict[str, Any] = {
             },
             "content_type": {**_STRING, "description": "Signed too: send it as Content-Type."},
         },
+        "required": ["bytes"],
         "additionalProperties": False,
     },
     "Upload": _object(

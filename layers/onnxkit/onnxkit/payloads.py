@@ -4,9 +4,10 @@ Inputs too large for a request body (Lambda's 6 MB) go through the payload store
 (``ONNXKIT_PAYLOAD_STORE=s3://bucket/prefix``, the template's PayloadBucket). Its layout is
 fixed, the template's policies and the asynchronous jobs rely on it:
 
-- ``{store}/uploads/{id}``: a client asks ``POST /v2/models/{name}/uploads`` for a presigned
-  PUT, uploads the tensor's raw bytes, and sends ``"parameters": {"reference": "s3://..."}``
-  in place of an input's ``data``. The function only reads uploads.
+- ``{store}/uploads/{id}``: a client asks ``POST /v2/models/{name}/uploads`` with the
+  object's size for a presigned PUT signed for that size, uploads the tensor's raw bytes, and
+  sends ``"parameters": {"reference": "s3://..."}`` in place of an input's ``data``. The
+  function only reads uploads.
 - ``{store}/results/{id}/{output}``: an output asked for with ``"parameters": {"to_s3": true}``
   (or every output, with the request's ``"outputs_to_s3": true``) is written here and answered
   with its reference and a presigned GET instead of its data.
@@ -19,8 +20,8 @@ bucket may be referenced: anything else is refused (403).
 Size rule: the objects one request references must together fit within
 ``ONNXKIT_UPLOAD_MAX_BYTES`` and, in a Lambda function, within a quarter of its memory
 (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``): the input is held once (read straight into the array's
-buffer), and the model's intermediate tensors and outputs need the rest. A presigned upload is
-signed for at most that many bytes.
+buffer), and the model's intermediate tensors and outputs need the rest. Every presigned upload
+is signed for its exact size, at most that many bytes: S3 stores nothing larger.
 """
 
 from __future__ import annotations
@@ -56,9 +57,11 @@ MEMORY_SHARE = 4
 UPLOAD_REQUEST_MAX_BYTES = 4096
 _MIB = 1024 * 1024
 _READ_CHUNK = _MIB  # urllib3 reads each readinto() into a temporary first: keep it small
-_UPLOAD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+# Always fullmatch: re's `$` also matches before a final "\n", so `^...$` with match() would
+# take "<id>\n" (a key of another object) or a media type that ends a signed header line.
+_UPLOAD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _MEDIA_TYPE = re.compile(
-    r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}$"
+    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}"
 )
 _UPLOAD_FIELDS = ("bytes", "content_type")
 _MISSING = ("NoSuchKey", "404", "NotFound")
@@ -132,8 +135,8 @@ class PayloadStore:
         """``POST /v2/models/{name}/uploads``: a presigned PUT for a new object under uploads/.
 
         Args:
-            body: Optional JSON ``{"bytes": N, "content_type": "..."}``. With ``bytes``, the
-                size is signed into the URL (``Content-Length``), so S3 refuses another size.
+            body: JSON ``{"bytes": N, "content_type": "..."}`` (``content_type`` optional).
+                The size is signed into the URL (``Content-Length``), so S3 refuses any other.
 
         Returns:
             ``{"reference", "url", "method", "headers", "expires_in", "max_bytes"}``: PUT the
@@ -142,23 +145,22 @@ class PayloadStore:
 
         Raises:
             PayloadsNotConfiguredError: No payload store (404).
-            InvalidInputError: The body is not such an object.
+            InvalidInputError: The body is not such an object, or has no ``bytes`` (400).
             PayloadTooLargeError: ``bytes`` is over :attr:`max_bytes` (413).
             PayloadStoreUnavailableError: The URL cannot be signed (no credentials).
         """
         self._require()
         size, content_type = _upload_request(body)
-        if size is not None and size > self.max_bytes:
+        if size > self.max_bytes:
             raise PayloadTooLargeError(
                 f"an upload of {size} bytes is over the limit of {self.max_bytes} bytes "
                 f"({self._rule})"
             )
         key = self._key(UPLOADS, self._make_id())
-        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
-        headers: dict[str, str] = {}
-        if size is not None:
-            params["ContentLength"] = size
-            headers["Content-Length"] = str(size)
+        # SigV4 signs Content-Length (AwsClients.payloads_s3 signs with it): S3 refuses a PUT
+        # of any other size with SignatureDoesNotMatch, and one without it with 411.
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "ContentLength": size}
+        headers = {"Content-Length": str(size)}
         if content_type is not None:
             params["ContentType"] = content_type
             headers["Content-Type"] = content_type
@@ -188,7 +190,7 @@ class PayloadStore:
         # Exactly the store's uploads/ prefix and one id of safe characters: no other bucket,
         # prefix or folder, no dot segments, no nesting, query, fragment or user part.
         allowed = f"s3://{self.bucket}/{self._key(UPLOADS)}/"
-        if not (reference.startswith(allowed) and _UPLOAD_ID.match(reference[len(allowed) :])):
+        if not (reference.startswith(allowed) and _UPLOAD_ID.fullmatch(reference[len(allowed) :])):
             raise ForbiddenReferenceError(
                 f"reference {reference[:200]!r} is not an upload of this server: references must "
                 f"be {allowed}<id>, as POST {UPLOADS_PATH} answers them"
@@ -404,15 +406,24 @@ def _read_into(body: Any, size: int, reference: str) -> bytearray:
     return buffer
 
 
-def _upload_request(body: bytes | str | None) -> tuple[int | None, str | None]:
-    """``bytes`` and ``content_type`` of an upload request (both optional; no body: neither).
+def _upload_request(body: bytes | str | None) -> tuple[int, str | None]:
+    """``bytes`` (required) and ``content_type`` (optional) of an upload request.
+
+    The size is required rather than answering a presigned POST bounded by a
+    ``content-length-range`` policy: a PUT signed for one size is bounded just as firmly (S3
+    refuses any other Content-Length), keeps the one raw-body PUT every client already sends
+    (no multipart form, no CORS change for browsers), and lets an oversize upload be refused
+    here, before anything is signed. A client knows the size of what it is about to send.
 
     Raises:
-        InvalidInputError: Not a JSON object of those fields, or a bad value.
+        InvalidInputError: No body, not a JSON object of those fields, no ``bytes``, or a
+            bad value.
     """
-    if body is None or not body.strip():
-        return None, None
-    data = parse_json(body, max_bytes=UPLOAD_REQUEST_MAX_BYTES)
+    data = (
+        parse_json(body, max_bytes=UPLOAD_REQUEST_MAX_BYTES)
+        if body is not None and body.strip()
+        else {}
+    )
     unknown = sorted(set(data) - set(_UPLOAD_FIELDS))
     if unknown:
         raise InvalidInputError(
@@ -420,11 +431,17 @@ def _upload_request(body: bytes | str | None) -> tuple[int | None, str | None]:
             '"bytes" (the size, signed into the URL) and "content_type"'
         )
     size = data.get("bytes")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+    if size is None:
+        # Unsized, the URL would let S3 store anything (refused only when read).
+        raise InvalidInputError(
+            'an upload needs its size: send {"bytes": N} (and optionally "content_type"); '
+            "the URL is signed for exactly N bytes"
+        )
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise InvalidInputError('"bytes" must be a non-negative integer (the object\'s size)')
     content_type = data.get("content_type")
     if content_type is not None and (
-        not isinstance(content_type, str) or not _MEDIA_TYPE.match(content_type)
+        not isinstance(content_type, str) or not _MEDIA_TYPE.fullmatch(content_type)
     ):
         raise InvalidInputError(
             '"content_type" must be a media type such as application/octet-stream or image/png'
