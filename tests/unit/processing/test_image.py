@@ -26,7 +26,7 @@ from PIL import Image, features
 import onnxkit
 from onnxkit.errors import InvalidInputError, PayloadTooLargeError
 from onnxkit.manifest import TensorSpec
-from onnxkit.processing.image import ImageDecoder, ImageSpec
+from onnxkit.processing.image import MAX_PIXELS, ImageDecoder, ImageSpec
 
 PHOTOS = Path(sklearn.datasets.__file__).parent / "images"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -331,7 +331,8 @@ def test_pillow_bomb_warning_raised_as_error_is_a_413() -> None:
     # A process running with -W error turns Pillow's warning into an exception at open.
     pixels = Image.MAX_IMAGE_PIXELS or 89_478_485
     side = int((pixels * 1.5) ** 0.5)  # over Pillow's warning limit, under its error limit
-    spec = ImageSpec(feeds="x", max_pixels=pixels * 2)
+    spec = ImageSpec(feeds="x", max_pixels=MAX_PIXELS)  # the most a declaration may set
+    assert pixels > MAX_PIXELS  # so Pillow's warning never refuses what a declaration allows
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -538,7 +539,7 @@ def test_check_input_refuses(spec: ImageSpec, tensor: TensorSpec, fragment: str)
         spec.check_input(tensor)
 
 
-def test_a_batch_is_bounded_by_max_pixels_after_processing() -> None:
+def test_a_batch_is_bounded_by_max_pixels_summed_from_the_headers() -> None:
     # GIVEN 4x4 images (16 pixels each) and a limit of 40 pixels
     from io import BytesIO
 
@@ -552,5 +553,5 @@ def test_a_batch_is_bounded_by_max_pixels_after_processing() -> None:
 
     # THEN two fit (32 pixels), a third is refused as a whole request (48 > 40)
     assert decoder.decode([buffer.getvalue()] * 2).shape == (2, 4, 4)
-    with pytest.raises(TooLarge, match=r"up to #2 hold 48 pixels.*fewer images"):
+    with pytest.raises(TooLarge, match=r"up to #2 declare 48 pixels.*fewer or smaller images"):
         decoder.decode([buffer.getvalue()] * 3)

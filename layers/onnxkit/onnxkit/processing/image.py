@@ -1,10 +1,11 @@
 """Image preprocessing declared with a model: encoded PNG/JPEG bytes in, a pixel tensor out.
 
 :class:`ImageSpec` is the declaration (data only, stored in the manifest and versioned with the
-model); :class:`ImageDecoder` applies it. Pillow decodes, with the pixel count checked from the
-header before any pixel is decoded; the rest is numpy, in the order torchvision's ``Resize``,
-``CenterCrop``, ``ToTensor`` and ``Normalize`` use, so a model trained behind those gets the
-same numbers.
+model); :class:`ImageDecoder` applies it. Pillow decodes, once every image of the request has
+been opened and the pixels they declare (and would hold after resizing) have been summed from
+their headers and checked against ``max_pixels``; the rest is numpy, in the order torchvision's
+``Resize``, ``CenterCrop``, ``ToTensor`` and ``Normalize`` use, so a model trained behind those
+gets the same numbers.
 
 This module imports neither Pillow nor numpy: a manifest's declaration can be read and checked
 without them (the cold start reads the manifest before numpy is imported); the decoder imports
@@ -13,6 +14,7 @@ both when it is built.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 from collections.abc import Mapping, Sequence
@@ -38,6 +40,13 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box")
 LAYOUTS = ("NCHW", "NHWC", "NHW", "NF")
 
 _RANKS = {"NCHW": 4, "NHWC": 4, "NHW": 3, "NF": 2}
+
+MAX_SIDE = 8192
+"""The longest side a declaration may resize or crop to."""
+
+MAX_PIXELS = MAX_SIDE * MAX_SIDE
+"""The largest ``max_pixels`` a declaration may set: 67,108,864, an 8192x8192 image (under
+Pillow's own decompression-bomb limit, so that limit never refuses what a declaration allows)."""
 
 # The Pillow feature each encoding needs beyond its pure-Python plugin; a build without it
 # would fail every request with that encoding, so the decoder refuses to start instead.
@@ -72,13 +81,17 @@ class ImageSpec:
         feeds: The model input the pixels go to.
         input: The public BYTES input clients send encoded images to.
         formats: Accepted encodings (Pillow's format names, from :data:`FORMATS`).
-        max_pixels: The largest width * height decoded, checked from the image's header
-            before any pixel is decoded.
+        max_pixels: The pixels one request may decode: width * height summed over its
+            images, read from their headers before any pixel is decoded. The pixels they hold
+            after resizing are summed against it too, before any is resized. At most
+            :data:`MAX_PIXELS`.
         color: ``"L"`` (grayscale) or ``"RGB"``.
-        resize: Exact ``(height, width)`` to resize to.
+        resize: Exact ``(height, width)`` to resize to; each side at most :data:`MAX_SIDE`,
+            height * width at most ``max_pixels``.
         resize_shorter: Resize so the shorter side is this long, keeping the aspect ratio
-            (the longer side truncated, as torchvision does); exclusive with ``resize``.
-        crop: Center crop ``(height, width)``, after resizing.
+            (the longer side truncated, as torchvision does); exclusive with ``resize``; at
+            most :data:`MAX_SIDE`, its square at most ``max_pixels``.
+        crop: Center crop ``(height, width)``, after resizing; bounded as ``resize`` is.
         interpolation: One of :data:`INTERPOLATIONS` (Pillow's filters of those names).
         layout: ``"NCHW"``, ``"NHWC"``, ``"NHW"`` (``color`` L only) or ``"NF"`` (flat:
             ``[N, H * W * C]``, row-major over height, width, channels).
@@ -117,6 +130,11 @@ class ImageSpec:
                 raise TypeError(f"image processing: {name} must be a non-empty string")
         self._check_formats()
         _positive_int("max_pixels", self.max_pixels)
+        if self.max_pixels > MAX_PIXELS:
+            raise ValueError(
+                f"image processing: max_pixels {self.max_pixels} must be at most {MAX_PIXELS} "
+                f"({MAX_SIDE}x{MAX_SIDE})"
+            )
         if self.color not in COLORS:
             raise ValueError(
                 f"image processing: color {self.color!r} is not one of {tuple(COLORS)}"
@@ -159,10 +177,23 @@ class ImageSpec:
             raise ValueError(f"image processing: formats {list(self.formats)} repeat a name")
 
     def _check_geometry(self) -> None:
+        # Bounded here, when the manifest is read: a request allocates what these ask for, and
+        # a 67-byte PNG resized to 100000x100000 would ask Pillow for 10 GB.
         if self.resize is not None:
-            _size("resize", self.resize)
+            self._check_size("resize", self.resize)
         if self.resize_shorter is not None:
-            _positive_int("resize_shorter", self.resize_shorter)
+            short = self.resize_shorter
+            _positive_int("resize_shorter", short)
+            if short > MAX_SIDE:
+                raise ValueError(
+                    f"image processing: resize_shorter {short} must be at most {MAX_SIDE}"
+                )
+            if short * short > self.max_pixels:
+                raise ValueError(
+                    f"image processing: resize_shorter {short} makes at least {short * short} "
+                    f"pixels per image, over max_pixels {self.max_pixels} (the pixels one "
+                    "request may hold)"
+                )
             if self.resize is not None:
                 raise ValueError(
                     "image processing: give resize (exact size) or resize_shorter "
@@ -170,7 +201,7 @@ class ImageSpec:
                 )
         if self.crop is None:
             return
-        _size("crop", self.crop)
+        self._check_size("crop", self.crop)
         crop_h, crop_w = self.crop
         # A crop that can fit no resized image would fail every request: refuse it here.
         if self.resize is not None and (crop_h > self.resize[0] or crop_w > self.resize[1]):
@@ -182,6 +213,19 @@ class ImageSpec:
             raise ValueError(
                 f"image processing: crop {crop_h}x{crop_w} cannot fit an image whose shorter "
                 f"side is resized to {self.resize_shorter}"
+            )
+
+    def _check_size(self, name: str, value: Any) -> None:
+        _size(name, value)
+        height, width = value
+        if height > MAX_SIDE or width > MAX_SIDE:
+            raise ValueError(
+                f"image processing: {name} {height}x{width}: each side must be at most {MAX_SIDE}"
+            )
+        if height * width > self.max_pixels:
+            raise ValueError(
+                f"image processing: {name} {height}x{width} makes {height * width} pixels per "
+                f"image, over max_pixels {self.max_pixels} (the pixels one request may hold)"
             )
 
     def _check_normalization(self) -> None:
@@ -367,6 +411,10 @@ class ImageDecoder:
     def decode(self, images: Sequence[bytes]) -> np.ndarray:
         """Decode a batch of encoded images into the model input.
 
+        Every image is opened (its header read) and the request's budgets checked before any
+        pixel is decoded: the pixels the headers declare, and those the images would hold after
+        resizing, each summed over the request, at most ``max_pixels``.
+
         Args:
             images: One encoded image (PNG or JPEG bytes...) per batch item.
 
@@ -377,77 +425,113 @@ class ImageDecoder:
             InvalidInputError: The batch is empty; an item is empty, not bytes, not an accepted
                 encoding, damaged, or smaller than the crop; or the images end at different
                 sizes.
-            PayloadTooLargeError: An image declares more pixels than ``max_pixels``, or the
-                batch holds more after processing.
+            PayloadTooLargeError: An image declares more pixels than ``max_pixels``, the
+                images of the request do together, or they would after resizing.
         """
         if len(images) == 0:
             raise InvalidInputError(f"{self.spec.input!r} holds no images; send at least one")
         arrays: list[np.ndarray] = []
-        held = 0
-        for index, data in enumerate(images):
-            pixels = self._pixels(index, data)
-            # The batch is bounded too: many small, highly compressed images of max_pixels
-            # each would otherwise fit in the body and still fill the memory once decoded.
-            held += pixels.shape[0] * pixels.shape[1]
-            if held > self.spec.max_pixels:
-                raise PayloadTooLargeError(
-                    f"the images up to #{index} hold {held} pixels after processing; the limit "
-                    f"for one request is {self.spec.max_pixels}: send fewer images per request"
-                )
-            if arrays and pixels.shape != arrays[0].shape:
-                raise InvalidInputError(
-                    f"image #{index} is {_hw(pixels)} after processing but image #0 is "
-                    f"{_hw(arrays[0])}; send images of one size in a request, or use a model "
-                    "whose image processing declares resize or crop"
-                )
-            arrays.append(pixels)
+        with contextlib.ExitStack() as opened:
+            headers = self._open_all(images, opened)
+            for index, image in enumerate(headers):
+                pixels = self._pixels(index, image)
+                if arrays and pixels.shape != arrays[0].shape:
+                    raise InvalidInputError(
+                        f"image #{index} is {_hw(pixels)} after processing but image #0 is "
+                        f"{_hw(arrays[0])}; send images of one size in a request, or use a model "
+                        "whose image processing declares resize or crop"
+                    )
+                arrays.append(pixels)
         return self._tensor(self._np.stack(arrays))
 
-    def _pixels(self, index: int, data: bytes) -> np.ndarray:
-        """One image as uint8 ``(H, W, C)``, oriented, converted, resized and cropped."""
+    def _open_all(self, images: Sequence[bytes], opened: contextlib.ExitStack) -> list[Image.Image]:
+        """Open every image (headers only) and check the request's budgets from the headers.
+
+        Raises:
+            InvalidInputError: An item is empty, not bytes or not an accepted encoding.
+            PayloadTooLargeError: A budget is passed; no pixel has been decoded yet.
+        """
         spec = self.spec
+        limit = spec.max_pixels
+        headers: list[Image.Image] = []
+        declared = held = 0
+        for index, data in enumerate(images):
+            image = opened.enter_context(self._open(index, self._bytes(index, data)))
+            width, height = image.size
+            # Image.open read only the header: refusing here allocates no pixel.
+            if width * height > limit:
+                raise PayloadTooLargeError(
+                    f"image #{index} declares {width}x{height} = {width * height} pixels; "
+                    f"the limit is {limit}"
+                )
+            # Summed over the request: a few hundred highly compressed large images, each under
+            # the limit, fit in one body and would cost seconds of CPU to decode.
+            declared += width * height
+            if declared > limit:
+                raise PayloadTooLargeError(
+                    f"the images up to #{index} declare {declared} pixels; the limit for one "
+                    f"request is {limit}: send fewer or smaller images per request"
+                )
+            resized = math.prod(self._resized_size(width, height))
+            # Only resize_shorter can pass it alone (the declaration bounds an exact resize):
+            # an image 1 pixel wide would grow its longer side without bound.
+            if resized > limit:
+                raise PayloadTooLargeError(
+                    f"image #{index} is {width}x{height}: resized to a shorter side of "
+                    f"{spec.resize_shorter} it would hold {resized} pixels; the limit is {limit}"
+                )
+            # The resized images are all held until the batch is stacked (a crop is a view).
+            held += resized
+            if held > limit:
+                raise PayloadTooLargeError(
+                    f"the images up to #{index} hold {held} pixels after resizing; the limit "
+                    f"for one request is {limit}: send fewer images per request"
+                )
+            headers.append(image)
+        return headers
+
+    def _bytes(self, index: int, data: Any) -> bytes | bytearray | memoryview:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidInputError(
                 f"image #{index} is not binary data; send the encoded {self._accepted} bytes"
             )
         if len(data) == 0:
             raise InvalidInputError(f"image #{index} is empty")
-        image = self._open(index, data)
-        with image:
-            width, height = image.size
-            # Image.open read only the header: refusing here allocates no pixel.
-            if width * height > spec.max_pixels:
-                raise PayloadTooLargeError(
-                    f"image #{index} declares {width}x{height} = {width * height} pixels; "
-                    f"the limit is {spec.max_pixels}"
-                )
-            try:
-                image.load()
-                if image.mode.startswith(_WIDE_MODES):
-                    raise InvalidInputError(
-                        f"image #{index} has samples wider than 8 bits ({image.mode}); "
-                        "send an 8-bit image"
-                    )
-                upright = self._exif_transpose(image)
-                converted = upright.convert(spec.color)
-            except InvalidInputError:
-                raise
-            except self._bomb_errors as exc:
-                raise self._bomb(index) from exc
-            # Pillow raises OSError, SyntaxError, ValueError, struct.error, zlib.error... for
-            # damaged data; all of them are the client's bytes, never our fault.
-            except Exception as exc:
+        return data
+
+    def _pixels(self, index: int, image: Image.Image) -> np.ndarray:
+        """One opened image as uint8 ``(H, W, C)``, oriented, converted, resized and cropped."""
+        spec = self.spec
+        try:
+            image.load()
+            if image.mode.startswith(_WIDE_MODES):
                 raise InvalidInputError(
-                    f"image #{index} cannot be decoded as {self._accepted}: its data is "
-                    "damaged or incomplete"
-                ) from exc
+                    f"image #{index} has samples wider than 8 bits ({image.mode}); "
+                    "send an 8-bit image"
+                )
+            upright = self._exif_transpose(image)
+            converted = upright.convert(spec.color)
+        except InvalidInputError:
+            raise
+        except self._bomb_errors as exc:
+            raise self._bomb(index) from exc
+        # Pillow raises OSError, SyntaxError, ValueError, struct.error, zlib.error... for
+        # damaged data; all of them are the client's bytes, never our fault.
+        except Exception as exc:
+            raise InvalidInputError(
+                f"image #{index} cannot be decoded as {self._accepted}: its data is "
+                "damaged or incomplete"
+            ) from exc
+        finally:
+            # Frees the decoded pixels now: the opened images stay listed until the batch ends.
+            image.close()
         resized = self._resize(converted)
         array = self._np.asarray(resized, dtype=self._np.uint8)
         if array.ndim == 2:
             array = array[:, :, None]
         return self._crop(index, array)
 
-    def _open(self, index: int, data: bytes) -> Image.Image:
+    def _open(self, index: int, data: bytes | bytearray | memoryview) -> Image.Image:
         """Identify the image and read its header (Pillow decodes no pixel here)."""
         spec = self.spec
         try:
@@ -473,20 +557,27 @@ class ImageDecoder:
             f"image #{index} declares {over}; the limit is {self.spec.max_pixels}"
         )
 
-    def _resize(self, image: Image.Image) -> Image.Image:
+    def _resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """The ``(width, height)`` an image of this size is resized to (its own: no resize).
+
+        The same count whichever way the EXIF orientation turns the image, so the header's
+        size gives the budget.
+        """
         spec = self.spec
         if spec.resize is not None:
-            height, width = spec.resize
-        elif spec.resize_shorter is not None:
-            # torchvision's Resize(int): the shorter side exact, the longer one truncated.
-            short = spec.resize_shorter
-            if image.width <= image.height:
-                width, height = short, int(short * image.height / image.width)
-            else:
-                width, height = int(short * image.width / image.height), short
-        else:
+            return spec.resize[1], spec.resize[0]
+        if spec.resize_shorter is None:
+            return width, height
+        # torchvision's Resize(int): the shorter side exact, the longer one truncated.
+        short = spec.resize_shorter
+        if width <= height:
+            return short, int(short * height / width)
+        return int(short * width / height), short
+
+    def _resize(self, image: Image.Image) -> Image.Image:
+        if self.spec.resize is None and self.spec.resize_shorter is None:
             return image
-        return image.resize((width, height), self._resample)
+        return image.resize(self._resized_size(image.width, image.height), self._resample)
 
     def _crop(self, index: int, array: np.ndarray) -> np.ndarray:
         if self.spec.crop is None:

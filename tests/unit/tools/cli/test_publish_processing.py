@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +111,114 @@ def test_options_that_do_not_fit_the_model_are_refused_before_uploading(
     assert code == 1
     assert "error [invalid_processing]" in capsys.readouterr().err
     assert not (root / "models").exists()
+
+
+# --- oversize image declarations: refused at publish, before anything is stored or allocated ---
+
+
+@pytest.fixture
+def pixels_model(tmp_path: Path) -> Path:
+    """x FLOAT [N, 3, H, W] (any height and width) -> GlobalAveragePool -> y FLOAT [N, 3]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["y"], axis=1),
+        ],
+        "pixels",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "pixels-src" / "model.onnx"
+    path.parent.mkdir()
+    onnx.save_model(model, str(path))
+    return path
+
+
+def publish_pixels(model: Path, declaration: dict[str, object], tmp_path: Path) -> list[str]:
+    """The publish command line for ``model`` with ``declaration`` as its --preprocess file."""
+    (tmp_path / "image.json").write_text(json.dumps(declaration))
+    return ["publish", str(model), "--name", "pixels", "--store", f"file://{tmp_path / 'store'}",
+            "--preprocess", str(tmp_path / "image.json"), "--backend", "sagemaker"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("declaration", "fragment"),
+    [
+        ({"resize": [100_000, 100_000]}, "resize 100000x100000: each side must be at most 8192"),
+        ({"resize": [9000, 9000]}, "resize 9000x9000: each side must be at most 8192"),
+        ({"crop": [9000, 9000]}, "crop 9000x9000: each side must be at most 8192"),
+        ({"resize_shorter": 9000}, "resize_shorter 9000 must be at most 8192"),
+        ({"resize_shorter": 5000}, "resize_shorter 5000 makes at least 25000000 pixels"),
+        ({"max_pixels": 2**40}, "max_pixels 1099511627776 must be at most 67108864"),
+    ],
+)
+def test_oversize_image_declarations_are_refused_at_publish(
+    pixels_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    declaration: dict[str, object],
+    fragment: str,
+) -> None:
+    code = main(publish_pixels(pixels_model, declaration, tmp_path))
+
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "error [invalid_processing]" in err
+    assert f"--preprocess {tmp_path / 'image.json'}: image processing: {fragment}" in err
+    assert not (tmp_path / "store" / "models").exists()
+
+
+def test_a_declaration_within_the_bounds_is_published(
+    pixels_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The model takes any size: only the declaration's sizes decide the refusals above.
+    declaration = {"resize": [8192, 8192], "max_pixels": 8192 * 8192}
+
+    code = main(publish_pixels(pixels_model, declaration, tmp_path))
+
+    assert code == 0, capsys.readouterr().err
+    manifest = Manifest.from_json((tmp_path / "store/models/pixels/1/manifest.json").read_bytes())
+    assert manifest.processing is not None
+    assert manifest.processing["image"]["resize"] == [8192, 8192]
+
+
+_PUBLISH_MEASURED = """
+import json, resource, sys
+from onnxkit_tools.cli import main
+
+runs = json.loads(sys.argv[1])
+main(runs[0])  # every import warmed (this one is refused too)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+codes = [main(argv) for argv in runs]
+grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps({"codes": codes, "grew_kib": grew}))
+"""
+
+
+def test_oversize_resizes_are_refused_at_publish_without_allocating(
+    pixels_model: Path, tmp_path: Path
+) -> None:
+    # GIVEN publish runs with resize 100000x100000 and 9000x9000, each in its own folder
+    runs = []
+    for side in (100_000, 9000):
+        folder = tmp_path / str(side)
+        folder.mkdir()
+        runs.append(publish_pixels(pixels_model, {"resize": [side, side]}, folder))
+
+    # WHEN a fresh process runs them
+    result = subprocess.run(
+        [sys.executable, "-c", _PUBLISH_MEASURED, json.dumps(runs)],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[4],
+    )  # fmt: skip
+
+    # THEN both are refused and the peak memory did not move
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["codes"] == [1, 1], result.stderr
+    assert outcome["grew_kib"] < 16 * 1024, outcome
+    assert "each side must be at most 8192" in result.stderr
