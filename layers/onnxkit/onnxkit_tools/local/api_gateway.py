@@ -5,8 +5,10 @@ Like ``sam local start-api``, each HTTP request becomes an API Gateway REST prox
 response. Paths are served both at the root and under the stage (``/Prod/v2/...``), as the
 deployed URL has it. An optional API key is enforced the way API Gateway does (403). Bodies are
 base64-encoded, and base64 replies decoded, by the API's binary media types as API Gateway does
-(template.yaml's unless told otherwise; the rules are written out below). The HTTP side is
-uvicorn and Starlette; one invoke runs at a time, as one Lambda environment would.
+(template.yaml's unless told otherwise; the rules are written out below). A body too long for
+the event is refused (413) by its declared length before it is read, or once a streamed one
+passes the limit. The HTTP side is uvicorn and Starlette; one invoke runs at a time, as one
+Lambda environment would.
 """
 
 from __future__ import annotations
@@ -360,12 +362,9 @@ class LocalApi:
         self, method: str, raw_path: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, dict[str, str], bytes]:
         """One HTTP request -> (status, headers, body)."""
-        lowered = {k.lower(): v for k, v in headers.items()}
-        if self._api_key is not None and lowered.get("x-api-key") != self._api_key:
+        if not self._authorized(headers):
             return _gateway_error(HTTPStatus.FORBIDDEN, "Forbidden")
-        prefix = f"/{self._stage}"
-        if raw_path == prefix or raw_path.startswith(prefix + "/"):
-            raw_path = raw_path[len(prefix) :] or "/"
+        raw_path = self._unstaged(raw_path)
         event = build_event(
             method,
             raw_path,
@@ -375,9 +374,7 @@ class LocalApi:
             binary_media_types=self._binary_media_types,
         )
         if len((event["body"] or "").encode()) > MAX_EVENT_BYTES:  # base64 included, as Lambda
-            # API Gateway says "Request Too Long"; the hint is ours, so a local run shows the way.
-            hint = upload_hint(_model_of(method, event["path"]))
-            return _gateway_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"Request Too Long: {hint}")
+            return _too_long(method, event["path"])
         result = self._invoke(event)
         if "statusCode" not in result:  # the function crashed or timed out
             return _gateway_error(HTTPStatus.BAD_GATEWAY, "Internal server error")
@@ -398,18 +395,48 @@ class LocalApi:
         response = await self._serve(Request(scope, receive))
         await response(scope, receive, send)
 
+    def _authorized(self, headers: Mapping[str, str]) -> bool:
+        """Whether the request carries the API key (or none is asked for)."""
+        return self._api_key is None or _header(headers, "x-api-key") == self._api_key
+
+    def _refusal(
+        self, method: str, raw_path: str, headers: Mapping[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
+        """API Gateway's answer to a request refused before its body was read."""
+        if not self._authorized(headers):
+            return _gateway_error(HTTPStatus.FORBIDDEN, "Forbidden")
+        return _too_long(method, urlsplit(self._unstaged(raw_path)).path or "/")
+
+    def _unstaged(self, raw_path: str) -> str:
+        """The path without the stage prefix (``/Prod/v2`` -> ``/v2``)."""
+        prefix = f"/{self._stage}"
+        if raw_path == prefix or raw_path.startswith(prefix + "/"):
+            return raw_path[len(prefix) :] or "/"
+        return raw_path
+
     async def _serve(self, request: Request) -> Response:
         started = time.perf_counter()
-        body = await request.body()
         raw_path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         headers = dict(request.headers.items())
-        try:
-            status, out_headers, data = await anyio.to_thread.run_sync(
-                self.handle, request.method, raw_path, headers, body, limiter=self._one_at_a_time
-            )
-        except Exception as exc:  # the emulator died: a gateway error, not a hang
-            status, out_headers, data = _gateway_error(HTTPStatus.BAD_GATEWAY, str(exc))
+        # Refused without reading it (no API key, or too long): the body is never buffered.
+        body = await _read_body(request) if self._authorized(headers) else None
+        if body is None:
+            status, out_headers, data = self._refusal(request.method, raw_path, headers)
+        else:
+            try:
+                status, out_headers, data = await anyio.to_thread.run_sync(
+                    self.handle,
+                    request.method,
+                    raw_path,
+                    headers,
+                    body,
+                    limiter=self._one_at_a_time,
+                )
+            except Exception as exc:  # the emulator died: a gateway error, not a hang
+                status, out_headers, data = _gateway_error(HTTPStatus.BAD_GATEWAY, str(exc))
         kept = {k: v for k, v in out_headers.items() if k.lower() not in _HOP_BY_HOP}
+        if body is None:  # what is left of the body is not read as a next request: close
+            kept["Connection"] = "close"
         logger.info(
             '"%s %s" %d %.1f ms',
             request.method,
@@ -418,6 +445,33 @@ class LocalApi:
             (time.perf_counter() - started) * 1000,
         )
         return Response(data, status, kept)
+
+
+async def _read_body(request: Request) -> bytes | None:
+    """The body, or None once it is known to be over :data:`MAX_EVENT_BYTES`.
+
+    A declared Content-Length over the limit is refused before any of the body is read, and a
+    streamed (chunked) body once it grows past it: a client cannot make this process hold more
+    than the limit. The event counts the body after base64 or UTF-8 decoding, neither smaller
+    than the bytes themselves, so a body over the limit here is over it there too.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_EVENT_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_EVENT_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_long(method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """API Gateway's 413 "Request Too Long", with our hint (a local run shows the way)."""
+    hint = upload_hint(_model_of(method, path))
+    return _gateway_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"Request Too Long: {hint}")
 
 
 def _model_of(method: str, path: str) -> str | None:

@@ -104,14 +104,21 @@ def serving(
     *,
     threads: int = 0,
     header_timeout: float = 10.0,
+    body_timeout: float = 30.0,
     drain_seconds: float = 5.0,
     max_concurrency: int = 64,
+    max_connections: int = 1024,
     ready: bool = True,
 ) -> Iterator[Served]:
     """The endpoint app for ``predictor`` under uvicorn (the container's protocol and config)."""
     settings = Settings(
         api=predictor.limits,
-        endpoint=EndpointSettings(max_concurrency=max_concurrency, header_timeout=header_timeout),
+        endpoint=EndpointSettings(
+            max_concurrency=max_concurrency,
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            max_connections=max_connections,
+        ),
     )
     app, endpoint = create_app(predictor, settings, threads=threads)
     config = EndpointConfig(
@@ -122,6 +129,8 @@ def serving(
         access_log=False,
         timeout_graceful_shutdown=int(drain_seconds) or 1,
         header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        max_connections=max_connections,
     )
     server = uvicorn.Server(config)
     sock = socket.socket()

@@ -6,10 +6,13 @@ from __future__ import annotations
 import base64
 import json
 import re
+import select
+import socket
 import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -592,6 +595,88 @@ def test_a_body_too_long_for_a_model_points_to_its_upload_path(
     hint = "use POST /v2/models/digits/uploads to send it through S3"
     assert hint in json.loads(named)["message"]
     assert "POST /v2/models/{name}/uploads (the model's name" in json.loads(unnamed)["message"]
+
+
+# --- oversize bodies over HTTP, refused before they are read -----------------------------------
+
+
+def raw_exchange(port: int, head: bytes, chunks: Sequence[bytes] = (), wait: float = 5.0) -> bytes:
+    """Send ``head``, then each chunk while the server has not answered; return its answer.
+
+    Returns:
+        What the server sent within ``wait`` seconds of the last thing sent (b"" if nothing).
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as conn:
+        conn.sendall(head)
+        for chunk in chunks:
+            if select.select([conn], [], [], 0.05)[0]:
+                break  # answered already: the rest is never sent
+            try:
+                conn.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        received = b""
+        try:
+            while b"\r\n\r\n" not in received and (chunk := conn.recv(65536)):
+                received += chunk
+            head_part, _, rest = received.partition(b"\r\n\r\n")
+            length = re.search(rb"(?i)content-length: *(\d+)", head_part)
+            while length and len(rest) < int(length[1]) and (chunk := conn.recv(65536)):
+                rest += chunk
+            return head_part + b"\r\n\r\n" + rest if received else b""
+        except TimeoutError:
+            return received
+        except ConnectionResetError:
+            return received
+
+
+def test_a_huge_declared_body_is_413_before_any_of_it_is_sent(
+    api_factory: Callable[..., LocalApi],
+) -> None:
+    # GIVEN the local API
+    function = FakeFunction()
+    api = api_factory(function, binary_media_types=[])
+
+    # WHEN a client announces a 1 GB body and sends only its headers
+    started = time.monotonic()
+    reply = raw_exchange(
+        api.port,
+        b"POST /Prod/v2/models/digits/infer HTTP/1.1\r\nHost: local\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n",
+    )
+    elapsed = time.monotonic() - started
+
+    # THEN it gets API Gateway's 413 at once, with the upload hint, and the function is not run
+    assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"connection: close" in head.lower()
+    message = json.loads(body)["message"]
+    assert message.startswith("Request Too Long: ")
+    assert "POST /v2/models/digits/uploads" in message
+    assert elapsed < 2.0, elapsed
+    assert function.events == []
+
+
+def test_a_chunked_body_is_refused_once_it_passes_the_limit(
+    api_factory: Callable[..., LocalApi], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN an event limit of 1 KiB
+    monkeypatch.setattr(local_api, "MAX_EVENT_BYTES", 1024)
+    function = FakeFunction()
+    api = api_factory(function, binary_media_types=[])
+
+    # WHEN a chunked upload streams 256-byte chunks and never ends on its own
+    chunk = b"100\r\n" + b"x" * 256 + b"\r\n"
+    reply = raw_exchange(
+        api.port,
+        b"POST /v2 HTTP/1.1\r\nHost: local\r\nContent-Type: text/plain\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n",
+        [chunk] * 64,  # 16 KiB if it were all read; no last chunk
+    )
+
+    # THEN it is refused with 413 once past the limit, without waiting for the end
+    assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
+    assert function.events == []
 
 
 # --- a real HTTP round trip on loopback ------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The endpoint app of one worker: the route table as Starlette routes, a concurrency limit,
-and the model loaded (and its alias followed) in a background thread."""
+"""The endpoint app of one worker: the route table as Starlette routes, a limit on requests in
+flight, and the model loaded (and its alias followed) in a background thread."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from http import HTTPStatus
+from typing import Any
 
 import anyio
 from starlette.applications import Starlette
@@ -21,6 +22,7 @@ from starlette.routing import Route as StarletteRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from onnxkit.adapters.endpoint.logs import configure_logging
+from onnxkit.adapters.endpoint.protocol import OverloadedError
 from onnxkit.adapters.endpoint.workers import (
     SiblingReadiness,
     endpoint_settings,
@@ -28,7 +30,7 @@ from onnxkit.adapters.endpoint.workers import (
     resolve_settings,
 )
 from onnxkit.codecs import Reply, encode_json
-from onnxkit.errors import ModelNotReadyError, OnnxkitError, PayloadTooLargeError, error_body
+from onnxkit.errors import OnnxkitError, PayloadTooLargeError, error_body
 from onnxkit.predictor import Serving
 from onnxkit.routes import ENDPOINT, JSON, Route, RouteTable, negotiate
 from onnxkit.settings import Settings
@@ -36,6 +38,16 @@ from onnxkit.settings import Settings
 logger = logging.getLogger(__name__)
 
 LOAD_RETRY_MAX_SECONDS = 30.0
+# Without model threads (the CPU default), a request runs on the event loop only when it is
+# bounded to be cheap: a body of at most this size, not a bare image or sentence, for a model
+# whose declared processing does not expand its inputs (images resized, sentences padded).
+# That spares the small tensor requests that make up most traffic a thread hop (~10% of a
+# small model's throughput). 4 KiB holds at most ~1,000 numbers to parse; were it a PNG,
+# deflate's ~1032:1 ceiling would bound it to ~4 million bytes of pixels, tens of milliseconds.
+# Anything else runs in one thread beside the loop, so /ping never waits behind it. A model
+# that is slow even on small inputs wants ONNXKIT_SERVER_THREADS.
+LOOP_BODY_BYTES = 4 * 1024
+_DECODED_MEDIA = ("image/", "text/")
 
 
 def error_response(error: BaseException) -> Response:
@@ -47,10 +59,18 @@ def error_response(error: BaseException) -> Response:
 class EndpointApp:
     """The container's routes around one model's predictor, or a repository of many.
 
+    A request counts against ``max_concurrency`` once its body is in, not while it arrives:
+    clients trickling bodies are bounded by the protocol's connection cap and body deadline,
+    and cannot fill the slots of requests ready to run. ``/ping`` never counts: SageMaker would
+    take a busy instance for a dead one.
+
     Args:
         predictor: Serves the model (built with ``background=True``: requests never load it).
         table: The endpoint's routes.
-        threads: Threads that run the model (0: on the event loop).
+        threads: Threads that run the model (0: on the event loop, or, for a request that may
+            be expensive, one thread beside it; see :data:`LOOP_BODY_BYTES`).
+        siblings: With several workers, their shared readiness.
+        max_concurrency: Requests in flight before more get 503 ``overloaded``.
     """
 
     def __init__(
@@ -60,12 +80,17 @@ class EndpointApp:
         *,
         threads: int,
         siblings: SiblingReadiness | None = None,
+        max_concurrency: int = 64,
     ) -> None:
         self.predictor = predictor
         self.table = table
         self.siblings = siblings
         self.max_request_bytes = predictor.limits.max_request_bytes
+        self.max_concurrency = max_concurrency
+        self.in_flight = 0
         self._limiter = anyio.CapacityLimiter(threads) if threads else None
+        # One worker per vCPU: more than one expensive request at a time would only share it.
+        self._beside_loop = anyio.CapacityLimiter(1)
         self._many = not predictor.model_name  # a repository: no single model
         self._stopping = threading.Event()
         self._maintainer: threading.Thread | None = None
@@ -87,17 +112,13 @@ class EndpointApp:
             headers = request.headers
             negotiate(route, content_type=headers.get("content-type"), accept=headers.get("accept"))
             body = await self._read_body(request, params) if route.reads_body else None
-            if route.operation == "ping" and self.siblings is not None and self.predictor.ready:
-                self.siblings.check()
             perform = partial(self.table.perform, self.predictor, route, params, body, headers)
-            if self._many and (route.params or route.takes_body):
-                # Many models: any request naming one may load it (seconds), which must not
-                # hold the event loop, and /ping with it.
-                answer = await anyio.to_thread.run_sync(perform, limiter=self._limiter)
-            elif self._limiter is None or not route.takes_body:
-                answer = perform()  # on the event loop: no hand-off for a small CPU model
-            else:  # only inference goes to the threads: /ping never waits behind the model
-                answer = await anyio.to_thread.run_sync(perform, limiter=self._limiter)
+            if route.operation == "ping":
+                if self.siblings is not None and self.predictor.ready:
+                    self.siblings.check()
+                answer = perform()
+            else:
+                answer = await self._run(route, perform, body, headers.get("content-type"))
             if isinstance(answer, Reply):  # JSON or binary tensors, encoded already
                 response = Response(
                     answer.body, route.status, answer.headers, media_type=answer.content_type
@@ -124,7 +145,7 @@ class EndpointApp:
     def failure(self, request: Request, error: Exception) -> Response:
         """Log a failure (5xx with its cause) and answer its JSON error body."""
         status, _, _ = error_body(error)
-        if status >= 500:
+        if status >= 500 and not isinstance(error, OverloadedError):  # load, not a fault
             if isinstance(error, OnnxkitError):
                 logger.error(
                     "%s %s failed: %s (%s)",
@@ -136,6 +157,51 @@ class EndpointApp:
             else:
                 logger.exception("%s %s failed", request.method, request.url.path)
         return error_response(error)
+
+    async def _run(
+        self,
+        route: Route,
+        perform: Callable[[], Any],
+        body: bytes | None,
+        content_type: str | None,
+    ) -> Any:
+        """Perform a request whose body is in, as one of at most ``max_concurrency``.
+
+        Raises:
+            OnnxkitError: 503 ``overloaded`` past the limit; else what the operation raises.
+        """
+        if self.in_flight >= self.max_concurrency:
+            raise OverloadedError(
+                f"this worker has {self.in_flight} requests in flight (the limit is "
+                f"{self.max_concurrency}); retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        self.in_flight += 1
+        try:
+            if self._many and (route.params or route.takes_body):
+                # Many models: any request naming one may load it (seconds), which must not
+                # hold the event loop, and /ping with it.
+                return await anyio.to_thread.run_sync(perform, limiter=self._limiter)
+            if not route.takes_body:
+                return perform()  # metadata and readiness: cheap, on the loop
+            if self._limiter is not None:  # model threads: inference always goes to them
+                return await anyio.to_thread.run_sync(perform, limiter=self._limiter)
+            if self._cheap(body, content_type):
+                return perform()  # on the event loop: no hand-off for a small CPU request
+            return await anyio.to_thread.run_sync(perform, limiter=self._beside_loop)
+        finally:
+            self.in_flight -= 1
+
+    def _cheap(self, body: bytes | None, content_type: str | None) -> bool:
+        """Whether the request is bounded to be cheap (see :data:`LOOP_BODY_BYTES`)."""
+        if body is not None and len(body) > LOOP_BODY_BYTES:
+            return False
+        if content_type is not None and content_type.lstrip().lower().startswith(_DECODED_MEDIA):
+            return False
+        manifests = getattr(self.predictor, "served_manifests", None)
+        if manifests is None:
+            return False
+        return not any(_expands(manifest.processing) for manifest in manifests)
 
     async def _read_body(self, request: Request, params: dict[str, str]) -> bytes:
         """The body, refused (413) by its declared size before it is read, or once it grows past."""
@@ -182,60 +248,33 @@ class EndpointApp:
             self.predictor.refresh()
 
 
-class ConcurrencyLimit:
-    """ASGI middleware: at most ``limit`` requests in flight; more get 503 ``overloaded``.
-
-    ``/ping`` is never refused: SageMaker would take a busy instance for a dead one.
-    """
-
-    def __init__(self, app: ASGIApp, limit: int, exempt: tuple[str, ...] = ("/ping",)) -> None:
-        self.app = app
-        self.limit = limit
-        self.exempt = exempt
-        self.in_flight = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt:
-            await self.app(scope, receive, send)
-            return
-        if self.in_flight >= self.limit:
-            response = error_response(
-                ModelNotReadyError(
-                    f"this worker has {self.in_flight} requests in flight (the limit is "
-                    f"{self.limit}); retry shortly",
-                    code="overloaded",
-                    headers={"Retry-After": "1"},
-                )
-            )
-            await response(scope, receive, send)
-            return
-        self.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
-
-
 def create_app(
     predictor: Serving,
     settings: Settings,
     *,
     threads: int = 0,
     siblings: SiblingReadiness | None = None,
-) -> tuple[ConcurrencyLimit, EndpointApp]:
+) -> tuple[ASGIApp, EndpointApp]:
     """The ASGI app of one worker: Starlette routes generated from the route table.
 
     Args:
         predictor: The model (built for the endpoint role).
         settings: The endpoint's settings (limits, OpenAPI, concurrency).
-        threads: Threads that run the model (0: on the event loop).
+        threads: Threads that run the model (0: small requests on the event loop, others in
+            one thread beside it).
         siblings: With several workers, their shared readiness (``/ping`` waits for all).
 
     Returns:
         The ASGI app to serve, and the :class:`EndpointApp` behind it (for tests).
     """
     table = RouteTable(ENDPOINT, openapi=settings.api.serve_openapi)
-    endpoint = EndpointApp(predictor, table, threads=threads, siblings=siblings)
+    endpoint = EndpointApp(
+        predictor,
+        table,
+        threads=threads,
+        siblings=siblings,
+        max_concurrency=settings.endpoint.max_concurrency,
+    )
     routes = [
         StarletteRoute(route.path, endpoint.handler(route), methods=[route.method])
         for route in table.routes
@@ -247,7 +286,7 @@ def create_app(
     )
     app.router.redirect_slashes = False  # the table tolerates a trailing slash itself
     app.router.default = _asgi(endpoint.fallback)
-    return ConcurrencyLimit(app, settings.endpoint.max_concurrency), endpoint
+    return app, endpoint
 
 
 def _asgi(view: Callable[[Request], Awaitable[Response]]) -> ASGIApp:
@@ -265,7 +304,7 @@ def app_from_env() -> ASGIApp:
     return app
 
 
-def endpoint_from_env() -> tuple[ConcurrencyLimit, EndpointApp, Settings]:
+def endpoint_from_env() -> tuple[ASGIApp, EndpointApp, Settings]:
     """What :func:`app_from_env` serves, with the app behind it and the settings it read (a
     local tool wraps them: ``onnxkit_tools.local.async_inference``)."""
     from onnxkit.compose import build_server
@@ -303,3 +342,8 @@ def _log_request(request: Request, status: int, started: float) -> None:
                 "ms": round((time.perf_counter() - started) * 1000, 2),
             },
         )
+
+
+def _expands(processing: Mapping[str, Any] | None) -> bool:
+    """Whether declared processing turns a few bytes into large tensors (images, sentences)."""
+    return processing is not None and ("image" in processing or "text" in processing)

@@ -31,9 +31,12 @@ from onnxkit.settings import unknown_variables
 
 logger = logging.getLogger(__name__)
 
-# Idle keep-alive connections are closed after this; generous, as SageMaker's front end
-# pools its connections to the container.
-KEEP_ALIVE_SECONDS = 300
+# Idle keep-alive connections are closed after this. SageMaker's front end pools its
+# connections to the container; 75 s outlasts the 60 s idle timeout load balancers use by
+# default (a back end that closes first races the front end's next request) and is nginx's
+# default. Idle connections also count toward ONNXKIT_MAX_CONNECTIONS, and make way for a new
+# one at the cap, so holding them costs no one a connection.
+KEEP_ALIVE_SECONDS = 75
 APP_FACTORY = "onnxkit.adapters.endpoint.app:app_from_env"
 
 
@@ -69,6 +72,14 @@ def main(environ: Mapping[str, str] | None = None, *, app_factory: str = APP_FAC
     except ConfigurationError as exc:
         logger.error("%s", exc.message)
         return 2
+    if settings.endpoint.max_connections < settings.endpoint.max_concurrency:
+        logger.warning(
+            "ONNXKIT_MAX_CONNECTIONS (%d) is below ONNXKIT_MAX_CONCURRENCY (%d): at most %d "
+            "requests can be in flight per worker",
+            settings.endpoint.max_connections,
+            settings.endpoint.max_concurrency,
+            settings.endpoint.max_connections,
+        )
     logger.info(
         "starting",
         extra={
@@ -96,6 +107,8 @@ def main(environ: Mapping[str, str] | None = None, *, app_factory: str = APP_FAC
         log_config=None,
         server_header=False,
         header_timeout=settings.endpoint.header_timeout,
+        body_timeout=settings.endpoint.body_timeout,
+        max_connections=settings.endpoint.max_connections,
     )
     server = uvicorn.Server(config)
     # uvicorn drains on SIGTERM/SIGINT, then raises the signal again for whoever handled it
@@ -129,11 +142,29 @@ def main(environ: Mapping[str, str] | None = None, *, app_factory: str = APP_FAC
 
 
 class EndpointConfig(uvicorn.Config):
-    """uvicorn's config plus what :class:`HardenedHttpToolsProtocol` reads (pickled to workers)."""
+    """uvicorn's config plus what :class:`HardenedHttpToolsProtocol` reads (pickled to workers).
 
-    def __init__(self, app: Any, *, header_timeout: float, **kwargs: Any) -> None:
+    Args:
+        app: The ASGI app, or the ``module:function`` factory of one.
+        header_timeout: Seconds for a request's headers, and between the chunks of its body.
+        body_timeout: Seconds for a whole body, from the end of its headers.
+        max_connections: Connections per worker (None: no cap).
+        **kwargs: uvicorn's own settings.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        header_timeout: float,
+        body_timeout: float,
+        max_connections: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(app, **kwargs)
         self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.max_connections = max_connections
 
 
 def exit_after(app_factory: str = APP_FACTORY) -> None:
