@@ -208,3 +208,35 @@ def test_onnxruntimes_refusal_of_an_input_is_the_clients_400(
     assert error["code"] == "invalid_input"
     assert "onnxruntime" not in error["message"]
     assert "Gather" not in error["message"]
+
+
+def test_a_canary_refusing_what_its_stable_version_runs_is_the_canarys_fault(
+    canary_handler: Handler, s3: Any
+) -> None:
+    """A refusal is the client's only when the stable version refuses the input too."""
+    from onnxkit.errors import InvalidInputError
+
+    predictor = canary_handler.predictor  # type: ignore[attr-defined]
+    canary_handler(INFER)  # loads both versions
+    stable_run = predictor._backend.run
+
+    def refuse(*_: object, **__: object) -> None:
+        raise InvalidInputError("the model cannot run on this input")
+
+    # GIVEN both versions refusing a client's input: 400s, and the canary runs on
+    predictor._backend.run = refuse
+    predictor._canary.backend.run = refuse
+    both = [canary_handler(INFER) for _ in range(40)]
+    assert {r["statusCode"] for r in both} == {400}
+    assert predictor.canary_version == "2"
+
+    # WHEN only the canary refuses what the stable version runs
+    predictor._backend.run = stable_run
+    for _ in range(200):
+        canary_handler(INFER)
+        if predictor.canary_version is None:
+            break
+
+    # THEN that is the canary failing: rolled back and aborted in the store
+    assert predictor.canary_version is None
+    assert alias_document(s3)["aborted"]["version"] == "2"

@@ -210,3 +210,22 @@ def test_the_gpu_pin_lives_in_pyproject_alone() -> None:
     assert "onnxruntime-gpu==1.31.1" in gpu
     assert "onnxruntime" not in " ".join(project["dependencies"])  # CPU or GPU: an extra decides
     assert "onnxruntime-gpu" not in GPU.read_text().split("RUN pip install")[1].split("\n")[0]
+
+
+def test_the_endpoint_runs_unprivileged_in_an_empty_working_directory() -> None:
+    # Before: root, with the working directory at / (a graph reading relative paths, or a
+    # request reaching a file, saw the whole system).
+    steps = instructions(GPU)
+    users = [rest for keyword, rest in steps if keyword == "USER"]
+    workdirs = [rest for keyword, rest in steps if keyword == "WORKDIR"]
+
+    assert users, "the image must set a USER"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0")
+    assert workdirs
+    assert workdirs[-1] not in ("/", "/opt/ml/model", "/tmp")
+    # the user and the folder are made before they are used, the folder read-only to it
+    made = next(rest for keyword, rest in steps if keyword == "RUN" and "useradd" in rest)
+    assert f"--uid {user}" in made
+    assert f"install -d -m 0555 -o root -g root {workdirs[-1]}" in made
+    assert steps.index(("USER", users[-1])) < steps.index(("CMD", '["serve"]'))

@@ -35,6 +35,7 @@ from onnxkit.codecs import (
 )
 from onnxkit.errors import (
     ConflictError,
+    InferenceError,
     InvalidInputError,
     ModelNotFoundError,
     ModelNotReadyError,
@@ -781,7 +782,12 @@ class Predictor:
                 else request.inputs
             )
             started = time.perf_counter()
-            outputs = backend.run(inputs, wanted)
+            try:
+                outputs = backend.run(inputs, wanted)
+            except InvalidInputError as refusal:
+                if version is None:  # routed by weight: was it the input, or the canary?
+                    self._judge_refusal(backend, inputs, wanted, refusal)
+                raise
             elapsed = (time.perf_counter() - started) * 1000
             if pipeline is not None:
                 outputs = pipeline.postprocess(outputs, request.outputs)
@@ -910,6 +916,35 @@ class Predictor:
             binary=binary,
             references=references or self.payloads.reader(),
         )
+
+    def _judge_refusal(
+        self,
+        backend: Backend,
+        inputs: dict[str, Any],
+        wanted: list[str] | None,
+        refusal: InvalidInputError,
+    ) -> None:
+        """A canary that refuses an input its stable version takes is failing, not the client.
+
+        onnxruntime's refusal of an input (an index past a table, a shape a Reshape cannot take)
+        is the client's 400, except when the canary refuses what the stable version runs: then
+        the canary is broken on valid input, a fault that counts toward its rollback. Only a
+        canary's refusal costs this second run, on the stable version.
+
+        Raises:
+            InferenceError: The stable version runs the input (the canary's fault).
+        """
+        canary, stable = self._canary, self._backend
+        if canary is None or canary.backend is not backend or stable is None:
+            return
+        try:
+            stable.run(inputs, wanted)
+        except Exception:
+            return  # the stable version refuses it too: the client's input
+        raise InferenceError(
+            f"canary {backend.manifest.version} refused an input that version "
+            f"{stable.manifest.version} runs"
+        ) from refusal
 
     def _failed(self, backend: Backend, error: Exception, *, routed: bool) -> OnnxkitError:
         """An inference error naming its version; a server fault counts against a canary when
