@@ -116,6 +116,17 @@ def alias_document(s3: Any) -> dict[str, Any]:
     return json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
 
 
+def assert_rolled_back(handler: Handler, s3: Any) -> None:
+    """Send routed requests until the canary is gone (at most 200); it must be, in the store."""
+    predictor = handler.predictor  # type: ignore[attr-defined]
+    for _ in range(200):
+        handler(INFER)
+        if predictor.canary_version is None:
+            break
+    assert predictor.canary_version is None
+    assert alias_document(s3)["aborted"]["version"] == "2"
+
+
 def test_a_client_cannot_abort_a_canary_with_requests_of_its_making(
     canary_handler: Handler, s3: Any
 ) -> None:
@@ -162,12 +173,7 @@ def test_a_canarys_own_faults_count_only_when_traffic_reached_it_by_weight(
     assert alias_document(s3).get("aborted") is None
 
     # AND weight-routed traffic still rolls it back when the canary fails it
-    for _ in range(200):
-        canary_handler(INFER)
-        if predictor.canary_version is None:
-            break
-    assert predictor.canary_version is None
-    assert alias_document(s3)["aborted"]["version"] == "2"
+    assert_rolled_back(canary_handler, s3)
 
 
 def test_onnxruntimes_refusal_of_an_input_is_the_clients_400(
@@ -232,11 +238,6 @@ def test_a_canary_refusing_what_its_stable_version_runs_is_the_canarys_fault(
 
     # WHEN only the canary refuses what the stable version runs
     predictor._backend.run = stable_run
-    for _ in range(200):
-        canary_handler(INFER)
-        if predictor.canary_version is None:
-            break
 
     # THEN that is the canary failing: rolled back and aborted in the store
-    assert predictor.canary_version is None
-    assert alias_document(s3)["aborted"]["version"] == "2"
+    assert_rolled_back(canary_handler, s3)

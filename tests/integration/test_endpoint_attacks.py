@@ -27,6 +27,7 @@ from tests.integration.test_sagemaker_endpoint import (  # noqa: F401 (a fixture
     slow_folder,
     wait_ping,
 )
+from tests.unit.adapters.endpoint.server_in_thread import read_all
 
 pytestmark = pytest.mark.integration
 
@@ -43,15 +44,6 @@ def post_head(length: int, *, close: bool = False) -> bytes:
     if close:
         headers += "Connection: close\r\n"
     return f"POST /invocations HTTP/1.1\r\n{headers}\r\n".encode()
-
-
-def read_all(conn: socket.socket) -> bytes:
-    """What the server sends until it closes (a reset ends it too)."""
-    chunks = []
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := conn.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def holding(port: int, count: int, sent: bytes) -> list[socket.socket]:

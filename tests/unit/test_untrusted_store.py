@@ -56,6 +56,13 @@ def peeking_graph(location: str) -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
+def publish_tiny(store: StoreHarness, model: BuiltModel) -> Manifest:
+    """Publish a model honestly, as ``tiny`` version 1."""
+    manifest = describe_model(model.path, name="tiny", version="1")
+    store.store.publish(manifest, model.folder)
+    return manifest
+
+
 def run_peek(session: Any) -> bytes:
     return bytes(session.run(None, {"x": np.zeros(16, np.uint8)})[0])
 
@@ -322,8 +329,7 @@ def test_a_planted_same_size_file_is_hashed_and_replaced(
 ) -> None:
     # GIVEN a version published, and a file of the same size planted where its copy will go,
     # with the marker that says "complete"
-    manifest = describe_model(tiny_model.path, name="tiny", version="1")
-    store.store.publish(manifest, tiny_model.folder)
+    manifest = publish_tiny(store, tiny_model)
     folder = store.store.local_dir(manifest)
     folder.mkdir(parents=True)
     planted = bytes(manifest.model_file.size)
@@ -342,8 +348,7 @@ def test_a_planted_same_size_file_is_hashed_and_replaced(
 def test_a_copy_changed_after_its_verification_is_not_reused(
     store: StoreHarness, tiny_model: BuiltModel
 ) -> None:
-    manifest = describe_model(tiny_model.path, name="tiny", version="1")
-    store.store.publish(manifest, tiny_model.folder)
+    manifest = publish_tiny(store, tiny_model)
     folder = store.store.fetch(manifest)
     copy = folder / "model.onnx"
     tampered = bytearray(copy.read_bytes())
@@ -358,8 +363,7 @@ def test_a_planted_symlinked_folder_is_never_written_through(
     store: StoreHarness, tiny_model: BuiltModel, tmp_path: Path
 ) -> None:
     # GIVEN the cache's folder for the model replaced by a symlink to somewhere else
-    manifest = describe_model(tiny_model.path, name="tiny", version="1")
-    store.store.publish(manifest, tiny_model.folder)
+    manifest = publish_tiny(store, tiny_model)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     store.cache_dir.mkdir(mode=0o700)
@@ -377,8 +381,7 @@ def test_a_planted_symlinked_folder_is_never_written_through(
 def test_a_planted_symlink_in_place_of_a_file_is_replaced_not_followed(
     store: StoreHarness, tiny_model: BuiltModel, tmp_path: Path
 ) -> None:
-    manifest = describe_model(tiny_model.path, name="tiny", version="1")
-    store.store.publish(manifest, tiny_model.folder)
+    manifest = publish_tiny(store, tiny_model)
     victim = tmp_path / "victim"
     victim.write_bytes(b"x" * manifest.model_file.size)
     folder = store.store.local_dir(manifest)
@@ -392,8 +395,7 @@ def test_a_planted_symlink_in_place_of_a_file_is_replaced_not_followed(
 
 
 def test_the_cache_root_is_made_private(store: StoreHarness, tiny_model: BuiltModel) -> None:
-    manifest = describe_model(tiny_model.path, name="tiny", version="1")
-    store.store.publish(manifest, tiny_model.folder)
+    manifest = publish_tiny(store, tiny_model)
 
     folder = store.store.fetch(manifest)
 
@@ -405,8 +407,7 @@ def test_the_cache_root_is_made_private(store: StoreHarness, tiny_model: BuiltMo
 def test_a_cache_root_others_could_write_to_is_refused(
     store: StoreHarness, tiny_model: BuiltModel, tmp_path: Path, kind: str
 ) -> None:
-    manifest = describe_model(tiny_model.path, name="tiny", version="1")
-    store.store.publish(manifest, tiny_model.folder)
+    manifest = publish_tiny(store, tiny_model)
     if kind == "symlink":
         target = tmp_path / "target"
         target.mkdir(mode=0o700)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -183,3 +184,12 @@ def refused_within(port: int, seconds: float) -> bool:
             pass  # caught while the listening socket closed: the next try is refused
         time.sleep(0.02)
     return False
+
+
+def read_all(conn: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a reset ends it too)."""
+    chunks = []
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)

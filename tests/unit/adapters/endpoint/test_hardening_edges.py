@@ -23,6 +23,7 @@ from tests.unit.adapters.endpoint.server_in_thread import (
     error_of,
     fake_predictor,
     infer_body,
+    read_all,
     serving,
 )
 
@@ -62,15 +63,6 @@ def trickle(conn: socket.socket, body: bytes, *, every: float, for_at_most: floa
                 return read_all(conn)
             sent += 1
     return b""
-
-
-def read_all(conn: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection (a reset ends it too)."""
-    chunks = []
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := conn.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def status_of(reply: bytes) -> int:
