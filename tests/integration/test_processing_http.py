@@ -223,3 +223,72 @@ def post(url: str, body: bytes, content_type: str = "application/json") -> Any:
 def embedding(answer: Any) -> np.ndarray:
     (output,) = answer["outputs"]
     return np.array(output["data"], np.float32).reshape(output["shape"])
+
+
+def test_a_body_of_many_large_pngs_is_refused_within_a_second_while_ping_answers(
+    digits_server: str, request: pytest.FixtureRequest
+) -> None:
+    """Issue 20's acceptance: the function answers the many-image body with 413 within 1 s;
+    the endpoint does too and keeps answering /ping within 1 s meanwhile. Before: the body's
+    billions of pixels were decoded (about 20 s of CPU), /ping blocked behind them."""
+    import io
+    import struct
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+
+    from PIL import Image
+
+    # GIVEN about 4 MB of 4000x4000 single-colour PNGs (the local API takes 6 MB of event, in
+    # which a binary body is base64), each under the model's limit, together billions of pixels
+    buffer = io.BytesIO()
+    Image.new("L", (4000, 4000), 255).save(buffer, "PNG", optimize=True)
+    png = buffer.getvalue()
+    count = 4_000_000 // (len(png) + 4)
+    elements = b"".join(struct.pack("<I", len(png)) + png for _ in range(count))
+    tensor = {"name": "image", "shape": [count], "datatype": "BYTES"}
+    header = json.dumps(
+        {"inputs": [{**tensor, "parameters": {"binary_data_size": len(elements)}}]}
+    ).encode()
+    edge = request.node.callspec.params["digits_server"]
+    pings: list[float] = []
+    done = threading.Event()
+
+    def ping() -> None:  # the endpoint's health check, as SageMaker sends it
+        while not done.is_set():
+            started = time.perf_counter()
+            with urllib.request.urlopen(f"{digits_server}/ping", timeout=10) as reply:
+                assert reply.status == 200
+            pings.append(time.perf_counter() - started)
+            time.sleep(0.02)
+
+    pinger = threading.Thread(target=ping, daemon=True)
+    if edge == "start-endpoint":
+        pinger.start()
+
+    # WHEN it is posted
+    started = time.perf_counter()
+    post_request = urllib.request.Request(
+        f"{digits_server}/v2/models/digits/infer",
+        data=header + elements,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(header)),
+        },
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(post_request, timeout=60)
+    elapsed = time.perf_counter() - started
+    done.set()
+    if edge == "start-endpoint":
+        pinger.join(timeout=15)
+
+    # THEN it is a 413 within a second, and every /ping meanwhile answered within a second
+    print(f"\n{edge}: {count} PNGs, 413 in {elapsed * 1000:.0f} ms; pings {len(pings)}, "
+          f"slowest {max(pings, default=0) * 1000:.0f} ms")  # fmt: skip
+    assert refused.value.code == 413
+    assert json.loads(refused.value.read())["error"]["code"] == "payload_too_large"
+    assert elapsed < 1.0
+    assert max(pings, default=0.0) < 1.0
+    assert edge != "start-endpoint" or pings
