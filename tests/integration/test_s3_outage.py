@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -49,10 +50,14 @@ def test_s3_down_at_cold_start_then_back(digits_dir: Path, tmp_path: Path, monke
     # GIVEN S3 is down when the function starts
     handler = build_handler(settings, clients=clients)
     response = handler(INFER, LambdaContext())
+    failed_at = time.monotonic()
 
-    # THEN requests get a 503 with a clear code, and the function does not crash
+    # THEN requests get a 503 with a clear code and when to retry, and the function does not
+    # crash
     assert response["statusCode"] == 503
     assert json.loads(response["body"])["error"]["code"] == "store_unavailable"
+    retry_after = int(response["multiValueHeaders"]["Retry-After"][0])
+    assert 1 <= retry_after <= 30
 
     # WHEN S3 comes back on the same endpoint with the model published
     with LocalS3(port) as s3:
@@ -60,7 +65,8 @@ def test_s3_down_at_cold_start_then_back(digits_dir: Path, tmp_path: Path, monke
         store = Registry.from_uri(settings.model.store, cache_dir=tmp_path / "p", s3_client=client)
         publish_model(store, digits_dir / "int8" / "model.onnx", name="digits", alias="prod")
 
-        # THEN the next request loads the model and predicts, with no restart
+        # THEN the next request after Retry-After loads the model and predicts, no restart
+        time.sleep(max(0.0, failed_at + retry_after - time.monotonic()))
         response = handler(INFER, LambdaContext())
         assert response["statusCode"] == 200, response["body"]
         assert json.loads(response["body"])["outputs"][0]["data"] == [0]

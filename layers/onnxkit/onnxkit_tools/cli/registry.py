@@ -75,7 +75,9 @@ from onnxkit_tools.registry import publish_model, pull, resolve_ref
     "--preprocess",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="image preprocessing (JSON: color, resize/crop, layout, scale, mean, std, dtype, "
-    "max_pixels): the model then takes PNG/JPEG images (a BYTES input, image/png, image/jpeg)",
+    "max_pixels): the model then takes PNG/JPEG images (a BYTES input, image/png, image/jpeg); "
+    "max_pixels, the pixels one request may decode, is at most 67108864, and each side of "
+    "resize/crop at most 8192",
 )
 @click.option(
     "--labels",
