@@ -123,6 +123,22 @@ def test_an_in_memory_graph_cannot_read_a_planted_file(
         load_session(peeking_graph(location), intra_op_threads=1)
 
 
+def test_the_empty_folder_is_made_again_when_it_is_gone_or_holds_a_file() -> None:
+    from onnxkit.session import empty_folder
+
+    first = Path(empty_folder())
+    assert list(first.iterdir()) == []
+    assert stat.S_IMODE(first.stat().st_mode) == 0o700
+    (first / "planted.bin").write_bytes(SECRET)  # someone got a file into it
+    second = Path(empty_folder())
+    assert second != first
+    assert list(second.iterdir()) == []
+    second.rmdir()  # a restored SnapStart snapshot, a cleaned /tmp
+    third = Path(empty_folder())
+    assert third.is_dir()
+    assert list(third.iterdir()) == []
+
+
 @pytest.mark.parametrize("through_cache", [False, True], ids=["in-memory", "cached-folder"])
 def test_a_published_graph_with_unlisted_external_data_never_loads(
     store: StoreHarness,

@@ -33,8 +33,13 @@ def empty_folder() -> str:
     data against: any external data is then refused, as a single-file graph has none to read."""
     global _no_external
     with _no_external_lock:
-        if _no_external is None or os.listdir(_no_external):
+        try:
+            usable = _no_external is not None and not os.listdir(_no_external)
+        except OSError:  # gone (a SnapStart restore, a cleaned /tmp): make another
+            usable = False
+        if not usable:
             _no_external = tempfile.mkdtemp(prefix="onnxkit-no-external-data-")  # mode 0700
+        assert _no_external is not None
         return _no_external
 
 
