@@ -91,6 +91,8 @@ class EndpointApp:
         self._limiter = anyio.CapacityLimiter(threads) if threads else None
         # One worker per vCPU: more than one expensive request at a time would only share it.
         self._beside_loop = anyio.CapacityLimiter(1)
+        self._light = False  # the served versions declare no expanding processing
+        self._light_for: tuple[object, object] | None = None
         self._many = not predictor.model_name  # a repository: no single model
         self._stopping = threading.Event()
         self._maintainer: threading.Thread | None = None
@@ -110,7 +112,8 @@ class EndpointApp:
         started = time.perf_counter()
         try:
             headers = request.headers
-            negotiate(route, content_type=headers.get("content-type"), accept=headers.get("accept"))
+            content_type = headers.get("content-type")
+            negotiate(route, content_type=content_type, accept=headers.get("accept"))
             body = await self._read_body(request, params) if route.reads_body else None
             perform = partial(self.table.perform, self.predictor, route, params, body, headers)
             if route.operation == "ping":
@@ -118,7 +121,7 @@ class EndpointApp:
                     self.siblings.check()
                 answer = perform()
             else:
-                answer = await self._run(route, perform, body, headers.get("content-type"))
+                answer = await self._run(route, perform, body, content_type)
             if isinstance(answer, Reply):  # JSON or binary tensors, encoded already
                 response = Response(
                     answer.body, route.status, answer.headers, media_type=answer.content_type
@@ -198,10 +201,16 @@ class EndpointApp:
             return False
         if content_type is not None and content_type.lstrip().lower().startswith(_DECODED_MEDIA):
             return False
-        manifests = getattr(self.predictor, "served_manifests", None)
-        if manifests is None:
-            return False
-        return not any(_expands(manifest.processing) for manifest in manifests)
+        # Decided once per loaded stable version and canary (a swap or a new canary decides
+        # again): the manifests do not change while they serve.
+        served = (self.predictor.current_backend, getattr(self.predictor, "canary_version", None))
+        if served != self._light_for:
+            manifests = getattr(self.predictor, "served_manifests", None)
+            self._light = manifests is not None and not any(
+                _expands(manifest.processing) for manifest in manifests
+            )
+            self._light_for = served
+        return self._light
 
     async def _read_body(self, request: Request, params: dict[str, str]) -> bytes:
         """The body, refused (413) by its declared size before it is read, or once it grows past."""
