@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -489,6 +488,13 @@ def test_shape_ranks_and_dimensions_are_bounded() -> None:
             Manifest.from_json(json.dumps(data).encode())
 
 
-def test_onnx_is_only_a_test_dependency_here() -> None:
-    # The graphs above are built with onnx.helper; the runtime never imports onnx.
-    assert onnx.__name__ == "onnx"
+def test_a_model_folders_huge_manifest_is_refused_by_its_size(tmp_path: Path) -> None:
+    # GIVEN a model.tar.gz whose manifest.json lists 300,000 files (tens of MB)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    entries = [{"path": f"f{n}", "sha256": "0" * 64, "size": 1} for n in range(300_000)]
+    (folder / "manifest.json").write_text(json.dumps({"name": "x", "files": entries}))
+
+    # WHEN the endpoint opens the folder THEN the manifest is refused before it is parsed
+    with pytest.raises(IntegrityError, match="a store document is at most 1048576"):
+        FolderSource(folder)

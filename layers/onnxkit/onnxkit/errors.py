@@ -31,6 +31,8 @@ class OnnxkitError(Exception):
     status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
     code: str = "internal_error"
     public_message: str = "the server failed; the request id in its logs has the details"
+    message_is_public: bool = False
+    """True for a 5xx class whose messages are always our words, with no internals."""
 
     def __init__(
         self,
@@ -56,7 +58,7 @@ class OnnxkitError(Exception):
     def client_message(self) -> str:
         """What the client is told: the message of a 4xx; for a 5xx, the ``public`` text given
         when it was raised, else the class's :attr:`public_message` (no internals)."""
-        if self.status < 500:
+        if self.status < 500 or self.message_is_public:
             return self.message
         return self._public if self._public is not None else self.public_message
 
@@ -245,6 +247,14 @@ class ModelNotReadyError(OnnxkitError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "model_not_ready"
     public_message = "the model is not ready; retry in a moment"
+
+
+class OverloadedError(ModelNotReadyError):
+    """A worker at one of its limits (connections, requests in flight): busy, not broken (503).
+    Its message names the limit and what to do, nothing internal: the client is told it."""
+
+    code = "overloaded"
+    message_is_public = True
 
 
 class StoreUnavailableError(OnnxkitError):

@@ -29,7 +29,7 @@ from onnxkit.errors import (
 from onnxkit.manifest import FileEntry, Manifest, TensorSpec, verify_folder
 from onnxkit.phases import Phases
 from onnxkit.settings import ENV_MODEL_DIR, ForwardSettings, ModelSettings, Settings
-from onnxkit.store import MANIFEST_NAME, ModelStore
+from onnxkit.store import MANIFEST_NAME, FileBlobs, ModelStore
 
 if TYPE_CHECKING:
     from onnxkit.canary import Rollout  # imported when an alias is followed, not at cold start
@@ -307,13 +307,14 @@ def read_manifest(folder: Path) -> Manifest | None:
     Raises:
         IntegrityError: The manifest exists but is not a valid manifest.
     """
-    path = folder / MANIFEST_NAME
+    # The folder comes from a model.tar.gz: its manifest is bounded like the store's (1 MiB,
+    # told by its size before it is read).
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+        raw = FileBlobs(folder).read(MANIFEST_NAME)
+    except ModelNotFoundError:
         return None
     except OSError as exc:
-        raise IntegrityError(f"{path} cannot be read: {exc.strerror}") from exc
+        raise IntegrityError(f"{folder / MANIFEST_NAME} cannot be read: {exc.strerror}") from exc
     return Manifest.from_json(raw)
 
 

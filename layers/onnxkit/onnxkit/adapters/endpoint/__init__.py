@@ -21,7 +21,7 @@ from onnxkit.adapters.endpoint.app import (
     error_response,
 )
 from onnxkit.adapters.endpoint.logs import JsonLinesFormatter, configure_logging
-from onnxkit.adapters.endpoint.protocol import HardenedHttpToolsProtocol, OverloadedError
+from onnxkit.adapters.endpoint.protocol import HardenedHttpToolsProtocol
 from onnxkit.adapters.endpoint.server import EndpointConfig, exit_after, main
 from onnxkit.adapters.endpoint.workers import (
     GPU_THREADS,
@@ -41,7 +41,6 @@ __all__ = [
     "EndpointConfig",
     "HardenedHttpToolsProtocol",
     "JsonLinesFormatter",
-    "OverloadedError",
     "SiblingReadiness",
     "WorkerPlan",
     "app_from_env",

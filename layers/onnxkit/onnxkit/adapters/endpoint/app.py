@@ -22,7 +22,6 @@ from starlette.routing import Route as StarletteRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from onnxkit.adapters.endpoint.logs import configure_logging
-from onnxkit.adapters.endpoint.protocol import OverloadedError
 from onnxkit.adapters.endpoint.workers import (
     SiblingReadiness,
     endpoint_settings,
@@ -30,7 +29,7 @@ from onnxkit.adapters.endpoint.workers import (
     resolve_settings,
 )
 from onnxkit.codecs import Reply, encode_json
-from onnxkit.errors import OnnxkitError, PayloadTooLargeError, error_body
+from onnxkit.errors import OnnxkitError, OverloadedError, PayloadTooLargeError, error_body
 from onnxkit.predictor import Serving
 from onnxkit.routes import ENDPOINT, JSON, Route, RouteTable, negotiate
 from onnxkit.settings import Settings

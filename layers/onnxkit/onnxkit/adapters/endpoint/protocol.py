@@ -10,8 +10,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from onnxkit.codecs import encode_json
 from onnxkit.errors import (
     InvalidInputError,
-    ModelNotReadyError,
     OnnxkitError,
+    OverloadedError,
     RequestTimeoutError,
     error_body,
 )
@@ -20,21 +20,6 @@ from onnxkit.routes import JSON
 MAX_URL_BYTES = 8 * 1024
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 64 * 1024
-
-
-class OverloadedError(ModelNotReadyError):
-    """A worker at one of its limits (connections, requests in flight): busy, not broken (503).
-
-    Its message is ours and names no internals (the limit and what to do), so a client is told
-    it rather than a generic 5xx text.
-    """
-
-    code = "overloaded"
-
-    @property
-    def client_message(self) -> str:
-        """The message itself."""
-        return self.message
 
 
 class HardenedHttpToolsProtocol(HttpToolsProtocol):
