@@ -122,18 +122,25 @@ def test_a_body_that_stalls_is_still_timed_out_by_the_stall_timeout(fake: FakeBa
     assert time.monotonic() - started < 5
 
 
+def part_way(port: int, count: int) -> list[socket.socket]:
+    """``count`` connections that sent their headers and 3 bytes of their body, then wait
+    (once this returns, each has an ASGI task waiting for the rest of its body)."""
+    held = []
+    for _ in range(count):
+        conn = connect(port)
+        conn.sendall(post_head(len(BODY)) + BODY[:3])
+        held.append(conn)
+    time.sleep(0.3)
+    return held
+
+
 def test_trickling_bodies_do_not_take_the_in_flight_slots_of_real_clients(
     fake: FakeBackend,
 ) -> None:
     # GIVEN a limit of four requests in flight, and four clients trickling their bodies
     limit = 4
     with serving(fake_predictor(fake), max_concurrency=limit, header_timeout=5.0) as served:
-        trickling = []
-        for _ in range(limit):
-            conn = connect(served.port)
-            conn.sendall(post_head(len(BODY)) + BODY[:3])
-            trickling.append(conn)
-        time.sleep(0.3)  # their headers are in: each has an ASGI task waiting for its body
+        trickling = part_way(served.port, limit)
 
         # WHEN a real client sends a whole request, and SageMaker pings
         answered = requests.post(f"{served.url}/invocations", data=BODY, headers=JSON, timeout=5)
@@ -186,12 +193,7 @@ def test_connections_beyond_the_cap_are_refused_and_closed(fake: FakeBackend) ->
     # GIVEN a cap of four connections, all held by clients part-way through their bodies
     cap = 4
     with serving(fake_predictor(fake), max_connections=cap, header_timeout=5.0) as served:
-        held = []
-        for _ in range(cap):
-            conn = connect(served.port)
-            conn.sendall(post_head(len(BODY)) + BODY[:3])
-            held.append(conn)
-        time.sleep(0.3)
+        held = part_way(served.port, cap)
 
         # WHEN one more client connects and sends a whole request
         extra = connect(served.port)
